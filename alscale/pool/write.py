@@ -1,0 +1,173 @@
+"""Write pool tables as Arrow IPC or Parquet, atomically on local filesystems.
+
+Local paths (and ``file://`` URIs): the data goes to a hidden temporary file in the target
+directory (``.NAME.tmp-PID-RANDOM``), is fsync'ed, then ``os.replace``d over the final name,
+so a reader sees either the old file or the complete new one, never a partial file. Pool
+directory listings skip names starting with ``.``, so an in-progress file is never read.
+
+Object stores (``s3://``, ``gs://``) have no rename: the object is written under its final
+name directly. S3/GCS make an upload visible only once it completes, but a failed write
+may leave a partial object behind (it is deleted on a best-effort basis); callers that need
+a commit point should write a small manifest last.
+
+Formats: IPC is written uncompressed (Feather's default is LZ4, which defeats
+memory-mapping) in record batches of ``rows_per_batch``; Parquet uses zstd, row groups of
+``rows_per_batch`` rows and dictionary encoding only for the integer columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from alscale.errors import PoolError
+from alscale.pool.location import choose_format, one_line, resolve
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROWS_PER_BATCH = 131072
+
+
+class PoolWriter:
+    """Stream tables into one IPC or Parquet file; :meth:`close` commits, :meth:`abort` discards.
+
+    Use as a context manager: an exception inside the block aborts, leaving no final file
+    (and an existing file at ``path`` untouched, for local paths). The schema comes from the
+    first table written unless given.
+    """
+
+    def __init__(self, path: str, schema: pa.Schema | None = None, *, format: str | None = None,
+                 rows_per_batch: int = DEFAULT_ROWS_PER_BATCH) -> None:
+        if int(rows_per_batch) < 1:
+            raise PoolError(f"pool {path}: rows_per_batch must be >= 1, got {rows_per_batch}")
+        self.path = path
+        self.format = choose_format(path, format)
+        self.rows_per_batch = int(rows_per_batch)
+        self._loc = resolve(path)
+        self._schema = schema
+        self._target = (os.path.join(os.path.dirname(self._loc.path),
+                                     f".{os.path.basename(self._loc.path)}.tmp-{os.getpid()}-"
+                                     f"{secrets.token_hex(4)}")
+                        if self._loc.is_local else self._loc.path)
+        self._sink: pa.NativeFile | None = None
+        self._writer: ipc.RecordBatchFileWriter | pq.ParquetWriter | None = None
+        self._done = False
+        self.rows_written = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _start(self, schema: pa.Schema) -> None:
+        if self._loc.is_local:  # object stores have no directories to create
+            os.makedirs(os.path.dirname(self._target), exist_ok=True)
+        self._sink = self._loc.fs.open_output_stream(self._target)
+        self._schema = schema
+        if self.format == "ipc":
+            options = ipc.IpcWriteOptions(compression=None)
+            self._writer = ipc.new_file(self._sink, schema, options=options)
+        else:
+            integer_columns = [f.name for f in schema if pa.types.is_integer(f.type)]
+            self._writer = pq.ParquetWriter(self._sink, schema, compression="zstd",
+                                            use_dictionary=integer_columns or False)
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        """Append the rows of ``data`` (its schema must match the first table's)."""
+        if self._done:
+            raise PoolError(f"pool {self.path}: writer is already closed")
+        table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        try:
+            if self._writer is None:
+                self._start(self._schema if self._schema is not None else table.schema)
+            if not table.schema.equals(self._schema):
+                raise PoolError(f"pool {self.path}: table schema {table.schema} does not match "
+                                f"the file's schema {self._schema}; write tables of one schema")
+            if self.format == "ipc":
+                self._writer.write_table(table, max_chunksize=self.rows_per_batch)
+            else:
+                self._writer.write_table(table, row_group_size=self.rows_per_batch)
+        except BaseException:
+            self.abort()
+            raise
+        self.rows_written += table.num_rows
+
+    def close(self) -> None:
+        """Finish the file and make it visible under its final name (atomically when local)."""
+        if self._done:
+            return
+        try:
+            if self._writer is None:
+                if self._schema is None:
+                    raise PoolError(f"pool {self.path}: nothing was written and no schema was "
+                                    "given; write at least one table")
+                self._start(self._schema)
+            self._writer.close()
+            self._sink.close()
+            if self._loc.is_local:
+                _fsync_file(self._target)
+                os.replace(self._target, self._loc.path)
+                _fsync_dir(os.path.dirname(self._loc.path))
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        log.debug("wrote %s (%s, %d rows)", self._loc.display, self.format, self.rows_written)
+
+    def abort(self) -> None:
+        """Discard everything written so far (no final file appears)."""
+        if self._done:
+            return
+        self._done = True
+        for closer in (self._writer, self._sink):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:  # already failed; the file is being discarded anyway
+                pass
+        if self._sink is not None:
+            try:
+                self._loc.fs.delete_file(self._target)
+            except Exception as exc:
+                log.warning("could not remove partial file %s: %s", self._target, one_line(exc))
+
+    def __enter__(self) -> "PoolWriter":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_table(table: pa.Table, path: str, *, format: str | None = None,
+                rows_per_batch: int = DEFAULT_ROWS_PER_BATCH) -> None:
+    """Write ``table`` to ``path`` (format from ``format`` or the suffix), atomically when local."""
+    with PoolWriter(path, table.schema, format=format, rows_per_batch=rows_per_batch) as w:
+        w.write(table)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Persist a rename (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
