@@ -3,3 +3,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from alscale.api import select
+from alscale.types import Selection
+
+__all__ = ["Selection", "__version__", "select"]

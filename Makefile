@@ -1,0 +1,34 @@
+# One command to set up and run the demo, one to set up and run the tests (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# Ray >= 2.59 turns token auth on for local clusters; local runs and tests keep it off.
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first, so the CUDA build (several GB) is not pulled by the dependency.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data/demo-1m.arrow: | $(STAMP)
+	$(BIN)/alscale pool synth $@ --rows 1000000 --dim 64 --classes 10 --seed 0
+
+demo: $(STAMP) data/demo-1m.arrow
+	$(BIN)/alscale run jobs/demo.yaml --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf out data .pytest_cache

@@ -1,0 +1,61 @@
+"""In-memory API for small data and notebooks: the same loops as a job, over numpy arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from alscale import validation
+from alscale.errors import AlscaleError
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy, select_by_score
+from alscale.types import Selection
+
+
+def select(
+    strategy: str,
+    *,
+    budget: int,
+    log_probs: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    labeled: np.ndarray | None = None,
+    seed: int = 0,
+    round: int = 0,
+    **options: Any,
+) -> Selection:
+    """Select ``min(budget, unlabelled)`` rows with a registered strategy.
+
+    Args:
+        strategy: a registry name (``alscale.strategies.strategy_names()``).
+        budget: number of rows to pick (> 0).
+        log_probs: natural-log probabilities ``[N, C]`` or ``[N, K, C]`` (K MC samples or
+            committee members).
+        embeddings: ``[N, D]`` (for the diversity strategies).
+        labeled: positions already labelled (never picked), or a boolean mask ``[N]``.
+        seed, round: the randomness key; the same arguments give the same selection.
+        **options: strategy options (e.g. ``beta=2.0, base="bald"`` for ``power``).
+
+    Returns:
+        A :class:`~alscale.types.Selection`: ``.indices`` are positions into the inputs in
+        pick order, ``.scores`` their ranking keys (higher = picked first).
+    """
+    info = get_strategy(strategy)
+    budget = validation.check_budget(budget)
+    lp = None if log_probs is None else validation.check_log_probs(log_probs)
+    emb = None if embeddings is None else validation.check_embeddings(embeddings, None if lp is None else lp.shape[0])
+    if lp is None and emb is None:
+        raise AlscaleError("select needs log_probs [N, C] / [N, K, C] or embeddings [N, D]")
+    n = lp.shape[0] if lp is not None else emb.shape[0]
+    opts = dict(options)
+    base = get_strategy(opts.get("base", "entropy")) if info.kind == "stochastic" else info
+    if base.needs_log_probs and lp is None:
+        raise AlscaleError(f"strategy {info.name} needs log_probs")
+    if lp is not None and lp.shape[1] < base.min_samples:
+        raise AlscaleError(
+            f"strategy {info.name} needs K >= {base.min_samples} samples on the middle axis of log_probs; "
+            f"got shape {lp.shape}"
+        )
+    state = ShardState(np.arange(n, dtype=np.int64), lp, emb)
+    shards = FanoutShards(InProcessFanout([state]))
+    shards.exclude(validation.check_labeled_positions(labeled, n))
+    return select_by_score(shards, info.name, budget, options=opts, seed=seed, round=round)

@@ -1,0 +1,151 @@
+"""``alscale`` command line: validate | run | pool synth|mnist|info | strategies.
+
+Bad input (job, pool, labelled set, arguments) prints one line ``alscale: error: ...`` to
+stderr and exits with code 2, leaving no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from alscale.errors import AlscaleError
+
+logger = logging.getLogger("alscale")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alscale", description="Active-learning acquisition over sharded Arrow pools.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a job file (and its pool) without computing anything")
+    v.add_argument("job")
+    v.add_argument("overrides", nargs="*", metavar="key=value")
+
+    r = sub.add_parser("run", help="run an acquisition job")
+    r.add_argument("job")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. strategy.budget=500 runtime.shards=7")
+    r.add_argument("--out", help="output directory (default: the job's 'output')")
+    r.add_argument("--force", action="store_true", help="overwrite an output directory that holds a selection")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pool = sub.add_parser("pool", help="make or inspect pools")
+    psub = pool.add_subparsers(dest="pool_command", required=True)
+    s = psub.add_parser("synth", help="synthetic pool with planted clusters and labels")
+    s.add_argument("out")
+    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--dim", type=int, required=True)
+    s.add_argument("--classes", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    s.add_argument("--log-probs", type=int, default=0, metavar="K",
+                   help="also write a precomputed log_probs column with K samples (0: none)")
+    m = psub.add_parser("mnist", help="MNIST idx files -> pool (features 784, label)")
+    m.add_argument("out")
+    m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
+    m.add_argument("--split", choices=("train", "test"), default="train")
+    m.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    i = psub.add_parser("info", help="schema and size of a pool")
+    i.add_argument("pool")
+
+    sub.add_parser("strategies", help="list the registered strategies")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except AlscaleError as exc:
+        print(f"alscale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alscale: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "pool":
+        return _pool(args)
+    if args.command == "strategies":
+        from alscale.strategies import get_strategy, strategy_names
+
+        for name in strategy_names():
+            print(f"{name:18s} {get_strategy(name).summary}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from alscale.jobspec import load_job
+    from alscale.pool import open_pool
+    from alscale.runtime.coordinator import check_job_against_pool
+
+    job = load_job(args.job, args.overrides)
+    info = open_pool(job.pool)
+    problems = check_job_against_pool(job, info)
+    if problems:
+        raise AlscaleError("; ".join(problems))
+    print(f"job {args.job}: valid ({job.strategy.name}, budget {job.strategy.budget}, pool {info.n_rows:,} rows)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from alscale.jobspec import load_job
+    from alscale.runtime.coordinator import run_job
+
+    job = load_job(args.job, args.overrides)
+    result = run_job(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    m = result.manifest
+    sel = result.selection
+    phases = "  ".join(f"{k} {v:.2f}s" for k, v in m["phase_seconds"].items())
+    rows_s = m.get("rows_per_s")
+    print(f"selected {len(sel):,} of {m['pool']['n_rows']:,} rows with {sel.strategy} "
+          f"(seed {m['seed']}, {m['runtime']['executor']} executor, {len(m['shard_plan'])} shards)")
+    print(f"phases: {phases}")
+    if rows_s:
+        print(f"throughput: {rows_s:,.0f} rows/s (excluding start-up)")
+    head = min(5, len(sel))
+    if head:
+        picks = ", ".join(f"{int(r)} ({s:.4f})" for r, s in zip(sel.indices_B[:head], sel.scores_B[:head]))
+        print(f"first picks (row_id (score)): {picks}")
+    print(f"written: {result.out_dir / 'selection.parquet'} and manifest.json")
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from alscale import pool
+
+    if args.pool_command == "synth":
+        for name in ("rows", "dim", "classes"):
+            if getattr(args, name) < (2 if name == "classes" else 1):
+                raise AlscaleError(f"--{name} must be >= {2 if name == 'classes' else 1}; got {getattr(args, name)}")
+        info = pool.synth_pool(
+            args.out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
+            format=args.format, log_probs_samples=args.log_probs,
+        )
+    elif args.pool_command == "mnist":
+        info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format)
+    else:
+        info = pool.open_pool(args.pool)
+    print(pool.describe_pool(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

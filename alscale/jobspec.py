@@ -1,0 +1,327 @@
+"""Job YAML -> a validated :class:`JobSpec`; every error is reported at once, before compute.
+
+A job file (see ``jobs/demo.yaml`` and the README for every field)::
+
+    pool:     {path: data/pool.arrow}
+    labeled:  {path: labeled.parquet}          # optional; Parquet or CSV with row_id
+    model:    {factory: mlp, kwargs: {num_classes: 10}, mc_samples: 1}   # or null
+    strategy: {name: entropy, budget: 1000, options: {}, round: 0}
+    runtime:  {executor: ray, shards: 2, address: null}
+    seed: 0
+    output: out/demo
+
+Overrides (``alscale run JOB key=value ...``) address fields with dots, e.g.
+``strategy.budget=500 runtime.executor=local``; values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alscale.errors import AlscaleError, JobError
+
+EXECUTORS = ("local", "ray")
+
+_SCHEMA: dict[str, Any] = {
+    "pool": {"path": None},
+    "labeled": {"path": None},
+    "model": {
+        "factory": None,
+        "kwargs": None,
+        "checkpoint": None,
+        "mc_samples": None,
+        "batch_size": None,
+        "device": None,
+    },
+    "strategy": {"name": None, "budget": None, "options": None, "round": None},
+    "runtime": {
+        "executor": None,
+        "shards": None,
+        "address": None,
+        "cpus_per_worker": None,
+        "gpus_per_worker": None,
+        "chunk_rows": None,
+    },
+    "seed": None,
+    "output": None,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    factory: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    mc_samples: int = 1
+    batch_size: int = 4096
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str
+    budget: int
+    options: dict[str, Any] = field(default_factory=dict)
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    executor: str = "ray"
+    shards: int = 2
+    address: str | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+    chunk_rows: int = 65536
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    pool: str
+    strategy: StrategyConfig
+    runtime: RuntimeConfig
+    labeled: str | None = None
+    model: ModelConfig | None = None
+    seed: int = 0
+    output: str | None = None
+    source: str | None = None  # the job file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable form (the shape of a job file)."""
+        d = asdict(self)
+        d["pool"] = {"path": self.pool}
+        d["labeled"] = {"path": self.labeled}
+        d.pop("source")
+        return d
+
+
+def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate a job file. Raises one :class:`JobError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise JobError(f"job {path}: cannot read it ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobError(f"job {path}: malformed YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise JobError(f"job {path}: the top level must be a mapping of fields; got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides, source=str(path))
+    return validate_job(raw, source=str(path))
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], *, source: str = "job") -> dict[str, Any]:
+    """Set ``a.b.c=value`` entries (YAML-parsed values) on a copy of ``raw``."""
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+            raise JobError(f"override {item!r} must look like key.path=value (e.g. strategy.budget=500)")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = parsed
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _unknown_keys(raw: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, errors: list[str]) -> None:
+    for key in raw:
+        if key not in schema:
+            where = f"{prefix}{key}"
+            valid = ", ".join(sorted(schema))
+            errors.append(f"unknown field {where!r} (valid{' under ' + prefix.rstrip('.') if prefix else ''}: {valid})")
+        elif isinstance(schema[key], dict) and isinstance(raw[key], dict):
+            _unknown_keys(raw[key], schema[key], f"{prefix}{key}.", errors)
+
+
+def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
+    """Check every field; raise one :class:`JobError` naming all problems.
+
+    Paths are used as written: relative paths are relative to the current directory (as
+    for the CLI), URIs (``s3://``, ``gs://``, ``file://``) go through ``pyarrow.fs``.
+    """
+    from alscale.strategies import registry
+
+    errors: list[str] = []
+    _unknown_keys(raw, _SCHEMA, "", errors)
+
+    def section(name: str, required: bool) -> dict[str, Any]:
+        v = raw.get(name)
+        if v is None:
+            if required:
+                errors.append(f"{name} is missing")
+            return {}
+        if not isinstance(v, dict):
+            errors.append(f"{name} must be a mapping; got {v!r}")
+            return {}
+        return v
+
+    pool = section("pool", True)
+    pool_path = pool.get("path")
+    if pool and not (isinstance(pool_path, str) and pool_path):
+        errors.append(f"pool.path must be a path or URI string; got {pool_path!r}")
+
+    labeled = section("labeled", False)
+    labeled_path = labeled.get("path")
+    if labeled_path is not None and not (isinstance(labeled_path, str) and labeled_path):
+        errors.append(f"labeled.path must be a path string or null; got {labeled_path!r}")
+
+    model_raw = raw.get("model")
+    model: ModelConfig | None = None
+    if model_raw is not None:
+        if not isinstance(model_raw, dict):
+            errors.append(f"model must be a mapping or null; got {model_raw!r}")
+        else:
+            model = _validate_model(model_raw, errors)
+
+    strat = section("strategy", True)
+    name = strat.get("name")
+    info = None
+    if strat and name is None:
+        errors.append("strategy.name is missing (valid: " + ", ".join(registry.strategy_names()) + ")")
+    elif name is not None:
+        if not isinstance(name, str):
+            errors.append(f"strategy.name must be a string; got {name!r}")
+        else:
+            try:
+                info = registry.get_strategy(name)
+            except AlscaleError as exc:
+                errors.append(f"strategy.name: {exc}")
+    budget = strat.get("budget")
+    if strat and not (_is_int(budget) and budget > 0):
+        errors.append(f"strategy.budget must be a positive integer; got {budget!r}")
+    options = strat.get("options") or {}
+    if not isinstance(options, dict):
+        errors.append(f"strategy.options must be a mapping; got {options!r}")
+        options = {}
+    elif info is not None:
+        try:
+            options = registry.check_options(info.name, options)
+        except AlscaleError as exc:
+            errors.append(f"strategy.options: {exc}")
+    rnd = strat.get("round", 0)
+    if not (_is_int(rnd) and rnd >= 0):
+        errors.append(f"strategy.round must be a non-negative integer; got {rnd!r}")
+
+    rt = section("runtime", False)
+    executor = rt.get("executor", "ray")
+    if executor not in EXECUTORS:
+        errors.append(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
+    shards = rt.get("shards", 2)
+    if not (_is_int(shards) and shards >= 1):
+        errors.append(f"runtime.shards must be an integer >= 1; got {shards!r}")
+    address = rt.get("address")
+    if address is not None and not isinstance(address, str):
+        errors.append(f"runtime.address must be a string (e.g. ray://head:10001 or auto) or null; got {address!r}")
+    if address is not None and executor == "local":
+        errors.append("runtime.address is set but runtime.executor is local; use runtime.executor=ray")
+    for key in ("cpus_per_worker", "gpus_per_worker"):
+        v = rt.get(key)
+        if v is not None and not (_is_num(v) and v >= 0 and (key == "gpus_per_worker" or v > 0)):
+            errors.append(f"runtime.{key} must be a positive number or null; got {v!r}")
+    chunk_rows = rt.get("chunk_rows", 65536)
+    if not (_is_int(chunk_rows) and chunk_rows >= 1):
+        errors.append(f"runtime.chunk_rows must be a positive integer; got {chunk_rows!r}")
+
+    seed = raw.get("seed", 0)
+    if not (_is_int(seed) and seed >= 0):
+        errors.append(f"seed must be a non-negative integer; got {seed!r}")
+    output = raw.get("output")
+    if output is not None and not (isinstance(output, str) and output):
+        errors.append(f"output must be a directory path or null; got {output!r}")
+
+    # Cross-field: what the strategy needs from the model.
+    if info is not None and model is not None and not errors:
+        base = registry.get_strategy(options.get("base", "entropy")) if info.kind == "stochastic" else info
+        if model.mc_samples < base.min_samples:
+            errors.append(
+                f"strategy {info.name} needs at least {base.min_samples} MC samples; "
+                f"set model.mc_samples >= {base.min_samples} (got {model.mc_samples})"
+            )
+
+    if errors:
+        n = len(errors)
+        raise JobError(f"job {source}: {n} error{'s' if n > 1 else ''}: " + "; ".join(errors))
+
+    return JobSpec(
+        pool=pool_path,
+        labeled=None if labeled_path is None else labeled_path,
+        model=model,
+        strategy=StrategyConfig(name=info.name, budget=int(budget), options=dict(options), round=int(rnd)),
+        runtime=RuntimeConfig(
+            executor=executor,
+            shards=int(shards),
+            address=address,
+            cpus_per_worker=rt.get("cpus_per_worker"),
+            gpus_per_worker=rt.get("gpus_per_worker"),
+            chunk_rows=int(chunk_rows),
+        ),
+        seed=int(seed),
+        output=output,
+        source=source,
+    )
+
+
+def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | None:
+    factory = m.get("factory")
+    ok = True
+    if not (isinstance(factory, str) and factory):
+        errors.append(f"model.factory must be a built-in name or 'package.module:callable'; got {factory!r}")
+        ok = False
+    elif ":" not in factory and "." in factory:
+        errors.append(f"model.factory {factory!r} looks like an import path; write it as 'package.module:callable'")
+        ok = False
+    kwargs = m.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        errors.append(f"model.kwargs must be a mapping; got {kwargs!r}")
+        ok = False
+    checkpoint = m.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        errors.append(f"model.checkpoint must be a file path or null; got {checkpoint!r}")
+        ok = False
+    mc = m.get("mc_samples", 1)
+    if not (_is_int(mc) and mc >= 1):
+        errors.append(f"model.mc_samples must be an integer >= 1; got {mc!r}")
+        ok = False
+    bs = m.get("batch_size", 4096)
+    if not (_is_int(bs) and bs >= 1):
+        errors.append(f"model.batch_size must be a positive integer; got {bs!r}")
+        ok = False
+    device = m.get("device", "auto")
+    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
+        errors.append(f"model.device must be auto, cpu, cuda or cuda:N; got {device!r}")
+        ok = False
+    if not ok:
+        return None
+    return ModelConfig(
+        factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, mc_samples=mc, batch_size=bs, device=device
+    )

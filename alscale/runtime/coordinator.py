@@ -1,0 +1,249 @@
+"""The coordinator: plan shards, start workers, score, select over all shards, write.
+
+Phases (timed, in the manifest): ``validate`` (pool schema and row ids, labelled set, a
+trial forward of the model), ``startup`` (executor and workers), ``read`` (workers
+load their shards), ``score`` (model forward; 0 when the pool holds log-probs),
+``select`` (acquisition scores and the exact global merge), ``write`` (outputs).
+``rows_per_s`` counts the pool's rows over every phase but ``startup``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.jobspec import JobSpec
+from alscale.pool import PoolInfo, open_pool, plan_shards, read_labeled
+from alscale.runtime import output
+from alscale.strategies import FanoutShards, get_strategy, select_by_score
+from alscale.types import PhaseTimings, Selection
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    selection: Selection
+    out_dir: Path
+    manifest: dict[str, Any]
+
+
+@contextmanager
+def _phase(timings: PhaseTimings, name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings.add(name, time.perf_counter() - t0)
+
+
+def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
+    """What the job needs from the pool's columns; returns the problems (empty when fine)."""
+    problems: list[str] = []
+    strat = get_strategy(job.strategy.name)
+    base = get_strategy(job.strategy.options.get("base", "entropy")) if strat.kind == "stochastic" else strat
+    if job.model is not None:
+        if info.feature_dim is None:
+            problems.append(
+                f"pool {info.path} has no 'features' column for model {job.model.factory}; add features or "
+                "set model: null and provide a 'log_probs' column"
+            )
+    elif base.needs_log_probs:
+        if info.n_classes is None:
+            problems.append(
+                f"pool {info.path} has no 'log_probs' column and the job has no model; strategy {strat.name} "
+                "needs one of them"
+            )
+        elif (info.n_samples or 1) < base.min_samples:
+            problems.append(
+                f"strategy {strat.name} needs K >= {base.min_samples} samples but pool {info.path} column "
+                f"'log_probs' has K = {info.n_samples}; use a strategy for single-pass outputs (e.g. entropy)"
+            )
+    return problems
+
+
+def _model_spec(job: JobSpec) -> Any:
+    from alscale.scoring import ModelSpec
+
+    m = job.model
+    assert m is not None
+    return ModelSpec(
+        factory=m.factory,
+        kwargs=dict(m.kwargs),
+        checkpoint=m.checkpoint,
+        mc_samples=m.mc_samples,
+        batch_size=m.batch_size,
+        device=m.device,
+    )
+
+
+def _make_executor(job: JobSpec, n_workers: int) -> Any:
+    if job.runtime.executor == "local":
+        from alscale.runtime.local import LocalExecutor
+
+        return LocalExecutor(n_workers)
+    from alscale.runtime.ray_executor import RayExecutor
+
+    return RayExecutor(
+        n_workers,
+        address=job.runtime.address,
+        cpus_per_worker=job.runtime.cpus_per_worker,
+        gpus_per_worker=job.runtime.gpus_per_worker,
+    )
+
+
+def run_job(
+    job: JobSpec,
+    *,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
+    """Run one acquisition job end to end and write its output directory.
+
+    Every check that can fail on input (job, pool schema, row ids, labelled set, model
+    build) runs before any worker starts; on error nothing is written.
+    """
+    started = datetime.now(timezone.utc)
+    timings = PhaseTimings()
+    target = out_dir if out_dir is not None else job.output
+    if target is None:
+        raise AlscaleError("no output directory: set 'output' in the job or pass --out DIR")
+    out_path = Path(target)
+    output.check_output_dir(out_path, force=force)
+
+    with _phase(timings, "validate"):
+        info = open_pool(job.pool)
+        problems = check_job_against_pool(job, info)
+        if problems:
+            raise AlscaleError("; ".join(problems))
+        labeled = read_labeled(job.labeled) if job.labeled else np.empty(0, np.int64)
+        model_spec = None
+        if job.model is not None:
+            model_spec = _model_spec(job)
+            _dry_build(model_spec, info, job.seed)
+    plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
+    columns = _columns_needed(job, info)
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    with _phase(timings, "startup"):
+        executor = _make_executor(job, len(plan))
+    try:
+        with _phase(timings, "read"):
+            executor.map("load", [(spec, columns, model_spec is not None) for spec in plan])
+        with _phase(timings, "score"):
+            if model_spec is not None:
+                _score_all(executor, plan, model_spec, job, progress)
+        shards = FanoutShards(executor)
+        with _phase(timings, "select"):
+            n_labeled_in_pool = shards.exclude(labeled)
+            selection = select_by_score(
+                shards,
+                job.strategy.name,
+                job.strategy.budget,
+                options=job.strategy.options,
+                seed=job.seed,
+                round=job.strategy.round,
+            )
+        executor_info = executor.describe()
+    finally:
+        executor.close()
+
+    if labeled.size > n_labeled_in_pool:
+        logger.warning("%d labelled row_ids are not in the pool (ignored)", labeled.size - n_labeled_in_pool)
+    manifest: dict[str, Any] = {
+        "job": job.to_dict(),
+        "job_file": job.source,
+        "seed": job.seed,
+        "round": job.strategy.round,
+        "strategy": selection.strategy,
+        "budget": job.strategy.budget,
+        "n_selected": len(selection),
+        "pool": {
+            "path": info.path,
+            "format": info.format,
+            "n_rows": info.n_rows,
+            "columns": list(info.columns),
+            "n_labeled": int(n_labeled_in_pool),
+        },
+        "shard_plan": [[s.start, s.stop] for s in plan],
+        "runtime": executor_info,
+        "round_trips": shards.round_trips,
+        "started_utc": started.isoformat(),
+        "versions": output.versions(),
+        "git_revision": output.git_revision(),
+        "machine": output.machine(),
+    }
+    # The manifest cannot time its own write: on disk, "write" covers the selection file
+    # only; the returned manifest has the full figure.
+    with _phase(timings, "write"):
+        output.write_selection(out_path, selection, job.strategy.round)
+    _add_throughput(manifest, timings, info.n_rows)
+    with _phase(timings, "write"):
+        output.write_manifest(out_path, manifest)
+    _add_throughput(manifest, timings, info.n_rows)
+    logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
+    return RunResult(selection=selection, out_dir=out_path, manifest=manifest)
+
+
+def _add_throughput(manifest: dict[str, Any], timings: PhaseTimings, n_rows: int) -> None:
+    manifest["phase_seconds"] = {k: round(v, 6) for k, v in timings.seconds.items()}
+    work = sum(v for k, v in timings.seconds.items() if k != "startup")
+    manifest["rows_per_s"] = n_rows / work if work > 0 else None
+
+
+def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
+    if job.model is not None:
+        return ["features"]
+    cols = []
+    if info.n_classes is not None:
+        cols.append("log_probs")
+    if info.embedding_dim is not None:
+        cols.append("embedding")
+    return cols
+
+
+def _dry_build(model_spec: Any, info: PoolInfo, seed: int) -> None:
+    """Build the model in the driver and run it on the pool's first rows, so factory,
+    checkpoint and dimension errors surface before any worker starts."""
+    from alscale.pool import read_shard
+    from alscale.scoring import Scorer
+    from alscale.types import ShardSpec
+
+    head = read_shard(ShardSpec(info.path, 0, 0, min(2, info.n_rows)), ["features"], check_finite=False)
+    scorer = Scorer(model_spec, in_features=int(info.feature_dim or 0), seed=seed)
+    try:
+        scorer.score(np.nan_to_num(np.asarray(head.features_N_D, dtype=np.float32)))
+    except AlscaleError:
+        raise
+    except Exception as exc:  # a model that cannot run on these features
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f" (checkpoint {model_spec.checkpoint})" if model_spec.checkpoint else ""
+        raise AlscaleError(
+            f"model {model_spec.factory}{where} fails on pool {info.path} features of dimension "
+            f"{info.feature_dim}: {first}; check the model's input size"
+        ) from None
+
+
+def _score_all(executor: Any, plan: list, model_spec: Any, job: JobSpec, progress: bool) -> None:
+    """Drive every worker through its shard chunk by chunk, with a progress bar."""
+    from tqdm import tqdm
+
+    chunk_rows = job.runtime.chunk_rows
+    n_chunks = max(math.ceil(s.n_rows / chunk_rows) for s in plan)
+    total = sum(s.n_rows for s in plan)
+    with tqdm(total=total, unit="rows", desc="scoring", disable=not progress, file=sys.stderr) as bar:
+        for chunk in range(n_chunks):
+            done = executor.map("score_chunk", [(model_spec, job.seed, chunk, chunk_rows)] * len(plan))
+            bar.update(int(sum(done)))

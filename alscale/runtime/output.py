@@ -1,0 +1,140 @@
+"""The output directory of a job: ``selection.parquet`` and ``manifest.json``, written atomically.
+
+Each file goes to a temporary name in the same directory, is fsync'd, then renamed over
+its final name, so a reader never sees a half-written file. The manifest is written last:
+a directory whose manifest exists holds a finished selection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from alscale.errors import AlscaleError
+from alscale.pool import write_table
+from alscale.types import Selection
+
+SELECTION_FILE = "selection.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+def check_output_dir(out_dir: Path, *, force: bool) -> None:
+    """Refuse to overwrite a finished selection unless ``force``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AlscaleError(f"output {out_dir} exists and is not a directory; choose another --out")
+    done = [name for name in (SELECTION_FILE, MANIFEST_FILE) if (out_dir / name).exists()]
+    if done and not force:
+        raise AlscaleError(f"output {out_dir} already holds a selection ({done[0]}); pass --force or choose another --out")
+
+
+def selection_table(selection: Selection, round: int) -> pa.Table:
+    """``row_id, rank (1 = first pick), score, strategy, round``."""
+    b = len(selection)
+    return pa.table(
+        {
+            "row_id": pa.array(np.asarray(selection.indices_B, dtype=np.int64)),
+            "rank": pa.array(np.arange(1, b + 1, dtype=np.int32)),
+            "score": pa.array(np.asarray(selection.scores_B, dtype=np.float64)),
+            "strategy": pa.array([selection.strategy] * b, type=pa.string()),
+            "round": pa.array(np.full(b, round, dtype=np.int32)),
+        }
+    )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a fsync'd temporary file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_selection(out_dir: Path, selection: Selection, round: int) -> None:
+    """Write ``selection.parquet`` atomically (creating the directory)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(selection_table(selection, round), str(out_dir / SELECTION_FILE), format="parquet")
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically; written last, it marks a finished selection."""
+    atomic_write_text(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the pieces that can change an answer or a timing."""
+    import pyarrow
+
+    import alscale
+
+    out: dict[str, str | None] = {
+        "alscale": alscale.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+    for mod in ("torch", "ray"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                from importlib.metadata import version
+
+                out[mod] = version(mod)
+            except Exception:  # not installed
+                out[mod] = None
+        else:
+            out[mod] = getattr(m, "__version__", None)
+    return out
+
+
+def git_revision() -> str | None:
+    """The alscale checkout's commit (with ``-dirty`` when it has local changes), if any."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+    }

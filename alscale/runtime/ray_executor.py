@@ -1,0 +1,119 @@
+"""The Ray executor: the same :class:`ShardWorker` as Ray actors, one per shard.
+
+The only module (with ``ray_jobs`` later) that imports ``ray``. ``ray.init()`` with no
+address starts a local Ray; an address joins a cluster. Large arguments that go to every
+worker (e.g. the labelled ids) are put into the object store once and passed by reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.runtime.worker import ShardWorker
+
+logger = logging.getLogger(__name__)
+
+_PUT_THRESHOLD_BYTES = 1 << 16
+
+
+class RayExecutor:
+    """``n_workers`` Ray actors running :class:`ShardWorker`.
+
+    Args:
+        n_workers: number of shard actors.
+        address: Ray cluster address (``None``: join ``RAY_ADDRESS`` if set, else start a
+            local Ray; ``"local"`` forces a new local instance).
+        cpus_per_worker: CPUs reserved per actor (default: the cluster's CPUs shared evenly).
+        gpus_per_worker: GPUs per actor; ``None`` shares the cluster's GPUs evenly (at most
+            one each), 0 keeps workers on CPU.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        n_workers: int,
+        *,
+        address: str | None = None,
+        cpus_per_worker: float | None = None,
+        gpus_per_worker: float | None = None,
+    ) -> None:
+        import ray
+
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            # Ray >= 2.59 turns on token auth for local clusters; keep the caller's choice,
+            # and default to "disabled" only for a Ray this process starts itself.
+            if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            try:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=True)
+            except ConnectionError as exc:
+                raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+            self._owns_ray = True
+        resources = ray.cluster_resources()
+        total_cpus = float(resources.get("CPU", 1.0))
+        total_gpus = float(resources.get("GPU", 0.0))
+        if cpus_per_worker is None:
+            cpus_per_worker = max(0.01, math.floor(100 * total_cpus / n_workers) / 100)
+        if gpus_per_worker is None:
+            gpus_per_worker = min(1.0, math.floor(100 * total_gpus / n_workers) / 100) if total_gpus else 0.0
+        self.cpus_per_worker = float(cpus_per_worker)
+        self.gpus_per_worker = float(gpus_per_worker)
+        threads = max(1, int(self.cpus_per_worker))
+        actor_cls = ray.remote(ShardWorker)
+        self.actors = [
+            actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker).remote(threads)
+            for _ in range(n_workers)
+        ]
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.actors)
+
+    def map(self, method: str, args_per_worker: Sequence[tuple]) -> list:
+        """Call ``method`` on every actor concurrently; results in worker order."""
+        puts: dict[int, Any] = {}
+
+        def by_ref(arg: Any) -> Any:
+            # The same large array sent to every worker goes into the object store once.
+            if isinstance(arg, np.ndarray) and arg.nbytes >= _PUT_THRESHOLD_BYTES:
+                if id(arg) not in puts:
+                    puts[id(arg)] = self._ray.put(arg)
+                return puts[id(arg)]
+            return arg
+
+        refs = [
+            getattr(actor, method).remote(*[by_ref(a) for a in args])
+            for actor, args in zip(self.actors, args_per_worker, strict=True)
+        ]
+        try:
+            return self._ray.get(refs)
+        except self._ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            raise cause from None
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
+        if self._owns_ray:
+            self._ray.shutdown()
+
+    def describe(self) -> dict:
+        return {
+            "executor": self.name,
+            "workers": self.n_workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+            "ray_version": self._ray.__version__,
+        }

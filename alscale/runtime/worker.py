@@ -1,0 +1,124 @@
+"""``ShardWorker``: owns one shard — loads it, scores it, and answers the ``Shards`` calls.
+
+A plain class (DESIGN §5): the local executor holds a list of them; the Ray executor runs
+the same class as actors. It needs nothing from the driver but its :class:`ShardSpec`, so
+it can (re)load its shard from storage by itself. The model and its device are created
+lazily inside the process that owns the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from alscale.pool import read_shard
+from alscale.strategies.shards import ShardState
+from alscale.types import ShardData, ShardSpec
+
+logger = logging.getLogger(__name__)
+
+
+class ShardWorker:
+    """Holds one shard's rows, model outputs and selection state."""
+
+    def __init__(self, torch_threads: int | None = None) -> None:
+        self.torch_threads = torch_threads
+        self.spec: ShardSpec | None = None
+        self.data: ShardData | None = None
+        self.state: ShardState | None = None
+        self._scorer: Any = None
+        self._log_probs: np.ndarray | None = None
+        self._embeddings: np.ndarray | None = None
+
+    # -- loading and scoring -------------------------------------------------------------
+    def load(
+        self, spec: ShardSpec, columns: Sequence[str], will_score: bool = False, check_finite: bool = True
+    ) -> dict[str, float]:
+        """Read the shard's rows (zero-copy where the format allows).
+
+        Unless ``will_score`` (a model will produce the log-probs), the shard is ready for
+        selection right after loading.
+        """
+        t0 = time.perf_counter()
+        self.spec = spec
+        self.data = read_shard(spec, columns, check_finite=check_finite)
+        self.state = None
+        self._scorer = self._log_probs = self._embeddings = None
+        if not will_score:
+            self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
+        return {"rows": float(self.data.n_rows), "seconds": time.perf_counter() - t0}
+
+    def score_chunk(self, model_spec: Any, seed: int, chunk: int, chunk_rows: int) -> int:
+        """Score rows ``[chunk*chunk_rows, (chunk+1)*chunk_rows)`` of this shard with the model.
+
+        Chunks beyond the shard's end are no-ops, so the coordinator can drive all
+        shards through the same chunk indices (and a progress bar) in lockstep.
+        Returns the number of rows scored.
+        """
+        assert self.data is not None and self.data.features_N_D is not None
+        n = self.data.n_rows
+        start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
+        if start >= stop:
+            return 0
+        if self._scorer is None:
+            self._init_scorer(model_spec, seed)
+        log_probs_B_K_C, emb_B_E = self._scorer.score(self.data.features_N_D[start:stop])
+        if self._log_probs is None:
+            self._log_probs = np.empty((n, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
+            if emb_B_E is not None:
+                self._embeddings = np.empty((n, emb_B_E.shape[1]), dtype=np.float32)
+        self._log_probs[start:stop] = log_probs_B_K_C
+        if emb_B_E is not None and self._embeddings is not None:
+            self._embeddings[start:stop] = emb_B_E
+        if stop == n:
+            self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings)
+        return stop - start
+
+    def _init_scorer(self, model_spec: Any, seed: int) -> None:
+        import torch
+
+        from alscale.scoring import Scorer
+
+        if self.torch_threads:
+            torch.set_num_threads(int(self.torch_threads))
+        assert self.data is not None and self.data.features_N_D is not None
+        self._scorer = Scorer(model_spec, in_features=int(self.data.features_N_D.shape[1]), seed=seed)
+
+    def info(self) -> dict[str, Any]:
+        """Shape facts the coordinator checks and records."""
+        lp = None if self.state is None else self.state.log_probs_N_K_C
+        return {
+            "rows": 0 if self.data is None else self.data.n_rows,
+            "log_probs_shape": None if lp is None else tuple(int(x) for x in lp.shape[1:]),
+        }
+
+    # -- the Shards calls, delegated to the shard's state ------------------------------
+    def _st(self) -> ShardState:
+        if self.state is None:
+            raise RuntimeError("shard not loaded and scored yet")
+        return self.state
+
+    def n_rows(self) -> int:
+        return self._st().n_rows()
+
+    def n_candidates(self) -> int:
+        return self._st().n_candidates()
+
+    def exclude(self, row_ids: np.ndarray) -> int:
+        return self._st().exclude(row_ids)
+
+    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
+        self._st().compute_scores(strategy, options, seed, round)
+
+    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._st().topk(k)
+
+    def count_ahead(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
+        return self._st().count_ahead(base_scores_Q, row_ids_Q)
+
+    def softrank_candidates(self, m: int, beta: float, seed: int, round: int) -> tuple:
+        return self._st().softrank_candidates(m, beta, seed, round)

@@ -1,0 +1,136 @@
+"""End to end: a real pool on disk -> shards -> scores -> exact global top-k -> selection on disk.
+
+The same job must give the same ``selection.parquet`` for 1, 2 and 7 shards and for the
+local and Ray executors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from alscale.jobspec import validate_job
+from alscale.pool import pool_table, write_table
+from alscale.runtime.coordinator import run_job
+from tests.conftest import log_softmax
+
+
+@pytest.fixture(scope="module")
+def lp_pool(tmp_path_factory):
+    """4,000 rows with precomputed log-probs (K = 3 MC samples, C = 5) and shuffled row ids."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    lp = log_softmax(rng.normal(size=(n, 3, 5)) * 2)
+    ids = rng.permutation(100_000)[:n].astype(np.int64)
+    path = tmp_path_factory.mktemp("pools") / "lp.arrow"
+    write_table(pool_table(ids, log_probs_N_K_C=lp), str(path), rows_per_batch=700)
+    return path, ids, lp
+
+
+@pytest.fixture(scope="module")
+def feature_pool(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    n = 3000
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    path = tmp_path_factory.mktemp("pools") / "features.parquet"
+    write_table(pool_table(np.arange(n, dtype=np.int64), features_N_D=x), str(path), format="parquet",
+                rows_per_batch=512)
+    return path
+
+
+def _job(pool, tmp_path, **over):
+    raw = {
+        "pool": {"path": str(pool)},
+        "strategy": {"name": "entropy", "budget": 150},
+        "runtime": {"executor": "local", "shards": 1},
+        "seed": 4,
+        "output": str(tmp_path / "out"),
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            raw.setdefault(section, {})[field] = value
+        else:
+            raw[section] = value
+    return validate_job(raw)
+
+
+def _table(out_dir):
+    return pq.read_table(out_dir / "selection.parquet")
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "bald", "softrank", "random"])
+def test_local_selection_identical_for_1_2_7_shards(lp_pool, tmp_path, strategy):
+    path, ids, _ = lp_pool
+    tables = []
+    for shards in (1, 2, 7):
+        job = _job(path, tmp_path, strategy__name=strategy, runtime__shards=shards)
+        run_job(job, out_dir=tmp_path / f"out{shards}", progress=False)
+        tables.append(_table(tmp_path / f"out{shards}"))
+    assert tables[0].num_rows == 150
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+
+
+def test_selection_file_and_manifest(lp_pool, tmp_path):
+    path, ids, lp = lp_pool
+    labeled = tmp_path / "labeled.csv"
+    labeled.write_text("row_id\n" + "\n".join(str(i) for i in ids[:500]) + "\n")
+    job = _job(path, tmp_path, labeled={"path": str(labeled)}, strategy__budget=10)
+    result = run_job(job, progress=False)
+    t = _table(tmp_path / "out").to_pydict()
+    assert t["rank"] == list(range(1, 11)) and set(t["strategy"]) == {"entropy"} and set(t["round"]) == {0}
+    assert not set(t["row_id"]) & set(ids[:500].tolist())
+    # brute force: highest entropy of the mean prediction among unlabelled rows
+    p = np.exp(lp).mean(1)
+    ent = -(p * np.log(p)).sum(1)
+    ent[:500] = -np.inf
+    assert t["row_id"] == ids[np.argsort(-ent, kind="stable")[:10]].tolist()
+    np.testing.assert_allclose(t["score"], np.sort(ent)[::-1][:10], rtol=1e-5)
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["pool"]["n_rows"] == 4000 and m["pool"]["n_labeled"] == 500 and m["seed"] == 4
+    assert m["job"]["strategy"]["name"] == "entropy" and m["shard_plan"] == [[0, 4000]]
+    assert {"read", "score", "select", "startup"} <= set(m["phase_seconds"]) and m["rows_per_s"] > 0
+    assert m["versions"]["numpy"] and "git_revision" in m
+    assert result.selection.indices_B.tolist() == t["row_id"]
+
+
+def test_existing_selection_is_not_overwritten_without_force(lp_pool, tmp_path):
+    path, _, _ = lp_pool
+    job = _job(path, tmp_path)
+    run_job(job, progress=False)
+    from alscale.errors import AlscaleError
+
+    with pytest.raises(AlscaleError, match="already holds a selection.*--force"):
+        run_job(job, progress=False)
+    run_job(job, force=True, progress=False)
+
+
+def test_model_scoring_identical_for_1_2_7_shards(feature_pool, tmp_path):
+    tables = []
+    for shards in (1, 2, 7):
+        job = _job(feature_pool, tmp_path, model={"factory": "mlp", "kwargs": {"num_classes": 4}, "mc_samples": 5,
+                                                   "batch_size": 256},
+                   strategy__name="bald", runtime__shards=shards, runtime__chunk_rows=300)
+        run_job(job, out_dir=tmp_path / f"m{shards}", progress=False)
+        tables.append(_table(tmp_path / f"m{shards}"))
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+
+
+@pytest.mark.ray
+def test_ray_equals_local(lp_pool, feature_pool, tmp_path, ray_session):
+    path, _, _ = lp_pool
+    for name, job_kw in {
+        "lp": dict(pool=path, strategy__name="softrank"),
+        "model": dict(pool=feature_pool, model={"factory": "mlp", "kwargs": {"num_classes": 4}, "mc_samples": 3},
+                      strategy__name="variation_ratios"),
+    }.items():
+        pool = job_kw.pop("pool")
+        local = _job(pool, tmp_path, runtime__shards=3, **job_kw)
+        run_job(local, out_dir=tmp_path / f"{name}-local", progress=False)
+        remote = _job(pool, tmp_path, runtime__shards=3, runtime__executor="ray", **job_kw)
+        result = run_job(remote, out_dir=tmp_path / f"{name}-ray", progress=False)
+        assert result.manifest["runtime"]["executor"] == "ray"
+        assert _table(tmp_path / f"{name}-local").equals(_table(tmp_path / f"{name}-ray"))
