@@ -21,14 +21,17 @@ def check_budget(budget: Any, name: str = "budget") -> int:
     return int(budget)
 
 
-def check_finite(array: np.ndarray, name: str) -> None:
-    """All values finite; the error names the first bad position."""
+def check_finite(array: np.ndarray, name: str, *, allow_neg_inf: bool = False) -> None:
+    """All values finite (or -inf, with ``allow_neg_inf``); the error names the first bad position."""
     # Sum first: one pass, no N-sized boolean temporary in the common (valid) case.
     with np.errstate(all="ignore"):
         total = np.sum(array, dtype=np.float64)
-    if np.isfinite(total):
+    if np.isfinite(total) or (allow_neg_inf and total == -np.inf):
         return
-    bad = np.argwhere(~np.isfinite(array))
+    bad_mask = ~np.isfinite(array)
+    if allow_neg_inf:
+        bad_mask &= array != -np.inf
+    bad = np.argwhere(bad_mask)
     if bad.shape[0] == 0:  # the sum overflowed but every value is finite
         return
     pos = tuple(int(i) for i in bad[0])
@@ -46,7 +49,7 @@ def check_log_probs(log_probs: Any, name: str = "log_probs") -> np.ndarray:
         raise AlscaleError(f"{name} must hold floating log-probabilities; got dtype {arr.dtype}")
     if arr.shape[2] < 2:
         raise AlscaleError(f"{name} needs at least 2 classes on its last axis; got shape {arr.shape}")
-    check_finite(arr, name)
+    check_finite(arr, name, allow_neg_inf=True)  # log 0 = -inf is a valid log-probability
     if np.any(arr > 1e-3):
         raise AlscaleError(f"{name} must be natural-log probabilities (<= 0); got a value above 0; apply log_softmax")
     return arr

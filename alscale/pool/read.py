@@ -101,17 +101,21 @@ def _column(parts: list[tuple[DataFile, pa.Table]], name: str, ids_N: np.ndarray
     return out
 
 
-def first_nonfinite_row(x: np.ndarray) -> int | None:
+def first_nonfinite_row(x: np.ndarray, *, allow_neg_inf: bool = False) -> int | None:
     """Index of the first row of ``x`` (``[N, ...]`` float) with a NaN or inf, or ``None``.
 
-    Works in blocks so the temporary mask stays small.
+    ``allow_neg_inf`` accepts -inf (a log-probability of exactly 0). Works in blocks so
+    the temporary mask stays small.
     """
     if x.size == 0:
         return None
     flat = x.reshape(x.shape[0], -1)
     step = max(1, _FINITE_BLOCK_ELEMENTS // flat.shape[1])
     for s in range(0, flat.shape[0], step):
-        ok = np.isfinite(flat[s:s + step])
+        block = flat[s:s + step]
+        ok = np.isfinite(block)
+        if allow_neg_inf and not ok.all():
+            ok |= block == -np.inf
         if not ok.all():
             return s + int(np.argmin(ok.all(axis=1)))
     return None
@@ -119,15 +123,20 @@ def first_nonfinite_row(x: np.ndarray) -> int | None:
 
 def _check_finite(name: str, x: np.ndarray, ids_N: np.ndarray,
                   where_of_row: Callable[[int], str]) -> None:
-    """A PoolError naming the file, column, value and row_id of the first non-finite row."""
-    row = first_nonfinite_row(x)
+    """A PoolError naming the file, column, value and row_id of the first non-finite row.
+
+    In ``log_probs`` -inf is valid (a probability of exactly 0); NaN and +inf are not.
+    """
+    allow = name == LOG_PROBS
+    row = first_nonfinite_row(x, allow_neg_inf=allow)
     if row is None:
         return
     values = x[row].reshape(-1)
-    value = values[~np.isfinite(values)][0]
+    bad = ~np.isfinite(values)
+    if allow:
+        bad &= values != -np.inf
+    value = values[bad][0]
     fix = "clean or drop that row"
-    if name == LOG_PROBS:
-        fix += " (clip log-probabilities of 0 to a finite floor such as -100)"
     raise PoolError(f"pool {where_of_row(row)}: column '{name}' has a non-finite value "
                     f"({value}) at row_id {int(ids_N[row])}; {fix}")
 

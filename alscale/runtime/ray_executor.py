@@ -75,6 +75,9 @@ class RayExecutor:
             actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker).remote(threads)
             for _ in range(n_workers)
         ]
+        # Wait until every actor process is up (imports done), so start-up is not billed
+        # to the first real call.
+        ray.get([actor.ready.remote() for actor in self.actors])
 
     @property
     def n_workers(self) -> int:

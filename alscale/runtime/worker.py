@@ -34,6 +34,10 @@ class ShardWorker:
         self._log_probs: np.ndarray | None = None
         self._embeddings: np.ndarray | None = None
 
+    def ready(self) -> bool:
+        """A no-op call: returns once the worker (its process and imports) is up."""
+        return True
+
     # -- loading and scoring -------------------------------------------------------------
     def load(
         self, spec: ShardSpec, columns: Sequence[str], will_score: bool = False, check_finite: bool = True

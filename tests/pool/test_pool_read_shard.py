@@ -135,7 +135,8 @@ def test_ipc_read_inside_one_batch_is_zero_copy_view_of_the_mapped_file(tmp_path
 @pytest.mark.parametrize("column, field, bad", [
     ("features", "features_N_D", np.nan),
     ("embedding", "embeddings_N_D", np.inf),
-    ("log_probs", "log_probs_N_K_C", -np.inf),
+    ("log_probs", "log_probs_N_K_C", np.nan),
+    ("log_probs", "log_probs_N_K_C", np.inf),
 ])
 def test_non_finite_value_names_column_and_row_id(write_pool, fmt, column, field, bad):
     arrays = known_arrays(30)
@@ -147,12 +148,20 @@ def test_non_finite_value_names_column_and_row_id(write_pool, fmt, column, field
     shown = {np.nan: "nan", np.inf: "inf", -np.inf: "-inf"}[bad]
     assert str(exc.value) == (
         f"pool {path}: column '{column}' has a non-finite value ({shown}) at row_id {row_id}; "
-        "clean or drop that row" + (" (clip log-probabilities of 0 to a finite floor such as "
-                                    "-100)" if column == "log_probs" else ""))
+        "clean or drop that row")
     # rows before the bad one read fine; the check can be turned off
     assert read_shard(ShardSpec(path, 0, 0, 17), [column]).n_rows == 17
     unchecked = read_shard(ShardSpec(path, 0, 10, 30), [column], check_finite=False)
     assert not np.isfinite(getattr(unchecked, field)[7]).all()
+
+
+def test_minus_inf_log_probs_are_valid(write_pool, fmt):
+    """log 0 = -inf is a legal log-probability; NaN and +inf are not (above)."""
+    arrays = known_arrays(30)
+    arrays["log_probs_N_K_C"][17].reshape(-1)[0] = -np.inf
+    path = write_pool(pool_table(**arrays), fmt, rows_per_batch=8)
+    got = read_shard(ShardSpec(path, 0, 10, 30), ["log_probs"])
+    assert got.log_probs_N_K_C[7].reshape(-1)[0] == -np.inf
 
 
 def test_non_finite_in_a_dataset_names_the_file(tmp_path):

@@ -1,0 +1,213 @@
+"""Strategy registry: name -> :class:`StrategyInfo` (what it computes, what it needs, its options).
+
+Three kinds of strategy live here:
+
+- ``"score"``: deterministic top-B of a per-row score (``score_fn``, from
+  :mod:`alscale.strategies.scores`; higher = picked first).
+- ``"stochastic"``: Gumbel-top-B of a transform of a *base* score strategy (Kirsch et al.,
+  "Stochastic Batch Acquisition", TMLR 2023): ``power`` (p ∝ s^beta), ``softmax``
+  (p ∝ exp(beta s)), ``softrank`` (p ∝ rank^-beta). Options ``beta`` (> 0, default 1) and
+  ``base`` (a registered score strategy, default ``entropy``). Their ``min_samples`` and
+  ``needs_log_probs`` are those of the *default* base; a caller must resolve the real
+  requirements through the chosen base: ``get_strategy(check_options(name, opts)["base"])``
+  (or :func:`score_strategy`).
+- ``"random"``: uniform sampling (keyed noise; needs no model output).
+
+Names are matched case-insensitively, with ``-`` and spaces read as ``_``; aliases map to a
+canonical name. There is deliberately no ``powerbald`` entry: the paper's PowerBALD is
+``power`` with ``base: bald``, and an entry would only duplicate ``power`` with another
+default (callers dispatch the stochastic transform on the canonical name).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.strategies import scores
+
+__all__ = ["StrategyInfo", "check_options", "get_strategy", "score_strategy", "strategy_names"]
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """What a registered strategy is and needs.
+
+    Attributes:
+        name: canonical name.
+        kind: ``"score"`` (deterministic top-k of a score), ``"stochastic"`` (Gumbel-top-k
+            of a transform of a base score) or ``"random"``.
+        score_fn: ``log_probs_N_K_C -> scores_N`` (float64, higher = picked first) for kind
+            ``"score"``; None otherwise.
+        min_samples: the least K the score needs (2 for the disagreement scores). For
+            ``"stochastic"`` it is the default base's; resolve through the chosen base.
+        needs_log_probs: whether the strategy needs model log-probs (same caveat).
+        options: allowed options with their defaults (read-only).
+        summary: one line, citing the paper.
+    """
+
+    name: str
+    kind: str
+    score_fn: Callable[[np.ndarray], np.ndarray] | None
+    min_samples: int
+    needs_log_probs: bool
+    options: Mapping[str, Any]
+    summary: str
+
+
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+_STOCHASTIC_OPTIONS: Mapping[str, Any] = MappingProxyType({"beta": 1.0, "base": "entropy"})
+
+
+def _score(name: str, fn: Callable[[np.ndarray], np.ndarray], min_samples: int, summary: str) -> StrategyInfo:
+    return StrategyInfo(name, "score", fn, min_samples, True, _NO_OPTIONS, summary)
+
+
+def _stochastic(name: str, summary: str) -> StrategyInfo:
+    # min_samples / needs_log_probs: those of the default base, entropy (K >= 1, log-probs).
+    return StrategyInfo(name, "stochastic", None, 1, True, _STOCHASTIC_OPTIONS, summary)
+
+
+_STRATEGIES: dict[str, StrategyInfo] = {
+    s.name: s
+    for s in (
+        StrategyInfo(
+            "random", "random", None, 1, False, _NO_OPTIONS, "uniform random sample of the unlabelled rows (baseline)"
+        ),
+        _score("least_confidence", scores.least_confidence, 1, "1 - max_c p(c|x) (Lewis & Gale, SIGIR 1994)"),
+        _score("margin", scores.margin, 1, "1 - (p_top1 - p_top2) (Scheffer et al., IDA 2001)"),
+        _score("entropy", scores.entropy, 1, "predictive entropy H[p(y|x)] (Shannon 1948; Gal et al., ICML 2017)"),
+        _score(
+            "bald", scores.bald, 2, "mutual information of label and weights (Houlsby et al. 2011; Gal et al. 2017)"
+        ),
+        _score(
+            "variation_ratios",
+            scores.variation_ratios,
+            2,
+            "1 - modal-class vote share over K samples (Freeman 1965; Gal et al., ICML 2017)",
+        ),
+        _score(
+            "mean_std",
+            scores.mean_std,
+            2,
+            "mean over classes of the std of p(c|x,w) over K samples (Kampffmeyer et al., CVPR-W 2016)",
+        ),
+        _score(
+            "vote_entropy",
+            scores.vote_entropy,
+            2,
+            "entropy of the committee's argmax votes (QBC; Dagan & Engelson, ICML 1995)",
+        ),
+        _score(
+            "consensus_kl",
+            scores.consensus_kl,
+            2,
+            "mean KL of each member to the consensus (QBC; McCallum & Nigam, ICML 1998)",
+        ),
+        _stochastic("power", "Gumbel-top-k with p ∝ score^beta, e.g. PowerBALD (Kirsch et al., TMLR 2023)"),
+        _stochastic("softmax", "Gumbel-top-k with p ∝ exp(beta * score) (Kirsch et al., TMLR 2023)"),
+        _stochastic("softrank", "Gumbel-top-k with p ∝ rank^-beta over the whole pool (Kirsch et al., TMLR 2023)"),
+    )
+}
+
+_ALIASES: dict[str, str] = {
+    "lc": "least_confidence",
+    "least_confident": "least_confidence",
+    "max_entropy": "entropy",
+    "varratios": "variation_ratios",
+    "var_ratios": "variation_ratios",
+    "qbc": "vote_entropy",
+    "vote": "vote_entropy",
+    "kl": "consensus_kl",
+    "uniform": "random",
+}
+
+
+def _canonical(name: str) -> str | None:
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    key = _ALIASES.get(key, key)
+    return key if key in _STRATEGIES else None
+
+
+def strategy_names() -> list[str]:
+    """The canonical strategy names, sorted (aliases not included)."""
+    return sorted(_STRATEGIES)
+
+
+def get_strategy(name: str) -> StrategyInfo:
+    """Look a strategy up by name or alias (case-insensitive).
+
+    Raises:
+        AlscaleError: ``unknown strategy 'foo'; valid: bald, consensus_kl, ...``.
+    """
+    if not isinstance(name, str):
+        raise AlscaleError(f"strategy name must be a string; got {name!r}")
+    canonical = _canonical(name)
+    if canonical is None:
+        raise AlscaleError(f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}")
+    return _STRATEGIES[canonical]
+
+
+def check_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a strategy's options and fill in the defaults; returns the full option dict.
+
+    ``beta`` must be a positive finite number (returned as float); ``base`` must name a
+    registered ``"score"`` strategy (aliases allowed; returned canonical). Unknown keys are
+    errors that list the allowed keys.
+    """
+    info = get_strategy(name)
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise AlscaleError(f"options of strategy {info.name} must be a mapping; got {type(options).__name__}")
+    unknown = sorted(str(k) for k in options if k not in info.options)
+    if unknown:
+        allowed = ", ".join(sorted(info.options)) if info.options else "none"
+        raise AlscaleError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for strategy {info.name}; allowed: {allowed}"
+        )
+    merged = {**info.options, **options}
+    if "beta" in merged:
+        beta = merged["beta"]
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, (int, float, np.integer, np.floating))
+            or not math.isfinite(beta)
+            or beta <= 0
+        ):
+            raise AlscaleError(f"option beta of strategy {info.name} must be a positive number; got {beta!r}")
+        merged["beta"] = float(beta)
+    if "base" in merged:
+        merged["base"] = _check_base(info.name, merged["base"])
+    return merged
+
+
+def _check_base(strategy: str, base: object) -> str:
+    score_names = sorted(n for n, s in _STRATEGIES.items() if s.kind == "score")
+    canonical = _canonical(base) if isinstance(base, str) else None
+    if canonical is None or _STRATEGIES[canonical].kind != "score":
+        raise AlscaleError(
+            f"option base of strategy {strategy} must be a score strategy; got {base!r}; "
+            f"valid: {', '.join(score_names)}"
+        )
+    return canonical
+
+
+def score_strategy(name: str, options: Mapping[str, Any] | None = None) -> StrategyInfo | None:
+    """The ``"score"`` strategy whose ``score_fn`` / ``min_samples`` / ``needs_log_probs`` apply.
+
+    Itself for a score strategy, the (validated) base for a stochastic one, None for random.
+    """
+    info = get_strategy(name)
+    if info.kind == "score":
+        return info
+    if info.kind == "stochastic":
+        return _STRATEGIES[check_options(info.name, options)["base"]]
+    return None

@@ -1,0 +1,252 @@
+"""The seam between selection loops and "where the rows live" (DESIGN §3).
+
+A selection loop talks only to :class:`Shards`. :class:`ShardState` is one partition of
+candidate rows held in memory (numpy); :class:`FanoutShards` implements ``Shards`` over any
+*fan-out* — an object with ``map(method, args_per_worker) -> list`` that calls ``method``
+on every partition holder and returns the results in worker order. The in-process fan-out
+(:class:`InProcessFanout`) is the reference; the Ray executor in ``alscale.runtime`` is the
+same interface over actors. No loop has a Ray twin.
+
+Row order everywhere: higher score first, ties to the lower ``row_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from alscale.strategies import noise, registry, scores
+
+logger = logging.getLogger(__name__)
+
+
+class Fanout(Protocol):
+    """One fan-out primitive: call ``method`` on every worker with its own arguments."""
+
+    @property
+    def n_workers(self) -> int: ...
+
+    def map(self, method: str, args_per_worker: Sequence[tuple]) -> list: ...
+
+
+class Shards(Protocol):
+    """Where candidate rows live. Every method is one fan-out plus a reduce."""
+
+    def n_rows(self) -> int: ...
+
+    def n_candidates(self) -> int: ...
+
+    def exclude(self, row_ids: np.ndarray) -> int: ...
+
+    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None: ...
+
+    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def global_ranks(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray: ...
+
+    def softrank_candidates(
+        self, m: int, beta: float, seed: int, round: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]: ...
+
+
+def order_desc(scores_N: np.ndarray, row_ids_N: np.ndarray) -> np.ndarray:
+    """Permutation sorting rows by score descending, ties by ``row_id`` ascending."""
+    return np.lexsort((row_ids_N, -scores_N))
+
+
+def topk_order(scores_N: np.ndarray, row_ids_N: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best rows in pick order (exact tie rule), O(N + k log k)."""
+    n = scores_N.shape[0]
+    if k >= n:
+        return order_desc(scores_N, row_ids_N)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    kth = np.partition(-scores_N, k - 1)[k - 1]
+    # Every row that could be among the top k under the tie rule: score >= k-th value.
+    cand = np.flatnonzero(-scores_N <= kth)
+    return cand[order_desc(scores_N[cand], row_ids_N[cand])[:k]]
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact global top-k from per-shard top-k lists (each already holds its shard's best k)."""
+    if not parts:
+        return np.empty(0, np.float64), np.empty(0, np.int64)
+    scores_M = np.concatenate([np.asarray(s, np.float64) for s, _ in parts])
+    row_ids_M = np.concatenate([np.asarray(r, np.int64) for _, r in parts])
+    pos = topk_order(scores_M, row_ids_M, k)
+    return scores_M[pos], row_ids_M[pos]
+
+
+class ShardState:
+    """One partition of candidate rows in memory: ids, model outputs, labelled mask, scores.
+
+    Args:
+        row_ids_N: int64 pool ids of the rows (unique across all partitions).
+        log_probs_N_K_C: natural-log probabilities, or None for strategies that need none.
+        embeddings_N_D: penultimate-layer embeddings, kept for the diversity strategies.
+    """
+
+    def __init__(
+        self,
+        row_ids_N: np.ndarray,
+        log_probs_N_K_C: np.ndarray | None = None,
+        embeddings_N_D: np.ndarray | None = None,
+    ) -> None:
+        self.row_ids_N = np.asarray(row_ids_N, dtype=np.int64)
+        self.log_probs_N_K_C = log_probs_N_K_C
+        self.embeddings_N_D = embeddings_N_D
+        self.labeled_N = np.zeros(self.row_ids_N.shape[0], dtype=bool)
+        self._scores_N: np.ndarray | None = None  # ranking key per row
+        self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
+        self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def n_rows(self) -> int:
+        return int(self.row_ids_N.shape[0])
+
+    def n_candidates(self) -> int:
+        return int(self.row_ids_N.shape[0] - np.count_nonzero(self.labeled_N))
+
+    def exclude(self, row_ids: np.ndarray) -> int:
+        """Mark rows whose id is in ``row_ids`` as labelled; returns how many are here."""
+        hit = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
+        self.labeled_N |= hit
+        self._base_order = None
+        return int(np.count_nonzero(hit))
+
+    # -- scores ----------------------------------------------------------------------
+    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
+        """Compute this partition's ranking key for ``strategy`` (higher = picked first)."""
+        info = registry.get_strategy(strategy)
+        opts = registry.check_options(info.name, options)
+        if info.kind == "random":
+            self._base_N = noise.keyed_uniform(seed, round, self.row_ids_N)
+            self._scores_N = self._base_N
+        elif info.kind == "score":
+            self._base_N = info.score_fn(self._need_log_probs(info.name))
+            self._scores_N = self._base_N
+        else:  # stochastic: Gumbel-top-k over a transform of a base score
+            base = registry.get_strategy(opts["base"])
+            self._base_N = base.score_fn(self._need_log_probs(info.name))
+            gumbel_N = noise.keyed_gumbel(seed, round, self.row_ids_N)
+            if info.name == "power":
+                self._scores_N = scores.power_keys(self._base_N, gumbel_N, opts["beta"])
+            elif info.name == "softmax":
+                self._scores_N = scores.softmax_keys(self._base_N, gumbel_N, opts["beta"])
+            else:  # softrank: the key needs global ranks, see softrank_candidates
+                self._scores_N = None
+        self._base_order = None
+        if self._scores_N is not None and np.isnan(self._scores_N).any():
+            raise ValueError(f"strategy {info.name} produced NaN scores")  # kernels assume valid input
+
+    def _need_log_probs(self, name: str) -> np.ndarray:
+        if self.log_probs_N_K_C is None:
+            raise ValueError(f"strategy {name} needs log-probs, but this shard has none")
+        return self.log_probs_N_K_C
+
+    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """This partition's best ``k`` unlabelled rows: (scores_k, row_ids_k) in pick order."""
+        if self._scores_N is None:
+            raise RuntimeError("compute_scores must run before topk (softrank uses softrank_candidates)")
+        cand = np.flatnonzero(~self.labeled_N)
+        pos = cand[topk_order(self._scores_N[cand], self.row_ids_N[cand], k)]
+        return self._scores_N[pos], self.row_ids_N[pos]
+
+    # -- softrank (global ranks) -----------------------------------------------------
+    def _sorted_candidates(self) -> np.ndarray:
+        if self._base_order is None:
+            cand = np.flatnonzero(~self.labeled_N)
+            self._base_order = cand[order_desc(self._base_N[cand], self.row_ids_N[cand])]
+        return self._base_order
+
+    def count_ahead(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
+        """For each query (score, row_id): how many candidates here come strictly before it."""
+        order = self._sorted_candidates()
+        neg_sorted = -self._base_N[order]  # ascending
+        ids_sorted = self.row_ids_N[order]
+        q_neg = -np.asarray(base_scores_Q, np.float64)
+        lo = np.searchsorted(neg_sorted, q_neg, side="left")  # strictly higher score
+        hi = np.searchsorted(neg_sorted, q_neg, side="right")
+        counts = lo.astype(np.int64)
+        for i in np.flatnonzero(hi > lo):  # equal scores: rows with a lower id come first
+            counts[i] += np.searchsorted(ids_sorted[lo[i] : hi[i]], row_ids_Q[i], side="left")
+        return counts
+
+    def softrank_candidates(
+        self, m: int, beta: float, seed: int, round: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Top-``m`` rows by an upper bound of the SoftRank key, and the bound on the rest.
+
+        The global rank r of a row is at least its local rank l, so its key
+        ``-beta*log(r) + g`` is at most ``U = -beta*log(l) + g``. Returns
+        (U_m, base_m, row_ids_m, bound) where ``bound`` is the largest U of any row not
+        returned (-inf when all are returned).
+        """
+        order = self._sorted_candidates()
+        local_rank = np.arange(1, order.shape[0] + 1, dtype=np.float64)
+        gumbel = noise.keyed_gumbel(seed, round, self.row_ids_N[order])
+        upper = scores.softrank_keys(local_rank, gumbel, beta)
+        ids = self.row_ids_N[order]
+        top = topk_order(upper, ids, m + 1)
+        bound = float(upper[top[m]]) if top.shape[0] > m else -np.inf
+        top = top[:m]
+        return upper[top], self._base_N[order][top], ids[top], bound
+
+
+class InProcessFanout:
+    """The reference fan-out: the workers are plain objects in this process."""
+
+    def __init__(self, workers: Sequence[Any]) -> None:
+        self.workers = list(workers)
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.workers)
+
+    def map(self, method: str, args_per_worker: Sequence[tuple]) -> list:
+        return [getattr(w, method)(*args) for w, args in zip(self.workers, args_per_worker, strict=True)]
+
+
+class FanoutShards:
+    """:class:`Shards` over a fan-out of partition holders (``ShardState`` or a worker)."""
+
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+        self.round_trips = 0
+
+    def _all(self, method: str, *args: Any) -> list:
+        self.round_trips += 1
+        return self.fanout.map(method, [args] * self.fanout.n_workers)
+
+    def n_rows(self) -> int:
+        return int(sum(self._all("n_rows")))
+
+    def n_candidates(self) -> int:
+        return int(sum(self._all("n_candidates")))
+
+    def exclude(self, row_ids: np.ndarray) -> int:
+        return int(sum(self._all("exclude", np.asarray(row_ids, dtype=np.int64))))
+
+    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
+        self._all("compute_scores", strategy, dict(options), int(seed), int(round))
+
+    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return merge_topk(self._all("topk", int(k)), k)
+
+    def global_ranks(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
+        """1-based rank of each query row among all candidates of all partitions."""
+        counts = self._all("count_ahead", np.asarray(base_scores_Q, np.float64), np.asarray(row_ids_Q, np.int64))
+        return 1 + np.sum(counts, axis=0)
+
+    def softrank_candidates(
+        self, m: int, beta: float, seed: int, round: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        parts = self._all("softrank_candidates", int(m), float(beta), int(seed), int(round))
+        upper = np.concatenate([p[0] for p in parts])
+        base = np.concatenate([p[1] for p in parts])
+        ids = np.concatenate([p[2] for p in parts])
+        bound = max((p[3] for p in parts), default=-np.inf)
+        return upper, base, ids, float(bound)

@@ -1,0 +1,76 @@
+"""Score-based selection over :class:`~alscale.strategies.shards.Shards`: exact global top-k.
+
+Deterministic scores (uncertainty, committee), uniform random and the per-row stochastic
+strategies (Power, Softmax; Kirsch et al., TMLR 2023) reduce to one fan-out: every shard
+returns its own best ``B`` unlabelled rows and the coordinator keeps the global best ``B``
+(ties to the lower ``row_id``). SoftRank's key depends on each row's *global* rank, which
+no shard knows; it is made exact by certification: shards offer candidates ranked by an
+upper bound of the key, the coordinator computes the candidates' true global ranks in one
+more fan-out, and accepts the batch once its worst key beats every un-offered bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.strategies import noise, registry, scores
+from alscale.strategies.shards import Shards, topk_order
+from alscale.types import Selection
+
+logger = logging.getLogger(__name__)
+
+
+def select_by_score(
+    shards: Shards,
+    strategy: str,
+    budget: int,
+    *,
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    round: int = 0,
+) -> Selection:
+    """Pick ``min(budget, candidates)`` rows of the whole pool by a score-based strategy.
+
+    Labelled rows must already be excluded (``shards.exclude``). Returns the picks in
+    order with their ranking keys; ``indices_B`` holds ``row_id`` values.
+    """
+    info = registry.get_strategy(strategy)
+    if info.kind not in ("score", "random", "stochastic"):
+        raise AlscaleError(f"strategy {info.name} is not score-based")
+    if not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget <= 0:
+        raise AlscaleError(f"budget must be a positive integer; got {budget!r}")
+    opts = registry.check_options(info.name, options or {})
+    n_cand = shards.n_candidates()
+    if budget > n_cand:
+        logger.warning("budget %d exceeds the %d unlabelled rows; selecting all of them", budget, n_cand)
+    k = min(int(budget), n_cand)
+    shards.compute_scores(info.name, opts, seed, round)
+    if info.name == "softrank":
+        keys_B, row_ids_B = _softrank_topk(shards, k, opts["beta"], seed, round)
+    else:
+        keys_B, row_ids_B = shards.topk(k)
+    return Selection(indices_B=row_ids_B.astype(np.int64), scores_B=keys_B.astype(np.float64), strategy=info.name)
+
+
+def _softrank_topk(shards: Shards, k: int, beta: float, seed: int, round: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Gumbel-top-k of ``-beta*log(global rank) + g`` by bound certification."""
+    if k == 0:
+        return np.empty(0, np.float64), np.empty(0, np.int64)
+    m = 2 * k + 16
+    while True:
+        _, base_M, ids_M, bound = shards.softrank_candidates(m, beta, seed, round)
+        ranks_M = shards.global_ranks(base_M, ids_M).astype(np.float64)
+        keys_M = scores.softrank_keys(ranks_M, noise.keyed_gumbel(seed, round, ids_M), beta)
+        pos = topk_order(keys_M, ids_M, k)
+        # Every row not offered has key <= bound; the batch is certain when its worst
+        # key is strictly larger (equal keys would need the row_id tie rule).
+        if keys_M[pos[-1]] > bound:
+            return keys_M[pos], ids_M[pos]
+        logger.debug("softrank: %d offered rows per shard were not enough; retrying with %d", m, 4 * m)
+        m *= 4
+
