@@ -8,7 +8,7 @@ import numpy as np
 
 from alscale import validation
 from alscale.errors import AlscaleError
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy, select_by_score
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy, requirements, run_strategy
 from alscale.types import Selection
 
 
@@ -47,15 +47,17 @@ def select(
         raise AlscaleError("select needs log_probs [N, C] / [N, K, C] or embeddings [N, D]")
     n = lp.shape[0] if lp is not None else emb.shape[0]
     opts = dict(options)
-    base = get_strategy(opts.get("base", "entropy")) if info.kind == "stochastic" else info
-    if base.needs_log_probs and lp is None:
+    needs = requirements(info.name, opts)
+    if needs.needs_log_probs and lp is None:
         raise AlscaleError(f"strategy {info.name} needs log_probs")
-    if lp is not None and lp.shape[1] < base.min_samples:
+    if needs.needs_embeddings and emb is None:
+        raise AlscaleError(f"strategy {info.name} needs embeddings [N, D]")
+    if lp is not None and lp.shape[1] < needs.min_samples:
         raise AlscaleError(
-            f"strategy {info.name} needs K >= {base.min_samples} samples on the middle axis of log_probs; "
+            f"strategy {info.name} needs K >= {needs.min_samples} samples on the middle axis of log_probs; "
             f"got shape {lp.shape}"
         )
     state = ShardState(np.arange(n, dtype=np.int64), lp, emb)
     shards = FanoutShards(InProcessFanout([state]))
     shards.exclude(validation.check_labeled_positions(labeled, n))
-    return select_by_score(shards, info.name, budget, options=opts, seed=seed, round=round)
+    return run_strategy(shards, info.name, budget, options=opts, seed=seed, round=round)

@@ -261,11 +261,11 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
     # Cross-field: what the strategy needs from the model.
     if info is not None and model is not None and not errors:
-        base = registry.get_strategy(options.get("base", "entropy")) if info.kind == "stochastic" else info
-        if model.mc_samples < base.min_samples:
+        needs = registry.requirements(info.name, options)
+        if needs.needs_log_probs and model.mc_samples < needs.min_samples:
             errors.append(
-                f"strategy {info.name} needs at least {base.min_samples} MC samples; "
-                f"set model.mc_samples >= {base.min_samples} (got {model.mc_samples})"
+                f"strategy {info.name} needs at least {needs.min_samples} MC samples; "
+                f"set model.mc_samples >= {needs.min_samples} (got {model.mc_samples})"
             )
 
     if errors:

@@ -25,7 +25,7 @@ from alscale.errors import AlscaleError
 from alscale.jobspec import JobSpec
 from alscale.pool import PoolInfo, open_pool, plan_shards, read_labeled
 from alscale.runtime import output
-from alscale.strategies import FanoutShards, get_strategy, select_by_score
+from alscale.strategies import FanoutShards, get_strategy, requirements, run_strategy
 from alscale.types import PhaseTimings, Selection
 
 logger = logging.getLogger(__name__)
@@ -50,24 +50,29 @@ def _phase(timings: PhaseTimings, name: str) -> Iterator[None]:
 def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
     """What the job needs from the pool's columns; returns the problems (empty when fine)."""
     problems: list[str] = []
-    strat = get_strategy(job.strategy.name)
-    base = get_strategy(job.strategy.options.get("base", "entropy")) if strat.kind == "stochastic" else strat
+    name = get_strategy(job.strategy.name).name
+    needs = requirements(name, job.strategy.options)
     if job.model is not None:
         if info.feature_dim is None:
             problems.append(
                 f"pool {info.path} has no 'features' column for model {job.model.factory}; add features or "
                 "set model: null and provide a 'log_probs' column"
             )
-    elif base.needs_log_probs:
-        if info.n_classes is None:
+    else:
+        if needs.needs_log_probs and info.n_classes is None:
             problems.append(
-                f"pool {info.path} has no 'log_probs' column and the job has no model; strategy {strat.name} "
+                f"pool {info.path} has no 'log_probs' column and the job has no model; strategy {name} "
                 "needs one of them"
             )
-        elif (info.n_samples or 1) < base.min_samples:
+        elif needs.needs_log_probs and (info.n_samples or 1) < needs.min_samples:
             problems.append(
-                f"strategy {strat.name} needs K >= {base.min_samples} samples but pool {info.path} column "
+                f"strategy {name} needs K >= {needs.min_samples} samples but pool {info.path} column "
                 f"'log_probs' has K = {info.n_samples}; use a strategy for single-pass outputs (e.g. entropy)"
+            )
+        if needs.needs_embeddings and info.embedding_dim is None:
+            problems.append(
+                f"strategy {name} needs embeddings but pool {info.path} has no 'embedding' column and the job "
+                "has no model; add the column or a model"
             )
     return problems
 
@@ -148,7 +153,7 @@ def run_job(
         shards = FanoutShards(executor)
         with _phase(timings, "select"):
             n_labeled_in_pool = shards.exclude(labeled)
-            selection = select_by_score(
+            selection = run_strategy(
                 shards,
                 job.strategy.name,
                 job.strategy.budget,

@@ -126,3 +126,7 @@ class ShardWorker:
 
     def softrank_candidates(self, m: int, beta: float, seed: int, round: int) -> tuple:
         return self._st().softrank_candidates(m, beta, seed, round)
+
+    def call(self, op: str, *args: Any) -> Any:
+        """A selection loop's shard op (see ``alscale.strategies.shards.shard_op``)."""
+        return self._st().call(op, *args)

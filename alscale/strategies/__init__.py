@@ -6,8 +6,9 @@ exact sharded top-k; ``shards`` the seam and its in-memory implementation.
 
 from __future__ import annotations
 
-from alscale.strategies.registry import check_options, get_strategy, strategy_names
-from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, merge_topk
+from alscale.strategies.registry import check_options, get_strategy, requirements, strategy_names
+from alscale.strategies.select import run_strategy
+from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, merge_topk, shard_op
 from alscale.strategies.topk import select_by_score
 
 __all__ = [
@@ -18,6 +19,9 @@ __all__ = [
     "check_options",
     "get_strategy",
     "merge_topk",
+    "requirements",
+    "run_strategy",
     "select_by_score",
+    "shard_op",
     "strategy_names",
 ]

@@ -1,6 +1,6 @@
 """Strategy registry: name -> :class:`StrategyInfo` (what it computes, what it needs, its options).
 
-Three kinds of strategy live here:
+Four kinds of strategy live here:
 
 - ``"score"``: deterministic top-B of a per-row score (``score_fn``, from
   :mod:`alscale.strategies.scores`; higher = picked first).
@@ -12,6 +12,9 @@ Three kinds of strategy live here:
   requirements through the chosen base: ``get_strategy(check_options(name, opts)["base"])``
   (or :func:`score_strategy`).
 - ``"random"``: uniform sampling (keyed noise; needs no model output).
+- ``"loop"``: a selection loop of its own over the ``Shards`` seam (k-center, BADGE,
+  BatchBALD ...), named by ``select_fn`` (``"module:function"``, imported on first use, so
+  this module stays light). Its options are checked by its ``check_fn`` when it has one.
 
 Names are matched case-insensitively, with ``-`` and spaces read as ``_``; aliases map to a
 canonical name. There is deliberately no ``powerbald`` entry: the paper's PowerBALD is
@@ -32,7 +35,16 @@ import numpy as np
 from alscale.errors import AlscaleError
 from alscale.strategies import scores
 
-__all__ = ["StrategyInfo", "check_options", "get_strategy", "score_strategy", "strategy_names"]
+__all__ = [
+    "Requirements",
+    "StrategyInfo",
+    "check_options",
+    "get_strategy",
+    "requirements",
+    "resolve",
+    "score_strategy",
+    "strategy_names",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,11 @@ class StrategyInfo:
         needs_log_probs: whether the strategy needs model log-probs (same caveat).
         options: allowed options with their defaults (read-only).
         summary: one line, citing the paper.
+        select_fn: for kind ``"loop"``, ``"module:function"`` with the signature
+            ``(shards, budget, *, options, seed, round) -> Selection``.
+        needs_embeddings: whether the shards must hold embeddings.
+        check_fn: optional ``"module:function"`` ``(options: dict) -> dict`` run by
+            :func:`check_options` after the generic checks (range checks of its own).
     """
 
     name: str
@@ -59,6 +76,17 @@ class StrategyInfo:
     needs_log_probs: bool
     options: Mapping[str, Any]
     summary: str
+    select_fn: str | None = None
+    needs_embeddings: bool = False
+    check_fn: str | None = None
+
+
+def resolve(path: str) -> Any:
+    """Import ``"package.module:attribute"``."""
+    import importlib
+
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
@@ -186,6 +214,8 @@ def check_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any
         merged["beta"] = float(beta)
     if "base" in merged:
         merged["base"] = _check_base(info.name, merged["base"])
+    if info.check_fn is not None:
+        merged = resolve(info.check_fn)(merged)
     return merged
 
 
@@ -198,6 +228,22 @@ def _check_base(strategy: str, base: object) -> str:
             f"valid: {', '.join(score_names)}"
         )
     return canonical
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a strategy with given options needs from the pool or the model."""
+
+    needs_log_probs: bool
+    min_samples: int
+    needs_embeddings: bool
+
+
+def requirements(name: str, options: Mapping[str, Any] | None = None) -> Requirements:
+    """Resolve a strategy's needs (through the base score for a stochastic strategy)."""
+    info = get_strategy(name)
+    base = score_strategy(info.name, options) if info.kind == "stochastic" else info
+    return Requirements(base.needs_log_probs, base.min_samples, info.needs_embeddings)
 
 
 def score_strategy(name: str, options: Mapping[str, Any] | None = None) -> StrategyInfo | None:

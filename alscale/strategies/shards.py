@@ -8,12 +8,20 @@ on every partition holder and returns the results in worker order. The in-proces
 same interface over actors. No loop has a Ray twin.
 
 Row order everywhere: higher score first, ties to the lower ``row_id``.
+
+Selection loops with shard-side state of their own (k-center min-distances, k-means++
+masses, BatchBALD scoring) register *shard ops* with :func:`shard_op`: plain functions
+``fn(state: ShardState, *args)`` that keep their state in ``state.scratch``. A loop calls
+them on every shard with ``FanoutShards.call(op, *args)`` (one fan-out). The op's module
+must be imported where the shard lives; ``ShardState.call`` imports it from the op name
+(``"alscale.strategies.kcenter.offer"`` lives in ``alscale.strategies.kcenter``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import importlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +38,25 @@ class Fanout(Protocol):
     def n_workers(self) -> int: ...
 
     def map(self, method: str, args_per_worker: Sequence[tuple]) -> list: ...
+
+
+_SHARD_OPS: dict[str, Callable[..., Any]] = {}
+
+
+def shard_op(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register ``fn(state, *args)`` as the shard op ``"<its module>.<its name>"``."""
+    _SHARD_OPS[f"{fn.__module__}.{fn.__name__}"] = fn
+    return fn
+
+
+def _lookup_op(op: str) -> Callable[..., Any]:
+    if op not in _SHARD_OPS:
+        module = op.rpartition(".")[0]
+        if module.startswith("alscale."):
+            importlib.import_module(module)
+    if op not in _SHARD_OPS:
+        raise KeyError(f"no shard op {op!r} is registered")
+    return _SHARD_OPS[op]
 
 
 class Shards(Protocol):
@@ -50,6 +77,10 @@ class Shards(Protocol):
     def softrank_candidates(
         self, m: int, beta: float, seed: int, round: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]: ...
+
+    def call(self, op: str, *args: Any) -> list: ...
+
+    def call_each(self, op: str, args_per_shard: Sequence[tuple]) -> list: ...
 
 
 def order_desc(scores_N: np.ndarray, row_ids_N: np.ndarray) -> np.ndarray:
@@ -102,6 +133,7 @@ class ShardState:
         self._scores_N: np.ndarray | None = None  # ranking key per row
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
         self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
+        self.scratch: dict[str, Any] = {}  # state of the selection loops' shard ops
 
     # -- bookkeeping -------------------------------------------------------------------
     def n_rows(self) -> int:
@@ -115,7 +147,12 @@ class ShardState:
         hit = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         self.labeled_N |= hit
         self._base_order = None
+        self.scratch.clear()
         return int(np.count_nonzero(hit))
+
+    def call(self, op: str, *args: Any) -> Any:
+        """Run the registered shard op ``op`` on this partition."""
+        return _lookup_op(op)(self, *args)
 
     # -- scores ----------------------------------------------------------------------
     def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
@@ -250,3 +287,12 @@ class FanoutShards:
         ids = np.concatenate([p[2] for p in parts])
         bound = max((p[3] for p in parts), default=-np.inf)
         return upper, base, ids, float(bound)
+
+    def call(self, op: str, *args: Any) -> list:
+        """Run shard op ``op`` with the same arguments on every shard; results in shard order."""
+        return self._all("call", op, *args)
+
+    def call_each(self, op: str, args_per_shard: Sequence[tuple]) -> list:
+        """Run shard op ``op`` with per-shard arguments; results in shard order."""
+        self.round_trips += 1
+        return self.fanout.map("call", [(op, *args) for args in args_per_shard])
