@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Ray >= 2.59 turns token auth on for local clusters; local runs and tests keep it off.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf out data .pytest_cache
+
+# Peers for side-by-side benchmarks, in their own virtualenv (never in .venv). Some of
+# them pull torchvision, which brings a CUDA torch build: several GB.
+.venv-peers/.stamp:
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -q --upgrade pip
+	.venv-peers/bin/python -m pip install -q torch==2.13.0
+	.venv-peers/bin/python -m pip install -q baal batchbald-redux modAL-python scikit-activeml small-text decile-distil pyarrow psutil
+	touch $@
+
+peers: .venv-peers/.stamp

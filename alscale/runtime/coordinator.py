@@ -145,6 +145,9 @@ def run_job(
     with _phase(timings, "startup"):
         executor = _make_executor(job, len(plan))
     try:
+        with _phase(timings, "startup"):  # import torch and build the model in every worker
+            if model_spec is not None:
+                executor.map("prepare_model", [(model_spec, job.seed, int(info.feature_dim or 0))] * len(plan))
         with _phase(timings, "read"):
             executor.map("load", [(spec, columns, model_spec is not None) for spec in plan])
         with _phase(timings, "score"):

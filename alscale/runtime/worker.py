@@ -51,7 +51,7 @@ class ShardWorker:
         self.spec = spec
         self.data = read_shard(spec, columns, check_finite=check_finite)
         self.state = None
-        self._scorer = self._log_probs = self._embeddings = None
+        self._log_probs = self._embeddings = None
         if not will_score:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
         return {"rows": float(self.data.n_rows), "seconds": time.perf_counter() - t0}
@@ -69,7 +69,7 @@ class ShardWorker:
         if start >= stop:
             return 0
         if self._scorer is None:
-            self._init_scorer(model_spec, seed)
+            self.prepare_model(model_spec, seed, int(self.data.features_N_D.shape[1]))
         log_probs_B_K_C, emb_B_E = self._scorer.score(self.data.features_N_D[start:stop])
         if self._log_probs is None:
             self._log_probs = np.empty((n, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
@@ -82,15 +82,15 @@ class ShardWorker:
             self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings)
         return stop - start
 
-    def _init_scorer(self, model_spec: Any, seed: int) -> None:
+    def prepare_model(self, model_spec: Any, seed: int, in_features: int) -> None:
+        """Import torch and build the model now (start-up), not inside the first scoring call."""
         import torch
 
         from alscale.scoring import Scorer
 
         if self.torch_threads:
             torch.set_num_threads(int(self.torch_threads))
-        assert self.data is not None and self.data.features_N_D is not None
-        self._scorer = Scorer(model_spec, in_features=int(self.data.features_N_D.shape[1]), seed=seed)
+        self._scorer = Scorer(model_spec, in_features=int(in_features), seed=seed)
 
     def info(self) -> dict[str, Any]:
         """Shape facts the coordinator checks and records."""

@@ -16,6 +16,10 @@ Model protocol (builtins and user factories alike):
   :class:`ConsistentMCDropout` and ``nn.Dropout1d/2d/3d`` becomes
   :class:`ConsistentMCDropout2d` automatically (or use those classes directly). Functional
   ``F.dropout`` calls are invisible and off in eval mode.
+* Optional, for speed with K > 1: methods ``mc_prefix(x_B_D) -> h`` (every layer before
+  the first dropout) and ``mc_suffix(h) -> output`` with ``forward(x) ==
+  mc_suffix(mc_prefix(x))``; the prefix then runs once per batch instead of K times (a
+  dropout layer called inside ``mc_prefix`` raises). Builtins define both.
 * A user factory is ``"package.module:callable"``; ``callable(**kwargs)`` returns the
   module. Checkpoints are plain ``state_dict`` files loaded with ``weights_only=True``.
 

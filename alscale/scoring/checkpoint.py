@@ -65,7 +65,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         ) from exc
     if not isinstance(obj, Mapping):
         raise AlscaleError(
-            f"checkpoint {path!r} holds an object of type {type(obj).__name__}, not a state_dict (parameter name -> tensor); {_FIX}"
+            f"checkpoint {path!r} holds an object of type {type(obj).__name__}, not a state_dict"
+            f" (parameter name -> tensor); {_FIX}"
         )
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):

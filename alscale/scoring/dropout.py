@@ -29,9 +29,11 @@ Modes of a layer:
   (expected-activation) network;
 * eval with ``mc_sample = k``: multiply by mask ``k`` (scaled by ``1 / (1 - p)``).
 
-The Scorer loops over k (one forward pass per sample) rather than expanding the batch to
-``[B·K, ...]``: it works for any architecture (branches, residuals), keeps memory at one
-batch, and measured as fast or faster on CPU for the builtin MLP and CNN.
+The Scorer loops over k (one pass per sample over the same batch) rather than expanding
+the batch to ``[B·K, ...]``: it works for any architecture (branches, residuals), keeps
+memory at one batch, and measured as fast on CPU for the builtin MLP and CNN. Models that
+define ``mc_prefix`` / ``mc_suffix`` (the builtins do) have the layers before the first
+dropout run once per batch instead of K times.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class _ConsistentMCDropoutBase(nn.Module):
         self.mc_samples = 0
         self.mc_seed: int | None = None
         self.mc_sample: int | None = None
+        self.mc_forbidden = False  # set while the Scorer runs a model's mc_prefix
         self._masks: torch.Tensor | None = None  # [K, *mask_shape]; not part of state_dict
         self._sample_shape: tuple[int, ...] | None = None
 
@@ -109,6 +112,10 @@ class _ConsistentMCDropoutBase(nn.Module):
         return self._masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mc_forbidden:
+            raise AlscaleError(
+                "a dropout layer ran inside the model's mc_prefix; mc_prefix must stop before the first dropout"
+            )
         if self.training:
             return self._train_forward(x)
         if self.mc_sample is None or self.p == 0.0:
@@ -210,3 +217,9 @@ def set_mc_sample(layers: list[_ConsistentMCDropoutBase], sample: int | None) ->
     """Select MC sample ``sample`` (0..K-1) in every layer, or ``None`` for the deterministic pass."""
     for layer in layers:
         layer.mc_sample = sample
+
+
+def forbid_mc_dropout(layers: list[_ConsistentMCDropoutBase], forbidden: bool) -> None:
+    """Make every layer raise if called (guards a model's ``mc_prefix``), or lift that guard."""
+    for layer in layers:
+        layer.mc_forbidden = forbidden

@@ -114,7 +114,8 @@ def build_model(spec: ModelSpec, *, in_features: int) -> nn.Module:
             ) from exc
     if not isinstance(model, nn.Module):
         raise AlscaleError(
-            f"model factory {spec.factory!r} returned an object of type {type(model).__name__}, expected a torch.nn.Module"
+            f"model factory {spec.factory!r} returned an object of type {type(model).__name__},"
+            " expected a torch.nn.Module"
         )
     if spec.checkpoint is not None:
         load_checkpoint(model, spec.checkpoint, factory=spec.factory)

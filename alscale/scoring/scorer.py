@@ -15,6 +15,10 @@ pass gets at least ``MIN_FORWARD_ROWS`` rows (zero rows are appended and dropped
 every forward pass is padded to exactly ``batch_size`` rows, so the kernels cuBLAS/cuDNN
 pick by shape are the same for every batch and every shard (not verified on a GPU here).
 
+With K > 1 the Scorer loops over the K samples on the same batch (the masks of sample k
+are selected in every dropout layer); for models with ``mc_prefix`` / ``mc_suffix`` the
+layers before the first dropout run once per batch, not K times.
+
 Embeddings come from the deterministic pass (dropout off), i.e. the expected activation
 of the penultimate layer, also when K > 1; that pass is skipped for models that return
 logits only.
@@ -22,6 +26,7 @@ logits only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -32,7 +37,7 @@ from torch import nn
 
 from alscale.errors import AlscaleError
 from alscale.scoring.device import resolve_device
-from alscale.scoring.dropout import configure_mc_dropout, convert_dropout, set_mc_sample
+from alscale.scoring.dropout import configure_mc_dropout, convert_dropout, forbid_mc_dropout, set_mc_sample
 from alscale.scoring.factory import build_model
 from alscale.scoring.spec import ModelSpec
 
@@ -70,6 +75,7 @@ class Scorer:
         self._model: nn.Module | None = None
         self._device: torch.device | None = None
         self._layers: list[Any] = []
+        self._has_prefix = False
         self._n_classes: int | None = None
         self._embedding_dim: int | None = None
         self._returns_embedding: bool | None = None
@@ -119,6 +125,7 @@ class Scorer:
                 )
         model.to(device).eval()
         self._model, self._device, self._layers = model, device, layers
+        self._has_prefix = callable(getattr(model, "mc_prefix", None)) and callable(getattr(model, "mc_suffix", None))
         log.info(
             "scoring model %r on %s: K=%d, %d consistent dropout layer(s), seed %d, batch %d",
             self.spec.factory, device, self.spec.mc_samples, len(layers), self.seed, self.spec.batch_size,
@@ -193,28 +200,36 @@ class Scorer:
         if rows < pad_to:
             x_B_D = torch.cat([x_B_D, x_B_D.new_zeros((pad_to - rows, x_B_D.shape[1]))])
         x_B_D = x_B_D.to(self._device, non_blocking=True)
+        padded = x_B_D.shape[0]
+        model = self._model
         mc_samples = self.spec.mc_samples
         if mc_samples == 1:
-            logits_B_C, embeddings_B_E = self._forward(x_B_D, rows)
+            logits_B_C, embeddings_B_E = self._check_output(model(x_B_D), padded, rows)
             return self._log_softmax(logits_B_C, offset).unsqueeze(1), embeddings_B_E
         embeddings_B_E = None
         try:
+            if self._has_prefix:  # layers before the first dropout: once, not K times
+                forbid_mc_dropout(self._layers, True)
+                hidden = model.mc_prefix(x_B_D)
+                forbid_mc_dropout(self._layers, False)
+                run = functools.partial(model.mc_suffix, hidden)
+            else:
+                run = functools.partial(model, x_B_D)
             if self._returns_embedding is not False:
                 set_mc_sample(self._layers, None)
-                _, embeddings_B_E = self._forward(x_B_D, rows)
+                _, embeddings_B_E = self._check_output(run(), padded, rows)
             samples = []
             for k in range(mc_samples):
                 set_mc_sample(self._layers, k)
-                logits_B_C, _ = self._forward(x_B_D, rows)
+                logits_B_C, _ = self._check_output(run(), padded, rows)
                 samples.append(self._log_softmax(logits_B_C, offset))
         finally:
+            forbid_mc_dropout(self._layers, False)
             set_mc_sample(self._layers, None)
         return torch.stack(samples, dim=1), embeddings_B_E
 
-    def _forward(self, x_P_D: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the model on ``x_P_D`` (P >= rows padded rows) and check it follows the protocol."""
-        assert self._model is not None
-        output = self._model(x_P_D)
+    def _check_output(self, output: object, padded: int, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check a forward output of ``padded`` rows against the protocol; keep the first ``rows``."""
         name = self.spec.factory
         if isinstance(output, torch.Tensor):
             logits, embedding = output, None
@@ -227,9 +242,11 @@ class Scorer:
                 f"model {name!r} must return logits [N, C] or a tuple (logits [N, C], embedding [N, E]),"
                 f" got {type(output).__name__}"
             )
-        padded = x_P_D.shape[0]
         if logits.dim() != 2 or logits.shape[0] != padded:
-            raise AlscaleError(f"model {name!r} returned logits of shape {list(logits.shape)} for {padded} rows; expected [{padded}, C]")
+            raise AlscaleError(
+                f"model {name!r} returned logits of shape {list(logits.shape)} for {padded} rows;"
+                f" expected [{padded}, C]"
+            )
         if logits.shape[1] < 2:
             raise AlscaleError(
                 f"model {name!r} returned {logits.shape[1]} logit(s) per row; one logit per class is needed"

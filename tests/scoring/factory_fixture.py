@@ -85,3 +85,17 @@ def returns_int() -> int:
 
 
 NOT_CALLABLE = 42
+
+
+class BadPrefix(TinyNet):
+    """Declares an mc_prefix that (wrongly) includes the dropout layer."""
+
+    def mc_prefix(self, x_B_D: torch.Tensor) -> torch.Tensor:
+        return self.drop(torch.relu(self.fc1(x_B_D)))
+
+    def mc_suffix(self, h_B_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc2(h_B_H), h_B_H
+
+
+def make_bad_prefix(in_features: int = 6) -> nn.Module:
+    return BadPrefix(in_features, 3, 8, 0.5)

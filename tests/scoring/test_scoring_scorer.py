@@ -12,6 +12,7 @@ import torch
 
 from alscale.errors import AlscaleError
 from alscale.scoring import ConsistentMCDropout, ConsistentMCDropout2d, ModelSpec, Scorer, build_model
+from alscale.scoring.builtins import MaxPool2x2
 from alscale.scoring.dropout import mc_dropout_layers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,15 +93,17 @@ def test_seed_changes_masks_and_same_seed_reproduces() -> None:
 @pytest.fixture(scope="module")
 def mlp_reference() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = _features(1000, 64, seed=3)
-    log_probs, embeddings = _score("mlp", MLP, x, k=5, seed=11)
+    log_probs, embeddings = _score("mlp", MLP, x, k=4, seed=11)
     return x, log_probs, embeddings
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 7, 8, 11, 12, 13, 16, 33, 100, 999, 1000, 1001])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 7, 8, 11, 13, 16, 33, 999, 1000, 1001])
 def test_mlp_bit_identical_across_batch_sizes(mlp_reference, batch_size: int) -> None:
     x, ref_log_probs, ref_embeddings = mlp_reference
-    n = 101 if batch_size < 16 else len(x)  # 101 leaves a short last batch for every small size
-    log_probs, embeddings = _score("mlp", MLP, x[:n], k=5, seed=11, batch_size=batch_size)
+    # Without MIN_FORWARD_ROWS padding, short (last) batches of 1-11 rows differ in the last bits;
+    # these sizes leave last batches of 1, 1, 1, 1, 5, 5, 6, 9, 12, 3 rows (and 999 rows + 1 row).
+    n = 61 if batch_size < 16 else (300 if batch_size < 999 else len(x))
+    log_probs, embeddings = _score("mlp", MLP, x[:n], k=4, seed=11, batch_size=batch_size)
     np.testing.assert_array_equal(log_probs, ref_log_probs[:n])
     np.testing.assert_array_equal(embeddings, ref_embeddings[:n])
 
@@ -109,11 +112,11 @@ def test_mlp_bit_identical_across_batch_sizes(mlp_reference, batch_size: int) ->
 def test_mlp_bit_identical_for_slices_and_orders(mlp_reference, batch_size: int) -> None:
     x, ref_log_probs, ref_embeddings = mlp_reference
     for r in (3, 4, 250, 517, 994):
-        log_probs, embeddings = _score("mlp", MLP, x[r - 3 : r + 5], k=5, seed=11, batch_size=batch_size)
+        log_probs, embeddings = _score("mlp", MLP, x[r - 3 : r + 5], k=4, seed=11, batch_size=batch_size)
         np.testing.assert_array_equal(log_probs, ref_log_probs[r - 3 : r + 5], err_msg=f"row {r}")
         np.testing.assert_array_equal(embeddings, ref_embeddings[r - 3 : r + 5])
     order = np.random.default_rng(0).permutation(len(x))[:50]
-    log_probs, _ = _score("mlp", MLP, x[order], k=5, seed=11, batch_size=batch_size)
+    log_probs, _ = _score("mlp", MLP, x[order], k=4, seed=11, batch_size=batch_size)
     np.testing.assert_array_equal(log_probs, ref_log_probs[order])
 
 
@@ -122,10 +125,10 @@ def test_mlp_bit_identical_with_one_thread_and_after_pickling(mlp_reference) -> 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        np.testing.assert_array_equal(_score("mlp", MLP, x[:101], k=5, seed=11, batch_size=7)[0], ref_log_probs[:101])
+        np.testing.assert_array_equal(_score("mlp", MLP, x[:61], k=4, seed=11, batch_size=7)[0], ref_log_probs[:61])
     finally:
         torch.set_num_threads(threads)
-    scorer = Scorer(ModelSpec("mlp", MLP, mc_samples=5, device="cpu"), in_features=64, seed=11)
+    scorer = Scorer(ModelSpec("mlp", MLP, mc_samples=4, device="cpu"), in_features=64, seed=11)
     scorer.score(x[:10])  # built and masks drawn ...
     shipped = pickle.loads(pickle.dumps(scorer))  # ... but a worker receives only spec, D and seed
     assert shipped.n_classes is None
@@ -135,7 +138,7 @@ def test_mlp_bit_identical_with_one_thread_and_after_pickling(mlp_reference) -> 
 
 def test_one_scorer_is_consistent_across_calls(mlp_reference) -> None:
     x, ref_log_probs, _ = mlp_reference
-    scorer = Scorer(ModelSpec("mlp", MLP, mc_samples=5, batch_size=64), in_features=64, seed=11)
+    scorer = Scorer(ModelSpec("mlp", MLP, mc_samples=4, batch_size=64), in_features=64, seed=11)
     for lo, hi in [(900, 1000), (0, 1), (17, 400)]:
         np.testing.assert_array_equal(scorer.score(x[lo:hi])[0], ref_log_probs[lo:hi])
 
@@ -178,6 +181,12 @@ def test_layers_with_the_same_shape_get_different_masks() -> None:
     assert not torch.equal(first._masks, second._masks)
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.5, "0.5", True])
+def test_dropout_probability_is_checked(p: object) -> None:
+    with pytest.raises(AlscaleError, match="dropout probability"):
+        ConsistentMCDropout(p)  # type: ignore[arg-type]
+
+
 def test_dropout_layers_train_like_ordinary_dropout() -> None:
     layer = ConsistentMCDropout(0.5).train()
     x = torch.ones(4, 1000)
@@ -188,6 +197,26 @@ def test_dropout_layers_train_like_ordinary_dropout() -> None:
     out = channel(torch.ones(3, 64, 5, 5))
     per_channel = out.flatten(2)
     assert torch.equal(per_channel.amax(-1), per_channel.amin(-1))  # whole channels dropped
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "d"), [("mlp", {"num_classes": 10, "depth": 3}, 64), ("mnist_cnn", {}, 784)]
+)
+def test_prefix_shortcut_changes_nothing(factory: str, kwargs: dict, d: int) -> None:
+    x = _images(20) if d == 784 else _features(50, d)
+    with_prefix = Scorer(ModelSpec(factory, kwargs, mc_samples=4, batch_size=16), in_features=d, seed=8)
+    without = Scorer(ModelSpec(factory, kwargs, mc_samples=4, batch_size=16), in_features=d, seed=8)
+    assert with_prefix.model is not None and without.model is not None and with_prefix._has_prefix
+    without._has_prefix = False  # K full forward passes instead
+    for a, b in zip(with_prefix.score(x), without.score(x)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_max_pool_2x2_is_bit_identical_to_nn_max_pool() -> None:
+    reference = torch.nn.MaxPool2d(2)
+    for shape in [(3, 32, 24, 24), (2, 4, 7, 9), (1, 1, 2, 2)]:
+        x = torch.randn(shape)
+        assert torch.equal(MaxPool2x2()(x), reference(x)), shape
 
 
 # --- user models ----------------------------------------------------------------------------------
@@ -282,13 +311,14 @@ def test_non_finite_features_name_row_and_column() -> None:
         ("make_bad_output", 1, "must return logits"),
         ("make_one_logit", 1, "1 logit(s) per row"),
         ("make_nan", 1, "non-finite logits for row 0"),
+        ("make_bad_prefix", 3, "inside the model's mc_prefix"),
     ],
 )
 def test_model_protocol_errors(factory: str, k: int, culprit: str) -> None:
     scorer = Scorer(ModelSpec(f"{FIXTURE}:{factory}", mc_samples=k), in_features=6, seed=0)
     with pytest.raises(AlscaleError) as info:
         scorer.score(_features(3, 6))
-    assert culprit in str(info.value) and factory in str(info.value) or factory == "make_alpha"
+    assert culprit in str(info.value)
     assert "\n" not in str(info.value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import subprocess
 import sys
@@ -25,6 +26,8 @@ def test_defaults_and_frozen_kwargs() -> None:
     assert spec.kwargs["num_classes"] == 10
     with pytest.raises(TypeError):
         spec.kwargs["num_classes"] = 5  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.mc_samples = 3  # type: ignore[misc]
 
 
 def test_pickle_round_trip() -> None:
