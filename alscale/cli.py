@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
     s.add_argument("--log-probs", type=int, default=0, metavar="K",
                    help="also write a precomputed log_probs column with K samples (0: none)")
+    s.add_argument("--embedding-dim", type=int, default=0, metavar="E",
+                   help="also write an 'embedding' column of E dims (a fixed random linear map of the features)")
     m = psub.add_parser("mnist", help="MNIST idx files -> pool (features 784, label)")
     m.add_argument("out")
     m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
@@ -137,7 +139,7 @@ def _pool(args: argparse.Namespace) -> int:
                 raise AlscaleError(f"--{name} must be >= {2 if name == 'classes' else 1}; got {getattr(args, name)}")
         info = pool.synth_pool(
             args.out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
-            format=args.format, log_probs_samples=args.log_probs,
+            format=args.format, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
         )
     elif args.pool_command == "mnist":
         info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format)

@@ -6,6 +6,7 @@ A job file (see ``jobs/demo.yaml`` and the README for every field)::
     labeled:  {path: labeled.parquet}          # optional; Parquet or CSV with row_id
     model:    {factory: mlp, kwargs: {num_classes: 10}, mc_samples: 1}   # or null
     strategy: {name: entropy, budget: 1000, options: {}, round: 0}
+                                               # embedding: auto|column|model (diversity strategies)
     runtime:  {executor: ray, shards: 2, address: null}
     seed: 0
     output: out/demo
@@ -28,6 +29,10 @@ import yaml
 from alscale.errors import AlscaleError, JobError
 
 EXECUTORS = ("local", "ray")
+#: Where the diversity strategies (k-center, BADGE, k-means++) take embeddings from:
+#: ``column`` = the pool's ``embedding`` column; ``model`` = the model's penultimate layer;
+#: ``auto`` = the model when the job has one, else the column.
+EMBEDDING_SOURCES = ("auto", "column", "model")
 
 _SCHEMA: dict[str, Any] = {
     "pool": {"path": None},
@@ -40,7 +45,7 @@ _SCHEMA: dict[str, Any] = {
         "batch_size": None,
         "device": None,
     },
-    "strategy": {"name": None, "budget": None, "options": None, "round": None},
+    "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None},
     "runtime": {
         "executor": None,
         "shards": None,
@@ -70,6 +75,7 @@ class StrategyConfig:
     budget: int
     options: dict[str, Any] = field(default_factory=dict)
     round: int = 0
+    embedding: str = "auto"  # one of EMBEDDING_SOURCES
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,12 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     rnd = strat.get("round", 0)
     if not (_is_int(rnd) and rnd >= 0):
         errors.append(f"strategy.round must be a non-negative integer; got {rnd!r}")
+    embedding = strat.get("embedding")
+    embedding = "auto" if embedding is None else embedding
+    if embedding not in EMBEDDING_SOURCES:
+        errors.append(f"strategy.embedding must be one of {', '.join(EMBEDDING_SOURCES)}; got {embedding!r}")
+    elif embedding == "model" and raw.get("model") is None:
+        errors.append("strategy.embedding is model but the job has no model; add a model or use embedding: column")
 
     rt = section("runtime", False)
     executor = rt.get("executor", "ray")
@@ -276,7 +288,9 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         pool=pool_path,
         labeled=None if labeled_path is None else labeled_path,
         model=model,
-        strategy=StrategyConfig(name=info.name, budget=int(budget), options=dict(options), round=int(rnd)),
+        strategy=StrategyConfig(
+            name=info.name, budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding
+        ),
         runtime=RuntimeConfig(
             executor=executor,
             shards=int(shards),

@@ -7,6 +7,10 @@ max(2, min(blobs, 16)))``) and are spread so that two random centres are about
 Blob ``b`` belongs to class ``b // clusters_per_class``; a fraction ``label_noise`` of the
 labels is then flipped to a uniformly chosen *other* class.
 
+The optional ``embedding`` column (``embedding_dim = E > 0``) is a fixed random linear map
+of the features, ``features @ W / sqrt(D)`` with ``W ~ N(0, 1)^{D×E}`` drawn from its own
+stream (a stand-in for a penultimate layer; the other columns do not depend on it).
+
 The optional ``log_probs`` column comes from a noisy teacher: the exact class posterior of
 the blob model (``logsumexp`` over the class's blobs of ``-|x - c_b|^2 / 2``) plus
 independent N(0, ``_TEACHER_NOISE``^2) logit noise per sample, then ``log_softmax``.
@@ -42,6 +46,7 @@ _CENTRE_DISTANCE = 4.5
 _TEACHER_NOISE = 1.0
 _PARAMS_STREAM = 0
 _BLOCK_STREAM = 1
+_EMBED_STREAM = 2
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class _Block:
     features_N_D: np.ndarray
     labels_N: np.ndarray
     log_probs_N_K_C: np.ndarray | None
+    embeddings_N_E: np.ndarray | None = None
 
 
 def _model(seed: int, dim: int, classes: int, clusters_per_class: int) -> _Model:
@@ -91,8 +97,16 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def _embedding_map(seed: int, dim: int, embedding_dim: int) -> np.ndarray | None:
+    """``W / sqrt(D)`` of the embedding column (float32 ``[D, E]``), or None for E = 0."""
+    if embedding_dim <= 0:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _EMBED_STREAM]))
+    return (rng.standard_normal((dim, embedding_dim)) / np.sqrt(dim)).astype(np.float32)
+
+
 def _block(model: _Model, seed: int, index: int, n: int, label_noise: float,
-           samples: int) -> _Block:
+           samples: int, embed_D_E: np.ndarray | None = None) -> _Block:
     """Rows ``[index * _BLOCK_ROWS, index * _BLOCK_ROWS + n)`` of the pool."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _BLOCK_STREAM, index]))
     n_blobs, dim = model.centres_B_D.shape
@@ -111,11 +125,12 @@ def _block(model: _Model, seed: int, index: int, n: int, label_noise: float,
         noise_N_K_C = rng.standard_normal((n, samples, model.classes), dtype=np.float32)
         logits_N_K_C = class_N_C[:, None, :] + _TEACHER_NOISE * noise_N_K_C
         log_probs = _log_softmax(logits_N_K_C).astype(np.float32, copy=False)
-    return _Block(features_N_D, labels_N.astype(np.int64), log_probs)
+    embeddings = None if embed_D_E is None else features_N_D @ embed_D_E
+    return _Block(features_N_D, labels_N.astype(np.int64), log_probs, embeddings)
 
 
 def _check_args(rows: int, dim: int, classes: int, clusters_per_class: int,
-                label_noise: float, samples: int, chunk_rows: int) -> None:
+                label_noise: float, samples: int, chunk_rows: int, embedding_dim: int = 0) -> None:
     checks = [
         (rows >= 1, f"rows must be >= 1, got {rows}"),
         (dim >= 1, f"dim must be >= 1, got {dim}"),
@@ -124,6 +139,7 @@ def _check_args(rows: int, dim: int, classes: int, clusters_per_class: int,
         (0.0 <= label_noise <= 1.0, f"label_noise must be in [0, 1], got {label_noise}"),
         (samples >= 0, f"log_probs_samples must be >= 0, got {samples}"),
         (chunk_rows >= 1, f"chunk_rows must be >= 1, got {chunk_rows}"),
+        (embedding_dim >= 0, f"embedding_dim must be >= 0, got {embedding_dim}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -133,26 +149,28 @@ def _check_args(rows: int, dim: int, classes: int, clusters_per_class: int,
 def synth_pool(out: str, *, rows: int, dim: int, classes: int, seed: int = 0,
                format: str | None = None, log_probs_samples: int = 0,
                clusters_per_class: int = 2, label_noise: float = 0.05,
-               chunk_rows: int = 262144) -> PoolInfo:
+               chunk_rows: int = 262144, embedding_dim: int = 0) -> PoolInfo:
     """Write a synthetic pool to ``out`` and return its :class:`PoolInfo`.
 
     Columns: ``row_id`` = 0..rows-1, ``features`` [dim] float32, ``label`` (noisy) int64,
     and with ``log_probs_samples = K > 0`` a teacher's ``log_probs``: list<float32>[C] for
-    K = 1, [K][C] for K > 1. ``format`` defaults to the suffix of ``out`` (.arrow -> IPC,
+    K = 1, [K][C] for K > 1; with ``embedding_dim = E > 0`` an ``embedding`` [E] float32
+    column (see the module doc). ``format`` defaults to the suffix of ``out`` (.arrow -> IPC,
     .parquet -> Parquet). Peak memory is about ``chunk_rows`` rows plus two blocks; the
     content does not depend on ``chunk_rows``. Blocks are generated on two threads (numpy's
     generators release the GIL), which cannot change the result.
     """
     _check_args(rows, dim, classes, clusters_per_class, label_noise, log_probs_samples,
-                chunk_rows)
+                chunk_rows, embedding_dim)
     fmt = choose_format(out, format)
     started = time.perf_counter()
     model = _model(seed, dim, classes, clusters_per_class)
+    embed_D_E = _embedding_map(seed, dim, embedding_dim)
     cache: dict[int, _Block] = {}
 
     def make(index: int) -> _Block:
         n = min(_BLOCK_ROWS, rows - index * _BLOCK_ROWS)
-        return _block(model, seed, index, n, label_noise, log_probs_samples)
+        return _block(model, seed, index, n, label_noise, log_probs_samples, embed_D_E)
 
     with PoolWriter(out, format=fmt) as writer, ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, rows, chunk_rows):
@@ -182,5 +200,6 @@ def _block_table(blk: _Block, first_row: int, lo: int, hi: int, samples: int) ->
         features_N_D=blk.features_N_D[lo:hi],
         log_probs_N_C=log_probs[:, 0, :] if samples == 1 else None,
         log_probs_N_K_C=log_probs if samples > 1 else None,
+        embeddings_N_D=None if blk.embeddings_N_E is None else blk.embeddings_N_E[lo:hi],
         labels_N=blk.labels_N[lo:hi],
     )

@@ -47,12 +47,48 @@ def _phase(timings: PhaseTimings, name: str) -> Iterator[None]:
         timings.add(name, time.perf_counter() - t0)
 
 
+def embedding_source(job: JobSpec) -> str | None:
+    """Where the strategy's embeddings come from: ``"model"``, ``"column"``, or None (not needed).
+
+    ``strategy.embedding: auto`` means the model's penultimate layer when the job has a
+    model, else the pool's ``embedding`` column.
+    """
+    if not requirements(get_strategy(job.strategy.name).name, job.strategy.options).needs_embeddings:
+        return None
+    source = job.strategy.embedding
+    if source == "auto":
+        source = "model" if job.model is not None else "column"
+    return source
+
+
+def uses_model(job: JobSpec) -> bool:
+    """Whether the job runs its model: not when the strategy needs embeddings only and
+    takes them from the pool's ``embedding`` column."""
+    if job.model is None:
+        return False
+    needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
+    return needs.needs_log_probs or embedding_source(job) == "model"
+
+
 def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
     """What the job needs from the pool's columns; returns the problems (empty when fine)."""
     problems: list[str] = []
     name = get_strategy(job.strategy.name).name
     needs = requirements(name, job.strategy.options)
-    if job.model is not None:
+    source = embedding_source(job)
+    if source == "column" and info.embedding_dim is None:
+        problems.append(
+            f"strategy {name} takes embeddings from the pool's 'embedding' column (strategy.embedding: "
+            f"{job.strategy.embedding}) but pool {info.path} has none; add the column, or a model and "
+            "strategy.embedding: model"
+        )
+    if source == "column" and job.model is not None and needs.needs_log_probs:
+        problems.append(
+            f"strategy {name} with a model and strategy.embedding: column is not supported yet (the model's "
+            "log-probs and the pool's embedding column in one job); use strategy.embedding: model, or drop the "
+            "model and give the pool 'log_probs' and 'embedding' columns"
+        )
+    if uses_model(job):
         if info.feature_dim is None:
             problems.append(
                 f"pool {info.path} has no 'features' column for model {job.model.factory}; add features or "
@@ -68,11 +104,6 @@ def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
             problems.append(
                 f"strategy {name} needs K >= {needs.min_samples} samples but pool {info.path} column "
                 f"'log_probs' has K = {info.n_samples}; use a strategy for single-pass outputs (e.g. entropy)"
-            )
-        if needs.needs_embeddings and info.embedding_dim is None:
-            problems.append(
-                f"strategy {name} needs embeddings but pool {info.path} has no 'embedding' column and the job "
-                "has no model; add the column or a model"
             )
     return problems
 
@@ -134,9 +165,12 @@ def run_job(
             raise AlscaleError("; ".join(problems))
         labeled = read_labeled(job.labeled) if job.labeled else np.empty(0, np.int64)
         model_spec = None
-        if job.model is not None:
+        if uses_model(job):
             model_spec = _model_spec(job)
-            _dry_build(model_spec, info, job.seed)
+            _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
+        elif job.model is not None:
+            logger.warning("model %s is not used: strategy %s takes its embeddings from the pool's 'embedding' "
+                           "column", job.model.factory, job.strategy.name)
     plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     columns = _columns_needed(job, info)
     if progress is None:
@@ -212,19 +246,21 @@ def _add_throughput(manifest: dict[str, Any], timings: PhaseTimings, n_rows: int
 
 
 def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
-    if job.model is not None:
+    if uses_model(job):
         return ["features"]
+    needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
     cols = []
-    if info.n_classes is not None:
+    if info.n_classes is not None and (needs.needs_log_probs or not needs.needs_embeddings):
         cols.append("log_probs")
     if info.embedding_dim is not None:
         cols.append("embedding")
     return cols
 
 
-def _dry_build(model_spec: Any, info: PoolInfo, seed: int) -> None:
+def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool = False) -> None:
     """Build the model in the driver and run it on the pool's first rows, so factory,
-    checkpoint and dimension errors surface before any worker starts."""
+    checkpoint and dimension errors (and a missing embedding output) surface before any
+    worker starts."""
     from alscale.pool import read_shard
     from alscale.scoring import Scorer
     from alscale.types import ShardSpec
@@ -232,7 +268,7 @@ def _dry_build(model_spec: Any, info: PoolInfo, seed: int) -> None:
     head = read_shard(ShardSpec(info.path, 0, 0, min(2, info.n_rows)), ["features"], check_finite=False)
     scorer = Scorer(model_spec, in_features=int(info.feature_dim or 0), seed=seed)
     try:
-        scorer.score(np.nan_to_num(np.asarray(head.features_N_D, dtype=np.float32)))
+        _, emb = scorer.score(np.nan_to_num(np.asarray(head.features_N_D, dtype=np.float32)))
     except AlscaleError:
         raise
     except Exception as exc:  # a model that cannot run on these features
@@ -242,6 +278,11 @@ def _dry_build(model_spec: Any, info: PoolInfo, seed: int) -> None:
             f"model {model_spec.factory}{where} fails on pool {info.path} features of dimension "
             f"{info.feature_dim}: {first}; check the model's input size"
         ) from None
+    if needs_embedding and emb is None:
+        raise AlscaleError(
+            f"model {model_spec.factory} returns logits only, but the strategy needs embeddings from it; return "
+            "(logits, embedding) from forward, or use the pool's 'embedding' column (strategy.embedding: column)"
+        )
 
 
 def _score_all(executor: Any, plan: list, model_spec: Any, job: JobSpec, progress: bool) -> None:

@@ -15,9 +15,17 @@ from alscale.strategies import registry, scores
 from alscale.strategies.registry import check_options, get_strategy, score_strategy, strategy_names
 
 NAMES = [
+    "badge",
+    "badge_parallel",
     "bald",
+    "batchbald",
+    "batchbald_prefilter",
     "consensus_kl",
     "entropy",
+    "kcenter",
+    "kcenter_approx",
+    "kmeans_parallel",
+    "kmeanspp",
     "least_confidence",
     "margin",
     "mean_std",
