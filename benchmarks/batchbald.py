@@ -10,7 +10,7 @@ Scenarios (synthetic log-probs, the same ``.npy`` input and the same M for every
   acquisition over the full pool. alscale pruned (default) and unpruned (``prune: false``:
   every row scored at every step, the full GEMM arithmetic), as in-process calls and as jobs
   (pool on disk, 1 local shard vs 2 Ray actors: the ``select`` phase); the BALD-prefilter mode
-  at several P with its loss of joint MI; with ``--mnist-peers`` the peers too (slow).
+  at several P with its loss of joint MI; with ``--mnist-peers NAME ...`` those peers too (slow).
 - ``mnist_m10k``: as ``mnist`` with M = 10,000 (the reference's example setting; the paper's
   GPU runs took 85 s per acquisition, REFERENCES §2).
 
@@ -29,7 +29,7 @@ Results: one JSON line per run in ``benchmarks/results/batchbald.jsonl`` and a p
 This machine (2 cores) is shared with other benchmarks; medians of repeats, and the load
 average is recorded with each run.
 
-    python benchmarks/batchbald.py [--scenarios small mnist mnist_m10k] [--repeats 3] [--mnist-peers]
+    python benchmarks/batchbald.py [--scenarios small mnist mnist_m10k] [--repeats 3] [--rounds 3] [--mnist-peers batchbald_redux]
 """
 
 from __future__ import annotations
@@ -223,8 +223,11 @@ def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEM_CAP_BYTES, MEM_CAP_BYTES))
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def spawn(worker: str, python: Path | str, inp: Path | None, s: dict, *, repeats: int, timeout: float,
-          extra: list[str] | None = None, cap: bool = True) -> dict:
+          extra: list[str] | None = None, cap: bool = True, env: dict[str, str] | None = None) -> dict:
     out = DATA / f"_result-{os.getpid()}.json"
     out.unlink(missing_ok=True)
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", worker, "--out", str(out),
@@ -235,7 +238,7 @@ def spawn(worker: str, python: Path | str, inp: Path | None, s: dict, *, repeats
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=_cap_memory if cap else None, cwd=ROOT)
+                              preexec_fn=_cap_memory if cap else None, cwd=ROOT, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if proc.returncode != 0 or not out.exists():
@@ -293,14 +296,15 @@ def plan(name: str, s: dict, args: argparse.Namespace) -> list[tuple[str, str, P
     if name == "small":
         runs += [("alscale 2 shards", "alscale", sys.executable, ["--shards", "2"], r, 300)]
         runs += [(label, w, PEERS_PYTHON, [], r, 300) for label, w in peers]
+        # One thread: the peers' many small ops stall less on a shared machine (their best case here).
+        runs += [(f"{label} 1 thread", w, PEERS_PYTHON, [], r, 300) for label, w in peers]
     if name == "mnist":
         if "ray" not in args.skip:
             runs += [("alscale job local 1 shard", "alscale_job", sys.executable, ["--job", "local:1"], 1, 900),
                      ("alscale job ray 2 shards", "alscale_job", sys.executable, ["--job", "ray:2"], 1, 900)]
         runs += [(f"alscale prefilter P={p}", "alscale", sys.executable, ["--prefilter", str(p)], r, 600)
                  for p in args.prefilters]
-        if args.mnist_peers:
-            runs += [(label, w, PEERS_PYTHON, [], 1, 900) for label, w in peers]
+        runs += [(label, w, PEERS_PYTHON, [], 1, 1800) for label, w in peers if label in args.mnist_peers]
     if name == "mnist_m10k":
         runs = [runs[0]]
     return runs
@@ -309,8 +313,10 @@ def plan(name: str, s: dict, args: argparse.Namespace) -> list[tuple[str, str, P
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", nargs="+", default=["small", "mnist", "mnist_m10k"], choices=sorted(SCENARIOS))
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--mnist-peers", action="store_true", help="also run the peers on the 60,000-row pool (slow)")
+    p.add_argument("--repeats", type=int, default=3, help="in-process calls per run (median)")
+    p.add_argument("--rounds", type=int, default=1, help="runs of the whole plan, interleaved (median of medians)")
+    p.add_argument("--mnist-peers", nargs="*", default=[], help="peers to run on the 60,000-row pool too (slow), "
+                   "e.g. batchbald_redux")
     p.add_argument("--prefilters", type=int, nargs="*", default=[1000, 2000, 5000, 10000])
     p.add_argument("--skip", nargs="*", default=[], help="labels to skip (substring match), e.g. ray unpruned")
     # worker mode
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = []
-    for name in args.scenarios:
+    for rnd, name in [(r, n) for n in args.scenarios for r in range(args.rounds)]:
         s = SCENARIOS[name]
         inp = input_for(name)
         lp = np.load(inp)
@@ -342,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
             load0 = os.getloadavg()[0]
             res = spawn(worker, python, None if worker == "alscale_job" else inp, s, repeats=repeats,
-                        timeout=timeout, extra=extra, cap=worker != "alscale_job")
-            rec: dict[str, Any] = {"benchmark": "batchbald", "scenario": name, **s, "method": label,
+                        timeout=timeout, extra=extra, cap=worker != "alscale_job",
+                        env=ONE_THREAD if label.endswith("1 thread") else None)
+            rec: dict[str, Any] = {"benchmark": "batchbald", "scenario": name, **s, "method": label, "round": rnd,
                                    "load_avg_1m_before": round(load0, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
             if "error" in res:
                 rec["error"] = res["error"]
@@ -369,13 +376,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _merge_rounds(records: list[dict]) -> list[dict]:
+    """One row per (scenario, method): the median over rounds of each run's median time."""
+    out = []
+    for key in dict.fromkeys((r["scenario"], r["method"]) for r in records):
+        runs = [r for r in records if (r["scenario"], r["method"]) == key]
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            out.append(runs[0])
+            continue
+        row = dict(ok[0])
+        row["seconds_median"] = statistics.median(r["seconds_median"] for r in ok)
+        row["seconds_rounds"] = [round(r["seconds_median"], 3) for r in ok]
+        row["rss_mb"] = max(r["rss_mb"] for r in ok)
+        row["load_avg_1m_before"] = "/".join(str(r["load_avg_1m_before"]) for r in ok)
+        out.append(row)
+    return out
+
+
 def print_table(records: list[dict]) -> None:
+    records = _merge_rounds(records)
     print(f"\n{'scenario':<11} {'method':<28} {'median s':>9} {'x alscale':>9} {'RSS MB':>8} "
-          f"{'joint MI':>9} {'first 4':>8} {'trips':>6} {'rows scored':>12}  load")
+          f"{'joint MI':>9} {'first 4':>8} {'trips':>6} {'rows scored':>12}  rounds (s) / load")
     for name in dict.fromkeys(r["scenario"] for r in records):
         rows = [r for r in records if r["scenario"] == name]
         base = next((r for r in rows if r["method"] == "alscale" and "error" not in r), None)
-        redux = next((r for r in rows if r["method"] == "batchbald_redux" and "error" not in r), None)
+        redux = next((r for r in rows if r["method"].startswith("batchbald_redux") and "error" not in r), None)
         for r in rows:
             if "error" in r:
                 print(f"{name:<11} {r['method']:<28} {r['error']}")
@@ -387,10 +413,11 @@ def print_table(records: list[dict]) -> None:
                 same4 = "yes" if r["picks"][:4] == ref["picks"][:4] else "no"
             print(f"{name:<11} {r['method']:<28} {r['seconds_median']:>9.3f} {ratio:>9.1f} {r['rss_mb']:>8.0f} "
                   f"{r['joint_mi_eval']:>9.4f} {same4:>8} {str(r.get('round_trips') or '-'):>6} "
-                  f"{str(r.get('rows_scored', '-')):>12}  {r['load_avg_1m_before']}")
-    print("\nx alscale: median time / alscale's (pruned, in-process) in the same scenario; first 4: same first four "
-          "picks as batchbald_redux (exact joint entropy there); joint MI: common estimate with "
-          f"{EVAL_SAMPLES:,} sampled configurations; load: 1-min load average before the run (2 cores).")
+                  f"{str(r.get('rows_scored', '-')):>12}  {r.get('seconds_rounds', '')} / {r['load_avg_1m_before']}")
+    print("\nmedian s: median over rounds of each run's median over repeats; x alscale: that / alscale's "
+          "(pruned, in-process) in the same scenario; first 4: same first four picks as batchbald_redux "
+          f"(exact joint entropy there); joint MI: common estimate with {EVAL_SAMPLES:,} sampled "
+          "configurations (first round's picks); load: 1-min load average before each run (2 cores).")
 
 
 if __name__ == "__main__":

@@ -479,9 +479,12 @@ def _update_chunk(
         known &= (g_lo >= u_old) | (lo2_T > hi_T)
     k = np.flatnonzero(known)
     _lower(sp, rows[k], g_lo[k], j_T[k], base)
-    x = np.flatnonzero(may & ~known)
-    if x.shape[0]:
-        sp.exact_rows += int(x.shape[0])
+    x_all = np.flatnonzero(may & ~known)
+    sp.exact_rows += int(x_all.shape[0])
+    width = h.shape[1] + (0 if a is None else a.shape[1])
+    sub = max(64, min(_GEMM_ELEMS // exact[1].shape[0], _ROW_ELEMS // (2 * width)))  # float64 rows
+    for s0 in range(0, x_all.shape[0], sub):
+        x = x_all[s0 : s0 + sub]
         d, j = min_sq_dist(None if a is None else a[x], h[x], n[x], *exact)
         _lower(sp, rows[x], grid_ceil(d), j, base)
 
@@ -520,8 +523,10 @@ def kpp_sync(
             fh = h_M_D.astype(np.float32) if a_M_C is not None else (-2.0 * h_M_D).astype(np.float32)
             filt = (fa, fh, ((1.0 - sp.kappa) * cn).astype(np.float32), cn)
         width = (0 if sp.a_U_C is None else sp.a_U_C.shape[1]) + sp.h_U_D.shape[1]
-        per = _GEMM_ELEMS * (2 if filtered else 1)
-        step = max(64, min(per // m, _ROW_ELEMS // (2 * width)))
+        if filtered:  # float32 T x M blocks; few, large BLAS calls (each call costs a thread wake-up)
+            step = max(64, min(2 * _GEMM_ELEMS // m, 1 << 19))
+        else:  # the exact kernel also converts T rows to float64
+            step = max(64, min(_GEMM_ELEMS // m, _ROW_ELEMS // (2 * width)))
         for lo in range(0, u, step):
             _update_chunk(sp, lo, min(lo + step, u), (ca, ch, cn), filt, sp.n_centers, want_counts)
         hit = np.flatnonzero(np.isin(sp.row_ids_U, row_ids_M))
