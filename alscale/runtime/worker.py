@@ -92,14 +92,6 @@ class ShardWorker:
             torch.set_num_threads(int(self.torch_threads))
         self._scorer = Scorer(model_spec, in_features=int(in_features), seed=seed)
 
-    def info(self) -> dict[str, Any]:
-        """Shape facts the coordinator checks and records."""
-        lp = None if self.state is None else self.state.log_probs_N_K_C
-        return {
-            "rows": 0 if self.data is None else self.data.n_rows,
-            "log_probs_shape": None if lp is None else tuple(int(x) for x in lp.shape[1:]),
-        }
-
     # -- the Shards calls, delegated to the shard's state ------------------------------
     def _st(self) -> ShardState:
         if self.state is None:
