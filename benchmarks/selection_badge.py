@@ -123,6 +123,7 @@ def _worker(impl: str, inputs: str, budget: int, seed: int, shards: int, options
     _import(impl)  # imports are not timed
     base = _status("VmRSS:")
     _reset_peak()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if impl.startswith("badge"):
         picks, extra = _run_alscale(impl, lp, emb, budget, seed, shards, options)
@@ -145,8 +146,11 @@ def _worker(impl: str, inputs: str, budget: int, seed: int, shards: int, options
     else:
         raise SystemExit(f"unknown implementation {impl}")
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": seconds,
+        # CPU seconds of all threads: less sensitive to other jobs on the machine than wall time
+        "cpu_seconds": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
         "peak_growth_bytes": max(0, _status("VmHWM:") - base),
         "picks": [int(p) for p in picks],
         **extra,
@@ -303,7 +307,8 @@ def bench(
             res["distinct"] = len(set(res["picks"]))
             del res["picks"]
             runs.append(res)
-            print(f"  {label} rep {rep}: {res['seconds']:.2f} s, peak +{res['peak_growth_bytes'] / 2**20:.0f} MB, "
+            print(f"  {label} rep {rep}: {res['seconds']:.2f} s (cpu {res['cpu_seconds']:.1f} s), "
+                  f"peak +{res['peak_growth_bytes'] / 2**20:.0f} MB, "
                   f"cost {costs[-1]:.4g}, load {load:.1f}", flush=True)
         ok = [r for r in runs if "error" not in r]
         row = {
@@ -314,6 +319,7 @@ def bench(
             "n": n, "c": c, "d": d, "budget": budget,
             "seconds_median": statistics.median(r["seconds"] for r in ok) if ok else None,
             "seconds_all": [round(r["seconds"], 3) for r in ok],
+            "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in ok) if ok else None,
             "peak_growth_mb_median": statistics.median(r["peak_growth_bytes"] for r in ok) / 2**20 if ok else None,
             "round_trips": [r.get("round_trips") for r in ok],
             "cost_mean": statistics.mean(costs) if costs else None,
@@ -329,17 +335,19 @@ def bench(
 
 
 def report(rows: list[dict], reference: str | None) -> None:
-    print(f"\n{'implementation':<28} {'median s':>9} {'peak MB':>8} {'RT':>5} {'cost mean±sd':>22} {'ratio':>8}")
+    print(f"\n{'implementation':<28} {'median s':>9} {'cpu s':>7} {'peak MB':>8} {'RT':>5} {'cost mean±sd':>22} "
+          f"{'ratio':>8}")
     ref_t = next((r["seconds_median"] for r in rows if r["impl"] == reference), None)
     for r in rows:
         t = r["seconds_median"]
         if t is None:
-            print(f"{r['impl']:<28} {'-':>9} {'-':>8} {'-':>5} {'-':>22}  {r['error']}")
+            print(f"{r['impl']:<28} {'-':>9} {'-':>7} {'-':>8} {'-':>5} {'-':>22}  {r['error']}")
             continue
         rt = r["round_trips"][0] if r["round_trips"] and r["round_trips"][0] is not None else "-"
         cost = f"{r['cost_mean']:.5g}±{(r['cost_sd'] or 0):.2g}"
         ratio = f"{t / ref_t:.1f}x" if ref_t else ""
-        print(f"{r['impl']:<28} {t:>9.2f} {r['peak_growth_mb_median']:>8.0f} {rt!s:>5} {cost:>22} {ratio:>8}")
+        print(f"{r['impl']:<28} {t:>9.2f} {r['cpu_seconds_median']:>7.1f} {r['peak_growth_mb_median']:>8.0f} "
+              f"{rt!s:>5} {cost:>22} {ratio:>8}")
 
 
 def main() -> None:
