@@ -98,6 +98,7 @@ U32 = 2.0**-24
 # contribution, below 1e-28 per term, is far under every error bound used here).
 _TINY64 = np.finfo(np.float64).tiny
 _TINY32 = 1e-30
+_LN2 = math.log(2.0)
 #: Exact enumeration is refused beyond this many configurations (M·K float64 each).
 MAX_CONFIGS_LIMIT = 1 << 20
 MAX_SAMPLES_LIMIT = 1 << 20
@@ -299,7 +300,8 @@ def fast_error_bound(k: int, c: int) -> float:
     ``(K + 4) u (H + s)`` per configuration, ``s = Σ_c π <= 1.3`` (inputs normalised to the
     tolerance of :mod:`~alscale.strategies.scores`); the float32 log and product add
     ``2u H``, the C-term float32 sum ``C u H``; the sum over configurations is float64.
-    ``H <= 1.3 (log C + 1)``. Doubled for second-order terms and the expected-entropy term.
+    ``H <= 1.3 (log C + 1)``. (The kernel takes ``log2`` and scales by ``ln 2`` in float64:
+    the same relative error.) Doubled for second-order terms and the expected-entropy term.
     """
     h_max = 1.3 * (math.log(c) + 1.0)
     per_config = (k + 4) * U32 * (h_max + 1.3) + (c + 4) * U32 * h_max
@@ -361,8 +363,8 @@ def chunk_conditional_entropies(
         probs_n_C_K: float32 ``[n, C, K]`` candidate probabilities (classes before samples).
 
     One GEMM ``[n·C, K] x [K, M]`` gives ``π`` for every (candidate, class, configuration);
-    then ``π log π`` (float32), the sum over classes (float32) and the weighted sum over
-    configurations (float64 GEMV). Peak memory ``2 n C M`` floats. Error within
+    then ``π log2 π`` (float32), the sum over classes (float32) and the weighted sum over
+    configurations (float64 GEMV), times ``-ln 2``. Peak memory ``2 n C M`` floats. Error within
     :func:`fast_error_bound`.
     """
     torch = _torch()
@@ -370,11 +372,11 @@ def chunk_conditional_entropies(
     m = post_K_M.shape[1]
     pi_nC_M = probs_n_C_K.reshape(n * c, k) @ post_K_M
     pi_nC_M.clamp_(min=_TINY32)
-    ent_nC_M = torch.log(pi_nC_M)
-    ent_nC_M.mul_(pi_nC_M)  # π log π (<= 0)
+    ent_nC_M = torch.log2(pi_nC_M)  # log2: ~20 % faster than log here; scaled by ln 2 below
+    ent_nC_M.mul_(pi_nC_M)  # π log2 π (<= 0)
     del pi_nC_M
     s_n_M = ent_nC_M.view(n, c, m).sum(dim=1)
-    return -(s_n_M.double() @ weights_M)
+    return (s_n_M.double() @ weights_M) * -_LN2
 
 
 def chunk_expected_entropies(log_probs_n_K_C: torch.Tensor, probs_n_K_C: torch.Tensor) -> torch.Tensor:
