@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.index.base import U32, sq_dist_error_bound
+from alscale.index.numpy_backend import HostFloat32Arrays, is_f32_vector
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def faiss_gpu_usable(device_index: int = 0) -> bool:
         return False
 
 
-class FaissBackend:
+class FaissBackend(HostFloat32Arrays):
     """Exact search with faiss on the CPU or (``device="cuda:N"``) a supported GPU."""
 
     name = "faiss"
@@ -62,20 +62,6 @@ class FaissBackend:
     def __repr__(self) -> str:
         return f"FaissBackend(device={self.device!r})"
 
-    def asarray(self, x_N_D: Any) -> np.ndarray:
-        return np.ascontiguousarray(x_N_D, dtype=np.float32)
-
-    def to_numpy(self, a: Any) -> np.ndarray:
-        return np.asarray(a)
-
-    def sq_norms(self, x_N_D: Any) -> np.ndarray:
-        x = self.asarray(x_N_D)
-        out = np.empty(x.shape[0], dtype=np.float32)
-        for r0 in range(0, x.shape[0], 65536):
-            xb = x[r0 : r0 + 65536]
-            np.einsum("ij,ij->i", xb, xb, out=out[r0 : r0 + 65536])
-        return out
-
     def _knn1(self, x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._res is not None:
             d, i = self._faiss.knn_gpu(self._res, x, c, 1, device=self._gpu_index)
@@ -88,7 +74,7 @@ class FaissBackend:
     ) -> np.ndarray:
         x = self.asarray(x_N_D)
         c = self.asarray(centers_M_D)
-        mind = mind_N if _is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
+        mind = mind_N if is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
         if x.shape[0] == 0 or c.shape[0] == 0:
             return mind
         d, _ = self._knn1(x, c)
@@ -104,13 +90,3 @@ class FaissBackend:
             return np.empty(0, np.float32), np.empty(0, np.int64)
         d, i = self._knn1(x, self.asarray(ref_M_D))
         return np.maximum(d, 0.0), i
-
-    def error_bound(self, x_norm_max: float, c_norm_max: float, dim: int) -> float:
-        return sq_dist_error_bound(x_norm_max, c_norm_max, dim, unit=U32, input_unit=U32)
-
-
-def _is_f32_vector(a: Any) -> bool:
-    return (
-        isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 1 and a.flags.c_contiguous
-        and a.flags.writeable
-    )

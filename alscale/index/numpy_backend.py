@@ -21,14 +21,8 @@ CENTER_BLOCK = 256
 BLOCK_BYTES = 1 << 23
 
 
-class NumpyBackend:
-    """Blocked float32 BLAS on the CPU (numpy's BLAS, OpenBLAS in the wheels)."""
-
-    name = "numpy"
-    device = "cpu"
-
-    def __repr__(self) -> str:
-        return "NumpyBackend()"
+class HostFloat32Arrays:
+    """Array handling shared by the backends whose arrays are float32 numpy arrays on the host."""
 
     def asarray(self, x_N_D: Any) -> np.ndarray:
         return np.ascontiguousarray(x_N_D, dtype=np.float32)
@@ -45,6 +39,19 @@ class NumpyBackend:
             np.einsum("ij,ij->i", xb, xb, out=out[r0 : r0 + step])
         return out
 
+    def error_bound(self, x_norm_max: float, c_norm_max: float, dim: int) -> float:
+        return sq_dist_error_bound(x_norm_max, c_norm_max, dim, unit=U32, input_unit=U32)
+
+
+class NumpyBackend(HostFloat32Arrays):
+    """Blocked float32 BLAS on the CPU (numpy's BLAS, OpenBLAS in the wheels)."""
+
+    name = "numpy"
+    device = "cpu"
+
+    def __repr__(self) -> str:
+        return "NumpyBackend()"
+
     def _center_blocks(self, centers_M_D: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         c_sq = self.sq_norms(centers_M_D)
         blocks = []
@@ -58,7 +65,7 @@ class NumpyBackend:
     ) -> np.ndarray:
         x = self.asarray(x_N_D)
         c = self.asarray(centers_M_D)
-        mind = mind_N if _is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
+        mind = mind_N if is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
         if x.shape[0] == 0 or c.shape[0] == 0:
             return mind
         x_sq = self.sq_norms(x) if x_sq_N is None else np.asarray(x_sq_N, dtype=np.float32)
@@ -116,11 +123,8 @@ class NumpyBackend:
             idx[r0 : r0 + step] = best_idx
         return d2, idx
 
-    def error_bound(self, x_norm_max: float, c_norm_max: float, dim: int) -> float:
-        return sq_dist_error_bound(x_norm_max, c_norm_max, dim, unit=U32, input_unit=U32)
-
-
-def _is_f32_vector(a: Any) -> bool:
+def is_f32_vector(a: Any) -> bool:
+    """Whether ``a`` can be updated in place as a float32 min-distance vector."""
     return (
         isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 1 and a.flags.c_contiguous
         and a.flags.writeable
