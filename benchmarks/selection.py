@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from peakmem import reset_peak, status_bytes  # noqa: E402  (sibling module; see peakmem)
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,22 +88,6 @@ def inputs(name: str, n: int, d: int, n_labeled: int) -> Path:
 # ---------------------------------------------------------------------------------------
 # Worker side (one subprocess per run; peers' interpreters have numpy and the peer only)
 # ---------------------------------------------------------------------------------------
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
-
-
 def numpy_loop(x: np.ndarray, labeled: np.ndarray, budget: int) -> list[int]:
     """The plain incremental greedy (Sener & Savarese 2018 / google active-learning style):
     float32 ``‖x‖² − 2x·c + ‖c‖²`` per new center (one matrix-vector product per pick)."""
@@ -161,8 +147,8 @@ def _alscale(
     states = [ShardState(np.arange(a, b, dtype=np.int64), None, x[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     shards = FanoutShards(InProcessFanout(states))
     shards.exclude(labeled)
-    _reset_peak()
-    base = _status_bytes("VmHWM:")
+    reset_peak()
+    base = status_bytes("VmHWM:")
     t0 = time.perf_counter()
     if impl == "alscale_approx":
         r = kcenter_approx(shards, budget, backend=opts.get("backend", "auto"))
@@ -172,7 +158,7 @@ def _alscale(
     s = r.stats
     return [int(i) for i in r.row_ids_B], {
         "seconds": seconds,
-        "peak_growth_bytes": max(0, _status_bytes("VmHWM:") - base),
+        "peak_growth_bytes": max(0, status_bytes("VmHWM:") - base),
         "round_trips": s.round_trips,
         "rounds": s.rounds,
         "picks_per_round": s.picks_per_round,
@@ -197,11 +183,11 @@ def worker(impl: str, folder: str, budget: int, opts: dict[str, Any], out: str) 
         elif impl == "small_text":
             import small_text.query_strategies.coresets  # noqa: F401
         fn = {"numpy_loop": numpy_loop, "skactiveml": _skactiveml, "small_text": _small_text}[impl]
-        _reset_peak()
-        base = _status_bytes("VmHWM:")
+        reset_peak()
+        base = status_bytes("VmHWM:")
         t0 = time.perf_counter()
         picks = fn(x, labeled, budget)
-        info = {"seconds": time.perf_counter() - t0, "peak_growth_bytes": max(0, _status_bytes("VmHWM:") - base)}
+        info = {"seconds": time.perf_counter() - t0, "peak_growth_bytes": max(0, status_bytes("VmHWM:") - base)}
     np.save(out, np.asarray(picks, dtype=np.int64))
     return info
 

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peakmem import reset_peak, status_bytes  # noqa: E402  (sibling module; see peakmem)
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,22 +93,6 @@ def _inputs_dir(n: int, c: int, d: int) -> Path:
 # ---------------------------------------------------------------------------------------
 # Workers (run in a subprocess; only numpy and the library under test are imported)
 # ---------------------------------------------------------------------------------------
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
 def _worker(impl: str, inputs: str, budget: int, seed: int, shards: int, options: dict) -> dict[str, Any]:
     probs = np.load(Path(inputs) / "probs.npy")
     emb = np.load(Path(inputs) / "emb.npy")
@@ -121,8 +107,8 @@ def _worker(impl: str, inputs: str, budget: int, seed: int, shards: int, options
     if impl.startswith("badge"):  # alscale's input is log-probabilities
         lp = np.log(np.maximum(probs, np.float32(1e-30)))[:, None, :]
     _import(impl)  # imports are not timed
-    base = _status("VmRSS:")
-    _reset_peak()
+    base = status_bytes("VmRSS:")
+    reset_peak()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if impl.startswith("badge"):
@@ -151,7 +137,7 @@ def _worker(impl: str, inputs: str, budget: int, seed: int, shards: int, options
         "seconds": seconds,
         # CPU seconds of all threads: less sensitive to other jobs on the machine than wall time
         "cpu_seconds": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
-        "peak_growth_bytes": max(0, _status("VmHWM:") - base),
+        "peak_growth_bytes": max(0, status_bytes("VmHWM:") - base),
         "picks": [int(p) for p in picks],
         **extra,
     }
