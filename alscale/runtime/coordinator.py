@@ -186,7 +186,7 @@ def run_job(
             executor.map("load", [(spec, columns, model_spec is not None) for spec in plan])
         with _phase(timings, "score"):
             if model_spec is not None:
-                _score_all(executor, plan, model_spec, job, progress)
+                _score_all(executor, plan, job.runtime.chunk_rows, progress)
         shards = FanoutShards(executor)
         with _phase(timings, "select"):
             n_labeled_in_pool = shards.exclude(labeled)
@@ -285,14 +285,13 @@ def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool
         )
 
 
-def _score_all(executor: Any, plan: list, model_spec: Any, job: JobSpec, progress: bool) -> None:
+def _score_all(executor: Any, plan: list, chunk_rows: int, progress: bool) -> None:
     """Drive every worker through its shard chunk by chunk, with a progress bar."""
     from tqdm import tqdm
 
-    chunk_rows = job.runtime.chunk_rows
     n_chunks = max(math.ceil(s.n_rows / chunk_rows) for s in plan)
     total = sum(s.n_rows for s in plan)
     with tqdm(total=total, unit="rows", desc="scoring", disable=not progress, file=sys.stderr) as bar:
         for chunk in range(n_chunks):
-            done = executor.map("score_chunk", [(model_spec, job.seed, chunk, chunk_rows)] * len(plan))
+            done = executor.map("score_chunk", [(chunk, chunk_rows)] * len(plan))
             bar.update(int(sum(done)))

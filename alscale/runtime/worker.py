@@ -56,20 +56,21 @@ class ShardWorker:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
         return {"rows": float(self.data.n_rows), "seconds": time.perf_counter() - t0}
 
-    def score_chunk(self, model_spec: Any, seed: int, chunk: int, chunk_rows: int) -> int:
-        """Score rows ``[chunk*chunk_rows, (chunk+1)*chunk_rows)`` of this shard with the model.
+    def score_chunk(self, chunk: int, chunk_rows: int) -> int:
+        """Score rows ``[chunk*chunk_rows, (chunk+1)*chunk_rows)`` of this shard with the model
+        built by :meth:`prepare_model`.
 
         Chunks beyond the shard's end are no-ops, so the coordinator can drive all
         shards through the same chunk indices (and a progress bar) in lockstep.
         Returns the number of rows scored.
         """
         assert self.data is not None and self.data.features_N_D is not None
+        if self._scorer is None:
+            raise RuntimeError("prepare_model must run before score_chunk")
         n = self.data.n_rows
         start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
         if start >= stop:
             return 0
-        if self._scorer is None:
-            self.prepare_model(model_spec, seed, int(self.data.features_N_D.shape[1]))
         log_probs_B_K_C, emb_B_E = self._scorer.score(self.data.features_N_D[start:stop])
         if self._log_probs is None:
             self._log_probs = np.empty((n, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
