@@ -123,7 +123,7 @@ def _model_spec(job: JobSpec) -> Any:
     )
 
 
-def _make_executor(job: JobSpec, n_workers: int) -> Any:
+def make_executor(job: JobSpec, n_workers: int) -> Any:
     if job.runtime.executor == "local":
         from alscale.runtime.local import LocalExecutor
 
@@ -144,11 +144,16 @@ def run_job(
     out_dir: str | Path | None = None,
     force: bool = False,
     progress: bool | None = None,
+    executor: Any = None,
 ) -> RunResult:
     """Run one acquisition job end to end and write its output directory.
 
     Every check that can fail on input (job, pool schema, row ids, labelled set, model
     build) runs before any worker starts; on error nothing is written.
+
+    ``executor``: an open executor with one worker per shard of the job's plan, reused (and
+    left open) instead of starting one; the active-learning loop passes its own so that Ray
+    and the worker processes start once per simulation, not once per round.
     """
     started = datetime.now(timezone.utc)
     timings = PhaseTimings()
@@ -169,15 +174,24 @@ def run_job(
             model_spec = _model_spec(job)
             _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
         elif job.model is not None:
-            logger.warning("model %s is not used: strategy %s takes its embeddings from the pool's 'embedding' "
-                           "column", job.model.factory, job.strategy.name)
+            needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
+            why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
+                   else "needs no model outputs")
+            logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
     plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     columns = _columns_needed(job, info)
     if progress is None:
         progress = sys.stderr.isatty()
 
+    owns_executor = executor is None
+    if executor is not None and executor.n_workers != len(plan):
+        raise AlscaleError(
+            f"the executor has {executor.n_workers} workers but pool {info.path} is planned as {len(plan)} shards;"
+            " give the pool at least runtime.shards rows"
+        )
     with _phase(timings, "startup"):
-        executor = _make_executor(job, len(plan))
+        if executor is None:
+            executor = make_executor(job, len(plan))
     try:
         with _phase(timings, "startup"):  # import torch and build the model in every worker
             if model_spec is not None:
@@ -200,7 +214,8 @@ def run_job(
             )
         executor_info = executor.describe()
     finally:
-        executor.close()
+        if owns_executor:
+            executor.close()
 
     if labeled.size > n_labeled_in_pool:
         logger.warning("%d labelled row_ids are not in the pool (ignored)", labeled.size - n_labeled_in_pool)
