@@ -1,4 +1,5 @@
-"""Built-in models: ``linear``, ``mlp`` and ``mnist_cnn`` (the BatchBALD paper's CNN).
+"""Built-in models: ``linear``, ``mlp``, ``mnist_cnn`` (the BatchBALD paper's CNN) and
+``gal_cnn`` (Gal et al. 2017's Bayesian CNN).
 
 Every builtin follows the model protocol (see :mod:`alscale.scoring`): ``forward(x_B_D)``
 returns ``(logits_B_C, embedding_B_E)`` where the embedding is the input to the last
@@ -141,6 +142,39 @@ class MNISTCNN(nn.Module):
         return self.mc_suffix(self.mc_prefix(x_B_D))
 
 
+class GalCNN(nn.Module):
+    """The Bayesian CNN of Gal, Islam & Ghahramani, "Deep Bayesian Active Learning with Image
+    Data", ICML 2017 (their released Keras code): conv 1->32 4x4, relu; conv 32->32 4x4, relu;
+    maxpool 2; dropout 0.25; fc 3872->128, relu; dropout 0.5; fc 128->C.
+
+    Both dropouts are element-wise. ``mc_prefix`` is everything before the first dropout
+    (both convolutions and the pooling), so MC sampling repeats only the fc layers.
+    The embedding is the 128-d input of the last layer.
+    """
+
+    def __init__(self, num_classes: int, dropout_conv: float, dropout_fc: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=4)
+        self.conv2 = nn.Conv2d(32, 32, kernel_size=4)
+        self.pool = MaxPool2x2()
+        self.relu = nn.ReLU()
+        self.conv_drop = ConsistentMCDropout(dropout_conv)
+        self.fc1 = nn.Linear(32 * 11 * 11, 128)
+        self.fc1_drop = ConsistentMCDropout(dropout_fc)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def mc_prefix(self, x_B_D: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv1(x_B_D.reshape(-1, 1, MNIST_SIDE, MNIST_SIDE)))  # [B, 32, 25, 25]
+        return self.pool(self.relu(self.conv2(x))).flatten(1)  # [B, 3872]
+
+    def mc_suffix(self, h_B_3872: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding_B_128 = self.fc1_drop(self.relu(self.fc1(self.conv_drop(h_B_3872))))
+        return self.fc2(embedding_B_128), embedding_B_128
+
+    def forward(self, x_B_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mc_suffix(self.mc_prefix(x_B_D))
+
+
 def linear(in_features: int, num_classes: int, *, init_seed: int = 0) -> nn.Module:
     """Logistic regression ``in_features -> num_classes``; embedding = the input features."""
     in_features = _check_int("linear", "in_features", in_features, 1)
@@ -186,11 +220,32 @@ def mnist_cnn(
         return MNISTCNN(num_classes, p)
 
 
+def gal_cnn(
+    num_classes: int = 10,
+    dropout_conv: float = 0.25,
+    dropout_fc: float = 0.5,
+    *,
+    in_features: int = MNIST_FEATURES,
+    init_seed: int = 0,
+) -> nn.Module:
+    """Gal et al. 2017's MNIST Bayesian CNN; needs ``in_features == 784`` (28 x 28 images)."""
+    if in_features != MNIST_FEATURES:
+        raise AlscaleError(
+            f"model 'gal_cnn' needs {MNIST_FEATURES} features (28x28 images), the pool has {in_features!r}"
+        )
+    num_classes = _check_int("gal_cnn", "num_classes", num_classes, 2)
+    p_conv = _check_dropout("gal_cnn", dropout_conv)
+    p_fc = _check_dropout("gal_cnn", dropout_fc)
+    with _seeded(init_seed):
+        return GalCNN(num_classes, p_conv, p_fc)
+
+
 #: name -> factory; every builtin accepts ``in_features`` (filled from the pool) and ``init_seed``.
 BUILTINS: dict[str, Callable[..., nn.Module]] = {
     "linear": linear,
     "mlp": mlp,
     "mnist_cnn": mnist_cnn,
+    "gal_cnn": gal_cnn,
 }
 
 

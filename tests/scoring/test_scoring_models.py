@@ -35,7 +35,7 @@ def _one_line_error(spec: ModelSpec, in_features: int = 6) -> str:
 
 
 def test_builtin_names() -> None:
-    assert builtin_models() == ["linear", "mlp", "mnist_cnn"]
+    assert builtin_models() == ["gal_cnn", "linear", "mlp", "mnist_cnn"]
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,7 @@ def test_builtin_names() -> None:
         ("mlp", {"num_classes": 10}, 64, 10, 256),
         ("mlp", {"num_classes": 3, "hidden": 16, "depth": 3, "dropout": 0.1}, 7, 3, 16),
         ("mnist_cnn", {}, 784, 10, 128),
+        ("gal_cnn", {}, 784, 10, 128),
     ],
 )
 def test_builtins_build_and_return_logits_and_embedding(
@@ -90,6 +91,21 @@ def test_mnist_cnn_is_the_batchbald_architecture() -> None:
     assert calls == ["conv1", "conv1_drop", "pool", "relu", "conv2", "conv2_drop", "pool", "relu",
                      "fc1", "fc1_drop", "relu", "fc2"]
     assert _params(build_model(ModelSpec("mnist_cnn", {"num_classes": 4}), in_features=784)) == expected - 6 * 129
+
+
+def test_gal_cnn_is_the_gal_2017_architecture() -> None:
+    model = build_model(ModelSpec("gal_cnn"), in_features=784)
+    # conv 1->32 4x4; conv 32->32 4x4; maxpool 2 -> 32 x 11 x 11 = 3872; fc 3872->128; fc 128->10.
+    expected = (1 * 32 * 16 + 32) + (32 * 32 * 16 + 32) + (3872 * 128 + 128) + (128 * 10 + 10)
+    assert _params(model) == expected
+    drops = [m.p for m in model.modules() if isinstance(m, ConsistentMCDropout)]
+    assert drops == [0.25, 0.5]
+    calls: list[str] = []
+    for name, module in model.named_children():
+        module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with torch.no_grad():
+        model(torch.rand(2, 784))
+    assert calls == ["conv1", "relu", "conv2", "relu", "pool", "conv_drop", "fc1", "relu", "fc1_drop", "fc2"]
 
 
 def test_builtin_init_is_seeded_and_leaves_global_rng_alone() -> None:
@@ -149,7 +165,7 @@ def test_checkpoint_for_user_factory(tmp_path: Path) -> None:
 
 def test_unknown_builtin_lists_the_valid_names() -> None:
     message = _one_line_error(ModelSpec("resnet"))
-    assert "'resnet'" in message and "linear, mlp, mnist_cnn" in message and "package.module:callable" in message
+    assert "'resnet'" in message and "gal_cnn, linear, mlp, mnist_cnn" in message and "package.module:callable" in message
 
 
 @pytest.mark.parametrize(

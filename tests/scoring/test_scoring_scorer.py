@@ -46,7 +46,8 @@ def _check_log_probs(log_probs: np.ndarray, n: int, k: int, c: int) -> None:
 
 @pytest.mark.parametrize(
     ("factory", "kwargs", "d", "c", "e"),
-    [("linear", {"num_classes": 4}, 12, 4, 12), ("mlp", MLP, 64, 10, 256), ("mnist_cnn", {}, 784, 10, 128)],
+    [("linear", {"num_classes": 4}, 12, 4, 12), ("mlp", MLP, 64, 10, 256), ("mnist_cnn", {}, 784, 10, 128),
+     ("gal_cnn", {}, 784, 10, 128)],
 )
 def test_k1_shapes_normalised_and_deterministic(factory: str, kwargs: dict, d: int, c: int, e: int) -> None:
     x = _images(20) if d == 784 else _features(20, d)
@@ -63,7 +64,7 @@ def test_k1_shapes_normalised_and_deterministic(factory: str, kwargs: dict, d: i
     np.testing.assert_allclose(embeddings, embedding.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize(("factory", "kwargs", "d"), [("mlp", MLP, 64), ("mnist_cnn", {}, 784)])
+@pytest.mark.parametrize(("factory", "kwargs", "d"), [("mlp", MLP, 64), ("mnist_cnn", {}, 784), ("gal_cnn", {}, 784)])
 def test_mc_samples_differ_and_embeddings_come_from_the_deterministic_pass(factory: str, kwargs: dict, d: int) -> None:
     x = _images(12) if d == 784 else _features(40, d)
     log_probs, embeddings = _score(factory, kwargs, x, k=6)
@@ -143,15 +144,16 @@ def test_one_scorer_is_consistent_across_calls(mlp_reference) -> None:
         np.testing.assert_array_equal(scorer.score(x[lo:hi])[0], ref_log_probs[lo:hi])
 
 
-def test_mnist_cnn_bit_identical_across_batch_sizes_and_slices() -> None:
+@pytest.mark.parametrize("factory", ["mnist_cnn", "gal_cnn"])
+def test_cnn_bit_identical_across_batch_sizes_and_slices(factory: str) -> None:
     x = _images(30, seed=4)
-    ref_log_probs, ref_embeddings = _score("mnist_cnn", {}, x, k=4, seed=5)
+    ref_log_probs, ref_embeddings = _score(factory, {}, x, k=4, seed=5)
     for batch_size, n in ((1, 5), (7, 30), (29, 30)):
-        log_probs, embeddings = _score("mnist_cnn", {}, x[:n], k=4, seed=5, batch_size=batch_size)
+        log_probs, embeddings = _score(factory, {}, x[:n], k=4, seed=5, batch_size=batch_size)
         np.testing.assert_array_equal(log_probs, ref_log_probs[:n], err_msg=f"batch_size {batch_size}")
         np.testing.assert_array_equal(embeddings, ref_embeddings[:n])
     for r in (3, 25):
-        log_probs, _ = _score("mnist_cnn", {}, x[r - 3 : r + 5], k=4, seed=5, batch_size=3)
+        log_probs, _ = _score(factory, {}, x[r - 3 : r + 5], k=4, seed=5, batch_size=3)
         np.testing.assert_array_equal(log_probs, ref_log_probs[r - 3 : r + 5], err_msg=f"row {r}")
 
 
