@@ -1,4 +1,4 @@
-"""``alscale`` command line: validate | run | pool synth|mnist|info | strategies.
+"""``alscale`` command line: validate | run | simulate | pool synth|mnist|info | strategies.
 
 Bad input (job, pool, labelled set, arguments) prints one line ``alscale: error: ...`` to
 stderr and exits with code 2, leaving no output behind.
@@ -32,6 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="overwrite an output directory that holds a selection")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    sim = sub.add_parser("simulate", help="run the job's active-learning loop with a simulated oracle")
+    sim.add_argument("job")
+    sim.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="e.g. loop.trials=1 loop.stop.budget=100 'loop.strategies=[bald,random]'")
+    sim.add_argument("--out", help="output directory (default: the job's 'output')")
+    sim.add_argument("--force", action="store_true", help="replace an earlier simulation in the output directory")
+    sim.add_argument("--targets", default="0.9,0.95",
+                     help="accuracies of the labels-to-reach table, comma-separated (default 0.9,0.95)")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     pool = sub.add_parser("pool", help="make or inspect pools")
     psub = pool.add_subparsers(dest="pool_command", required=True)
     s = psub.add_parser("synth", help="synthetic pool with planted clusters and labels")
@@ -58,7 +68,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (``run JOB --force a.b=1``).
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -78,6 +94,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "simulate":
+        return _simulate(args)
     if args.command == "pool":
         return _pool(args)
     if args.command == "strategies":
@@ -110,6 +128,32 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.overrides)
     result = run_job(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None)
     _print_summary(result)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from alscale.jobspec import load_job
+    from alscale.loop import simulate
+
+    try:
+        targets = [float(t) for t in args.targets.split(",") if t.strip()]
+    except ValueError:
+        raise AlscaleError(f"--targets must be comma-separated accuracies like 0.9,0.95; got {args.targets!r}")
+    if not targets or not all(0 < t <= 1 for t in targets):
+        raise AlscaleError(f"--targets must be accuracies in (0, 1]; got {args.targets!r}")
+    job = load_job(args.job, args.overrides)
+    result = simulate(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None,
+                      targets=targets)
+    from alscale.loop.curves import markdown_table
+
+    for strategy, trials in sorted(result.stop_reasons.items()):
+        for trial, reason in sorted(trials.items()):
+            last = [r for r in result.records if r["strategy"] == strategy and r["trial"] == trial][-1]
+            print(f"{strategy} trial {trial}: {last['n_labels']} labels, test accuracy {last['test_accuracy']:.4f};"
+                  f" stopped by {reason}")
+    print("labels needed (set size - b when first reached):")
+    print(markdown_table(result.table), end="")
+    print(f"written: {result.out_dir}/rounds.csv, curves.png, labels_to_reach.md, summary.json")
     return 0
 
 

@@ -56,6 +56,8 @@ _SCHEMA: dict[str, Any] = {
     },
     "seed": None,
     "output": None,
+    # The active-learning loop's protocol (``alscale simulate``); validated by alscale.loop.spec.
+    "loop": None,
 }
 
 
@@ -97,6 +99,7 @@ class JobSpec:
     model: ModelConfig | None = None
     seed: int = 0
     output: str | None = None
+    loop: dict[str, Any] | None = None  # ``alscale simulate`` protocol, see alscale.loop.spec
     source: str | None = None  # the job file it came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +273,9 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     output = raw.get("output")
     if output is not None and not (isinstance(output, str) and output):
         errors.append(f"output must be a directory path or null; got {output!r}")
+    loop = raw.get("loop")
+    if loop is not None and not isinstance(loop, dict):
+        errors.append(f"loop must be a mapping (see alscale simulate) or null; got {loop!r}")
 
     # Cross-field: what the strategy needs from the model.
     if info is not None and model is not None and not errors:
@@ -301,6 +307,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         ),
         seed=int(seed),
         output=output,
+        loop=copy.deepcopy(loop) if loop else None,
         source=source,
     )
 

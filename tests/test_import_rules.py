@@ -15,6 +15,7 @@ CASES = {
     "alscale.scoring": ("ray", "faiss", "pyarrow"),
     "alscale.jobspec": ("ray", "faiss", "torch", "pyarrow"),
     "alscale.runtime.coordinator": ("ray", "faiss"),
+    "alscale.loop": ("ray", "faiss", "torch"),
 }
 
 

@@ -1,0 +1,106 @@
+"""The labelled ledger: which rows are labelled, with what label, in which round, from where.
+
+DESIGN §4: append-only, never edited in place. A ledger is a directory of Parquet files,
+one per append (``round-00003.parquet``: columns ``row_id`` int64, ``label`` int64,
+``round`` int32, ``source`` string). An append writes a temporary file, fsyncs it and
+hard-links it to its final name, which fails if the name exists, so an existing file is
+never replaced or reopened for writing; a crash leaves at most a stray temporary file,
+which readers ignore. A row is labelled at most once (checked on every append and on open).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alscale.errors import AlscaleError
+
+_NAME = re.compile(r"^round-(\d{5})\.parquet$")
+SCHEMA = pa.schema([("row_id", pa.int64()), ("label", pa.int64()), ("round", pa.int32()), ("source", pa.string())])
+
+
+class Ledger:
+    """An append-only labelled set in directory ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._row_ids: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._rounds: list[int] = []
+        for round_, file in self._files():
+            table = pq.read_table(file)
+            if table.schema.remove_metadata() != SCHEMA:
+                raise AlscaleError(f"ledger file {file} has schema {table.schema}, expected {SCHEMA}; "
+                                   "it was not written by alscale")
+            self._add(table["row_id"].to_numpy(), table["label"].to_numpy(), round_, str(file))
+
+    def _files(self) -> list[tuple[int, Path]]:
+        found = sorted((int(m.group(1)), self.path / name) for name in os.listdir(self.path)
+                       if (m := _NAME.match(name)))
+        return found
+
+    def _add(self, row_ids: np.ndarray, labels: np.ndarray, round_: int, where: str) -> None:
+        if self._rounds and round_ <= self._rounds[-1]:
+            raise AlscaleError(f"ledger {self.path}: round {round_} appended after round {self._rounds[-1]}; "
+                               "rounds only grow")
+        if np.unique(row_ids).size != row_ids.size:
+            raise AlscaleError(f"ledger {where}: the same row_id appears twice in one append")
+        already = np.intersect1d(self.row_ids, row_ids)
+        if already.size:
+            raise AlscaleError(f"ledger {where}: row_id {int(already[0])} is already labelled; "
+                               "a row is labelled once")
+        self._row_ids.append(row_ids.astype(np.int64, copy=False))
+        self._labels.append(labels.astype(np.int64, copy=False))
+        self._rounds.append(round_)
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        """Every labelled row_id, in append order (int64)."""
+        return np.concatenate(self._row_ids) if self._row_ids else np.empty(0, np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Their labels, aligned with :attr:`row_ids`."""
+        return np.concatenate(self._labels) if self._labels else np.empty(0, np.int64)
+
+    @property
+    def rounds(self) -> list[int]:
+        return list(self._rounds)
+
+    def __len__(self) -> int:
+        return int(sum(ids.size for ids in self._row_ids))
+
+    def append(self, row_ids: np.ndarray, labels: np.ndarray, round_: int, source: str) -> Path:
+        """Add one round's labels as a new file; returns its path. Nothing is written on error."""
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if row_ids.shape != labels.shape or row_ids.ndim != 1:
+            raise AlscaleError(f"ledger append: {row_ids.shape[0]} row_ids but labels of shape {labels.shape}")
+        final = self.path / f"round-{round_:05d}.parquet"
+        self._add(row_ids, labels, round_, str(final))  # validates before writing
+        table = pa.table({"row_id": row_ids, "label": labels,
+                          "round": np.full(row_ids.size, round_, np.int32),
+                          "source": pa.array([source] * row_ids.size, pa.string())}, schema=SCHEMA)
+        tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.link(tmp, final)  # fails if the name exists: never replaces a ledger file
+        except BaseException:
+            self._row_ids.pop(), self._labels.pop(), self._rounds.pop()
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return final
