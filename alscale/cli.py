@@ -1,4 +1,4 @@
-"""``alscale`` command line: validate | run | simulate | pool synth|mnist|info | strategies.
+"""``alscale`` command line: validate | run | submit | status | logs | stop | simulate | pool | strategies.
 
 Bad input (job, pool, labelled set, arguments) prints one line ``alscale: error: ...`` to
 stderr and exits with code 2, leaving no output behind.
@@ -31,6 +31,25 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default: the job's 'output')")
     r.add_argument("--force", action="store_true", help="overwrite an output directory that holds a selection")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sb = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API")
+    sb.add_argument("job")
+    sb.add_argument("overrides", nargs="*", metavar="key=value")
+    sb.add_argument("--address", help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, "
+                    "http://127.0.0.1:8265)")
+    sb.add_argument("--out", help="output directory or URI, as the cluster sees it (default: the job's 'output')")
+    sb.add_argument("--force", action="store_true", help="overwrite an output directory that holds a selection")
+    sb.add_argument("--no-wait", action="store_true", help="print the submission id and return")
+    sb.add_argument("--no-package", action="store_true",
+                    help="do not upload the local alscale package (the cluster image has alscale installed)")
+    for name, text in (("status", "show a submitted job's status"), ("stop", "stop a submitted job")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("submission_id")
+        c.add_argument("--address")
+    lg = sub.add_parser("logs", help="print a submitted job's logs")
+    lg.add_argument("submission_id")
+    lg.add_argument("--address")
+    lg.add_argument("--follow", action="store_true", help="keep printing until the job ends; exit by its status")
 
     sim = sub.add_parser("simulate", help="run the job's active-learning loop with a simulated oracle")
     sim.add_argument("job")
@@ -94,6 +113,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.command == "run":
         return _run(args)
+    if args.command in ("submit", "status", "logs", "stop"):
+        return _jobs(args)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "pool":
@@ -128,6 +149,36 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.overrides)
     result = run_job(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None)
     _print_summary(result)
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from alscale.runtime import ray_jobs
+
+    if args.command == "submit":
+        from alscale.jobspec import load_job
+
+        job = load_job(args.job, args.overrides)
+        sid = ray_jobs.submit(job, address=args.address, out_dir=args.out, force=args.force,
+                              package=not args.no_package)
+        print(f"submitted {sid} to {ray_jobs.resolve_address(args.address)}", flush=True)
+        if args.no_wait:
+            return 0
+        state = ray_jobs.follow(sid, address=args.address)
+        print(f"job {sid} {state}")
+        return ray_jobs.exit_code(state)
+    if args.command == "status":
+        info = ray_jobs.status(args.submission_id, address=args.address)
+        print(f"{info['submission_id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+        return 0
+    if args.command == "stop":
+        stopped = ray_jobs.stop(args.submission_id, address=args.address)
+        print(f"{args.submission_id}: {'stop requested' if stopped else 'already finished'}")
+        return 0
+    if args.follow:
+        state = ray_jobs.follow(args.submission_id, address=args.address)
+        return ray_jobs.exit_code(state)
+    print(ray_jobs.logs(args.submission_id, address=args.address), end="")
     return 0
 
 

@@ -53,6 +53,7 @@ _SCHEMA: dict[str, Any] = {
         "cpus_per_worker": None,
         "gpus_per_worker": None,
         "chunk_rows": None,
+        "startup_timeout_s": None,
     },
     "seed": None,
     "output": None,
@@ -88,6 +89,7 @@ class RuntimeConfig:
     cpus_per_worker: float | None = None
     gpus_per_worker: float | None = None
     chunk_rows: int = 65536
+    startup_timeout_s: float = 300.0  # Ray: give up when the workers cannot all be placed by then
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,10 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     if not (_is_int(chunk_rows) and chunk_rows >= 1):
         errors.append(f"runtime.chunk_rows must be a positive integer; got {chunk_rows!r}")
 
+    startup_timeout_s = rt.get("startup_timeout_s", 300.0)
+    if not (_is_num(startup_timeout_s) and startup_timeout_s > 0):
+        errors.append(f"runtime.startup_timeout_s must be a positive number of seconds; got {startup_timeout_s!r}")
+
     seed = raw.get("seed", 0)
     if not (_is_int(seed) and seed >= 0):
         errors.append(f"seed must be a non-negative integer; got {seed!r}")
@@ -304,6 +310,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             cpus_per_worker=rt.get("cpus_per_worker"),
             gpus_per_worker=rt.get("gpus_per_worker"),
             chunk_rows=int(chunk_rows),
+            startup_timeout_s=float(startup_timeout_s),
         ),
         seed=int(seed),
         output=output,

@@ -135,6 +135,7 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
         address=job.runtime.address,
         cpus_per_worker=job.runtime.cpus_per_worker,
         gpus_per_worker=job.runtime.gpus_per_worker,
+        startup_timeout_s=job.runtime.startup_timeout_s,
     )
 
 

@@ -1,8 +1,18 @@
 """The Ray executor: the same :class:`ShardWorker` as Ray actors, one per shard.
 
-The only module (with ``ray_jobs`` later) that imports ``ray``. ``ray.init()`` with no
-address starts a local Ray; an address joins a cluster. Large arguments that go to every
-worker (e.g. the labelled ids) are put into the object store once and passed by reference.
+With :mod:`alscale.runtime.ray_jobs`, the only modules that import ``ray``. ``ray.init()``
+with no address starts a local Ray (dashboard on loopback); an address joins a cluster.
+Large arguments that go to every worker (e.g. the labelled ids) are put into the object
+store once and passed by reference.
+
+Placement: actors ask for ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (fractions
+allowed; Ray does not split GPU memory) and are spread over the nodes (Ray's ``SPREAD``
+strategy). Unset, both default to the cluster's *available* resources shared evenly (so a
+driver running as a Ray job keeps its own CPU). If the actors are not all placed within
+``startup_timeout_s`` — the cluster cannot hold the request, or an autoscaler did not add
+nodes in time — the executor gives up with an error naming the request and the cluster's
+resources instead of waiting forever. The coordinator itself runs in the driver process
+(the head node for ``alscale submit``: one CPU, no GPU).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ class RayExecutor:
         cpus_per_worker: CPUs reserved per actor (default: the cluster's CPUs shared evenly).
         gpus_per_worker: GPUs per actor; ``None`` shares the cluster's GPUs evenly (at most
             one each), 0 keeps workers on CPU.
+        startup_timeout_s: how long to wait for every actor to be placed and started.
     """
 
     name = "ray"
@@ -44,6 +55,7 @@ class RayExecutor:
         address: str | None = None,
         cpus_per_worker: float | None = None,
         gpus_per_worker: float | None = None,
+        startup_timeout_s: float = 300.0,
     ) -> None:
         import ray
 
@@ -60,24 +72,35 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
             self._owns_ray = True
-        resources = ray.cluster_resources()
-        total_cpus = float(resources.get("CPU", 1.0))
-        total_gpus = float(resources.get("GPU", 0.0))
+        total, free = ray.cluster_resources(), ray.available_resources()
+        free_cpus = float(free.get("CPU", total.get("CPU", 1.0)))
+        free_gpus = float(free.get("GPU", 0.0))
         if cpus_per_worker is None:
-            cpus_per_worker = max(0.01, math.floor(100 * total_cpus / n_workers) / 100)
+            cpus_per_worker = max(0.01, math.floor(100 * free_cpus / n_workers) / 100)
         if gpus_per_worker is None:
-            gpus_per_worker = min(1.0, math.floor(100 * total_gpus / n_workers) / 100) if total_gpus else 0.0
+            gpus_per_worker = min(1.0, math.floor(100 * free_gpus / n_workers) / 100) if free_gpus else 0.0
         self.cpus_per_worker = float(cpus_per_worker)
         self.gpus_per_worker = float(gpus_per_worker)
         threads = max(1, int(self.cpus_per_worker))
         actor_cls = ray.remote(ShardWorker)
         self.actors = [
-            actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker).remote(threads)
+            actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+                              scheduling_strategy="SPREAD").remote(threads)
             for _ in range(n_workers)
         ]
         # Wait until every actor process is up (imports done), so start-up is not billed
-        # to the first real call.
-        ray.get([actor.ready.remote() for actor in self.actors])
+        # to the first real call; give up with a clear error when they cannot be placed.
+        pending = [actor.ready.remote() for actor in self.actors]
+        ready, not_ready = ray.wait(pending, num_returns=len(pending), timeout=startup_timeout_s)
+        if not_ready:
+            self.close()
+            raise AlscaleError(
+                f"Ray could not start {len(not_ready)} of {n_workers} shard workers within {startup_timeout_s:.0f} s: "
+                f"each asks for {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU; the cluster has "
+                f"{float(total.get('CPU', 0)):g} CPUs ({free_cpus:g} free) and {float(total.get('GPU', 0)):g} GPUs "
+                f"({free_gpus:g} free); lower runtime.shards, runtime.cpus_per_worker or runtime.gpus_per_worker, "
+                "or add nodes")
+        ray.get(ready)
 
     @property
     def n_workers(self) -> int:
