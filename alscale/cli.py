@@ -222,7 +222,7 @@ def _print_summary(result) -> None:
     if head:
         picks = ", ".join(f"{int(r)} ({s:.4f})" for r, s in zip(sel.indices_B[:head], sel.scores_B[:head]))
         print(f"first picks (row_id (score)): {picks}")
-    print(f"written: {result.out_dir / 'selection.parquet'} and manifest.json")
+    print(f"written: {str(result.out_dir).rstrip('/')}/selection.parquet and manifest.json")
 
 
 def _pool(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class RunResult:
     selection: Selection
-    out_dir: Path
+    out_dir: str  # a local path or a URI
     manifest: dict[str, Any]
 
 
@@ -161,7 +161,7 @@ def run_job(
     target = out_dir if out_dir is not None else job.output
     if target is None:
         raise AlscaleError("no output directory: set 'output' in the job or pass --out DIR")
-    out_path = Path(target)
+    out_path = str(target)
     output.check_output_dir(out_path, force=force)
 
     with _phase(timings, "validate"):

@@ -1,8 +1,11 @@
 """The output directory of a job: ``selection.parquet`` and ``manifest.json``, written atomically.
 
-Each file goes to a temporary name in the same directory, is fsync'd, then renamed over
-its final name, so a reader never sees a half-written file. The manifest is written last:
-a directory whose manifest exists holds a finished selection.
+The directory is a local path or a ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``;
+credentials from the environment, as for pools) — one code path. Locally each file goes to
+a temporary name in the same directory, is fsync'd, then renamed over its final name, so a
+reader never sees a half-written file; in an object store an object appears only when its
+upload completes. The manifest is written last: a directory whose manifest exists holds a
+finished selection.
 """
 
 from __future__ import annotations
@@ -18,22 +21,41 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from alscale.errors import AlscaleError
 from alscale.pool import write_table
+from alscale.pool import location
+from alscale.pool.location import Location, is_uri, one_line
 from alscale.types import Selection
 
 SELECTION_FILE = "selection.parquet"
 MANIFEST_FILE = "manifest.json"
 
 
-def check_output_dir(out_dir: Path, *, force: bool) -> None:
+def output_location(out_dir: str | Path) -> Location:
+    """Resolve an output directory (local path or URI) to a filesystem location."""
+    target = os.fspath(out_dir)
+    if is_uri(target):
+        try:
+            fs, inner = location.filesystem_from_uri(target)
+        except Exception as exc:
+            raise AlscaleError(f"output {target}: cannot open this URI ({one_line(exc)}); use a local path or an "
+                               "s3://, gs:// or file:// URI (credentials come from the environment)") from None
+        return Location(fs, inner.rstrip("/"), target, target.rstrip("/"))
+    local = os.path.abspath(os.path.expanduser(target))
+    return Location(pafs.LocalFileSystem(), local, target, local)
+
+
+def check_output_dir(out_dir: str | Path, *, force: bool) -> None:
     """Refuse to overwrite a finished selection unless ``force``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise AlscaleError(f"output {out_dir} exists and is not a directory; choose another --out")
-    done = [name for name in (SELECTION_FILE, MANIFEST_FILE) if (out_dir / name).exists()]
+    loc = output_location(out_dir)
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
+        raise AlscaleError(f"output {loc.display} exists and is not a directory; choose another --out")
+    done = [name for name in (SELECTION_FILE, MANIFEST_FILE)
+            if loc.fs.get_file_info(loc.child(name).path).type == pafs.FileType.File]
     if done and not force:
-        raise AlscaleError(f"output {out_dir} already holds a selection ({done[0]}); pass --force or choose another --out")
+        raise AlscaleError(f"output {loc.display} already holds a selection ({done[0]}); pass --force or choose another --out")
 
 
 def selection_table(selection: Selection, round: int) -> pa.Table:
@@ -64,15 +86,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_selection(out_dir: Path, selection: Selection, round: int) -> None:
-    """Write ``selection.parquet`` atomically (creating the directory)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_table(selection_table(selection, round), str(out_dir / SELECTION_FILE), format="parquet")
+def write_selection(out_dir: str | Path, selection: Selection, round: int) -> None:
+    """Write ``selection.parquet`` atomically (creating a local directory)."""
+    loc = output_location(out_dir)
+    loc.fs.create_dir(loc.path, recursive=True)  # a directory locally; a no-op marker in object stores
+    write_table(selection_table(selection, round), loc.child(SELECTION_FILE).canonical, format="parquet")
 
 
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` atomically; written last, it marks a finished selection."""
-    atomic_write_text(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, default=_jsonable) + "\n")
+    loc = output_location(out_dir)
+    text = json.dumps(manifest, indent=2, default=_jsonable) + "\n"
+    if loc.is_local:
+        atomic_write_text(Path(loc.child(MANIFEST_FILE).path), text)
+    else:
+        with loc.fs.open_output_stream(loc.child(MANIFEST_FILE).path) as fh:
+            fh.write(text.encode())
 
 
 def _jsonable(obj: Any) -> Any:

@@ -66,6 +66,9 @@ class RayExecutor:
             # and default to "disabled" only for a Ray this process starts itself.
             if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                # A new local Ray, never a `ray start` cluster that happens to run on this
+                # machine (or a stale record of one); runtime.address: auto joins that.
+                address = "local"
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                          log_to_driver=True)

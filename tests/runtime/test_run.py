@@ -134,3 +134,34 @@ def test_ray_equals_local(lp_pool, feature_pool, tmp_path, ray_session):
         result = run_job(remote, out_dir=tmp_path / f"{name}-ray", progress=False)
         assert result.manifest["runtime"]["executor"] == "ray"
         assert _table(tmp_path / f"{name}-local").equals(_table(tmp_path / f"{name}-ray"))
+
+
+def test_pool_and_output_at_uris_take_the_same_path(lp_pool, tmp_path, monkeypatch):
+    """s3:// / gs:// go through pyarrow.fs; here a stand-in remote store (no rename, no mmap)
+    and file:// URIs give the same selection as local paths."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    from alscale.errors import AlscaleError
+    from alscale.pool import location
+
+    path, _, _ = lp_pool
+    run_job(_job(path, tmp_path), progress=False)
+    expected = _table(tmp_path / "out")
+    # file:// URIs for pool and output.
+    run_job(_job(f"file://{path}", tmp_path, output=f"file://{tmp_path}/out-file"), progress=False)
+    assert _table(tmp_path / "out-file").equals(expected)
+    # A remote object store: a bucket served by a filesystem that is not LocalFileSystem.
+    (tmp_path / "bucket").mkdir()
+    shutil.copy(path, tmp_path / "bucket" / "pool.arrow")
+    remote = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    monkeypatch.setattr(location, "filesystem_from_uri", lambda uri: (remote, uri.split("://", 1)[1]))
+    job = _job("s3://bucket/pool.arrow", tmp_path, output="s3://bucket/runs/r1")
+    result = run_job(job, progress=False)
+    assert result.out_dir == "s3://bucket/runs/r1"
+    assert _table(tmp_path / "bucket" / "runs" / "r1").equals(expected)
+    manifest = json.loads((tmp_path / "bucket" / "runs" / "r1" / "manifest.json").read_text())
+    assert manifest["pool"]["path"] == "s3://bucket/pool.arrow" and manifest["n_selected"] == 150
+    with pytest.raises(AlscaleError, match="output s3://bucket/runs/r1 already holds a selection"):
+        run_job(job, progress=False)

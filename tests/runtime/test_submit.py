@@ -39,12 +39,13 @@ def ray_head(tmp_path_factory):
            "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash, client = _free_port(), _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("head") / "head.log"
+    root = tmp_path_factory.mktemp("head")
+    log = root / "head.log"
     with open(log, "w") as fh:
         head = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
              "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=3", "--num-gpus=0",
-             "--disable-usage-stats"],
+             "--disable-usage-stats", f"--temp-dir={root / 'ray'}"],
             env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
