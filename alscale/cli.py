@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
     m.add_argument("--split", choices=("train", "test"), default="train")
     m.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    m.add_argument("--images", action="store_true",
+                   help="write an 'image' column of PNG bytes instead of features (a raw-image pool)")
+    m.add_argument("--rows", type=int, help="keep only the first N images")
     i = psub.add_parser("info", help="schema and size of a pool")
     i.add_argument("pool")
 
@@ -237,7 +240,8 @@ def _pool(args: argparse.Namespace) -> int:
             format=args.format, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
         )
     elif args.pool_command == "mnist":
-        info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format)
+        info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format,
+                               images=args.images, rows=args.rows)
     else:
         info = pool.open_pool(args.pool)
     print(pool.describe_pool(info))

@@ -44,6 +44,8 @@ _SCHEMA: dict[str, Any] = {
         "mc_samples": None,
         "batch_size": None,
         "device": None,
+        "transform": None,
+        "decode_threads": None,
     },
     "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None},
     "runtime": {
@@ -70,6 +72,8 @@ class ModelConfig:
     mc_samples: int = 1
     batch_size: int = 4096
     device: str = "auto"
+    transform: str | None = None  # raw-image pools: "pixels" (default) or "package.module:callable"
+    decode_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -348,8 +352,17 @@ def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | No
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
         errors.append(f"model.device must be auto, cpu, cuda or cuda:N; got {device!r}")
         ok = False
+    transform = m.get("transform")
+    if transform is not None and not (isinstance(transform, str) and transform):
+        errors.append(f"model.transform must be 'pixels' or 'package.module:callable'; got {transform!r}")
+        ok = False
+    threads = m.get("decode_threads", 2)
+    if not (_is_int(threads) and threads >= 1):
+        errors.append(f"model.decode_threads must be a positive integer; got {threads!r}")
+        ok = False
     if not ok:
         return None
     return ModelConfig(
-        factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, mc_samples=mc, batch_size=bs, device=device
+        factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, mc_samples=mc, batch_size=bs, device=device,
+        transform=transform, decode_threads=threads,
     )

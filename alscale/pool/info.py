@@ -34,6 +34,7 @@ class PoolInfo:
     has_label: bool
     files: tuple[str, ...]
     file_rows: tuple[int, ...]
+    media: str | None = None  # "image" / "path": raw images decoded by the workers
 
 
 @dataclass
@@ -82,6 +83,7 @@ def open_pool(path: str, *, check_row_ids: bool = True) -> PoolInfo:
         has_label=lay.has_label,
         files=tuple(f.loc.canonical for f in pool.files),
         file_rows=tuple(f.n_rows for f in pool.files),
+        media=lay.media,
     )
     log.debug("opened pool %s: %d rows in %d %s file(s)", info.path, info.n_rows,
               len(info.files), info.format)
@@ -107,6 +109,7 @@ def describe_pool(info: PoolInfo) -> str:
                                             f"C={info.n_classes} classes)"),
         f"embedding  {dim(info.embedding_dim, f'[{info.embedding_dim}] float32')}",
         f"label      {'yes' if info.has_label else '-'}",
+        f"images     {info.media or '-'}",
     ]
     if len(info.files) > 1:
         shown = list(zip(info.files, info.file_rows))

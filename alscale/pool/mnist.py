@@ -91,11 +91,13 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def mnist_pool(out: str, *, source: str | None = None, split: str = "train",
-               format: str | None = None) -> PoolInfo:
+               format: str | None = None, images: bool = False, rows: int | None = None) -> PoolInfo:
     """Write MNIST ``split`` ("train": 60,000 rows, "test": 10,000) as a pool at ``out``.
 
     Columns: ``row_id`` 0..N-1, ``features`` [784] float32 = pixels / 255, ``label`` int64.
-    ``format`` defaults to the suffix of ``out``.
+    With ``images`` an ``image`` column of PNG bytes (8-bit grayscale, 28 x 28) replaces
+    ``features``: a raw-image pool whose builtin ``pixels`` transform gives the same
+    features. ``rows`` keeps the first rows only. ``format`` defaults to the suffix of ``out``.
     """
     if split not in _SPLITS:
         raise PoolError(f"mnist: unknown split {split!r}; use 'train' or 'test'")
@@ -112,10 +114,28 @@ def mnist_pool(out: str, *, source: str | None = None, split: str = "train",
     if labels_N.size and int(labels_N.max()) > 9:
         raise PoolError(f"mnist {labels_path}: label {int(labels_N.max())} is not a digit 0..9; "
                         "re-download the file")
+    if rows is not None:
+        if rows < 1:
+            raise PoolError(f"mnist: rows must be >= 1, got {rows}")
+        images_N_H_W, labels_N = images_N_H_W[:rows], labels_N[:rows]
     n = images_N_H_W.shape[0]
-    features_N_D = images_N_H_W.reshape(n, -1).astype(np.float32) / np.float32(255.0)
-    table = pool_table(np.arange(n, dtype=np.int64), features_N_D=features_N_D,
-                       labels_N=labels_N.astype(np.int64))
+    if images:
+        import io
+
+        import pyarrow as pa
+        from PIL import Image
+
+        def png(a: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            Image.fromarray(a, mode="L").save(buf, format="PNG")
+            return buf.getvalue()
+
+        table = pool_table(np.arange(n, dtype=np.int64), labels_N=labels_N.astype(np.int64))
+        table = table.append_column("image", pa.array([png(a) for a in images_N_H_W], pa.binary()))
+    else:
+        features_N_D = images_N_H_W.reshape(n, -1).astype(np.float32) / np.float32(255.0)
+        table = pool_table(np.arange(n, dtype=np.int64), features_N_D=features_N_D,
+                           labels_N=labels_N.astype(np.int64))
     write_table(table, out, format=fmt)
     log.info("mnist %s: wrote %d rows from %s to %s", split, n, folder, out)
     return open_pool(out)

@@ -187,3 +187,15 @@ def read_shard(spec: ShardSpec, columns: Sequence[str] = (), *,
     log.debug("read shard %d of %s: rows [%d, %d), columns %s", spec.index, pool.display,
               spec.start, spec.stop, wanted)
     return ShardData(row_ids_N=ids_N, **out)
+
+
+def read_media(spec: ShardSpec, column: str) -> pa.Array:
+    """The ``image`` (binary) or ``path`` (string) values of rows ``[spec.start, spec.stop)``,
+    as one Arrow array (zero-copy slices of the files where the format allows)."""
+    pool = open_files(spec.pool)
+    if pool.layout.media != column:
+        raise PoolError(f"pool {pool.display}: column '{column}' was requested but the pool's image source is "
+                        f"{pool.layout.media!r}; use that column")
+    parts = _read_range(pool.files, spec.start, spec.stop, [column])
+    chunks = [c for _, t in parts for c in t.column(column).chunks]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pool.files[0].schema.field(column).type)

@@ -8,9 +8,13 @@ Known columns::
                fixed_size_list<fixed_size_list<float32>[C]>[K]     (K MC samples / members)
     embedding  fixed_size_list<float32>[E]
     label      any integer type (optional)
+    image      binary: encoded image bytes (PNG, JPEG ...), decoded in the shard workers
+    path       string: an image file per row (absolute, a URI, or relative to the pool's
+               directory), read and decoded in the shard workers
 
 float16 / float64 list values are accepted too (read as float32; only float32 is zero-copy).
-Other columns (``image``, ``path`` ...) are allowed and ignored here.
+``image`` or ``path`` stands in for ``features`` as the model's input (at most one of them).
+Other columns are allowed and ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ FEATURES = "features"
 LOG_PROBS = "log_probs"
 EMBEDDING = "embedding"
 LABEL = "label"
+IMAGE = "image"
+PATH = "path"
 DATA_COLUMNS = (FEATURES, LOG_PROBS, EMBEDDING, LABEL)
+MEDIA_COLUMNS = (IMAGE, PATH)
 
 _FLOAT_TYPES = (pa.float16(), pa.float32(), pa.float64())
 
@@ -40,6 +47,7 @@ class ColumnLayout:
     n_samples: int | None
     embedding_dim: int | None
     has_label: bool
+    media: str | None = None  # "image" or "path" when the pool holds raw images
 
 
 def _is_float(t: pa.DataType) -> bool:
@@ -96,7 +104,20 @@ def column_layout(schema: pa.Schema, where: str) -> ColumnLayout:
     if has_label and not pa.types.is_integer(schema.field(LABEL).type):
         raise PoolError(f"pool {where}: column 'label' has type {schema.field(LABEL).type}, "
                         "expected an integer class index; map the labels to 0..C-1 integers")
-    return ColumnLayout(feature_dim, n_classes, n_samples, embedding_dim, has_label)
+    media = None
+    for name, ok, want in ((IMAGE, pa.types.is_binary, "binary (encoded image bytes)"),
+                           (PATH, pa.types.is_string, "string (one image file per row)")):
+        if name not in names:
+            continue
+        t = schema.field(name).type
+        if not (ok(t) or (name == IMAGE and pa.types.is_large_binary(t))
+                or (name == PATH and pa.types.is_large_string(t))):
+            raise PoolError(f"pool {where}: column '{name}' has type {t}, expected {want}; "
+                            f"store it as pa.array(values, pa.{'binary' if name == IMAGE else 'string'}())")
+        if media is not None:
+            raise PoolError(f"pool {where}: columns 'image' and 'path' are both present; keep one image source")
+        media = name
+    return ColumnLayout(feature_dim, n_classes, n_samples, embedding_dim, has_label, media)
 
 
 _DESCRIBE = {
@@ -105,6 +126,7 @@ _DESCRIBE = {
     "n_samples": (LOG_PROBS, "number of samples K"),
     "embedding_dim": (EMBEDDING, "dimension E"),
     "has_label": (LABEL, "presence"),
+    "media": ("image/path", "image source"),
 }
 
 

@@ -89,10 +89,10 @@ def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
             "model and give the pool 'log_probs' and 'embedding' columns"
         )
     if uses_model(job):
-        if info.feature_dim is None:
+        if info.feature_dim is None and info.media is None:
             problems.append(
-                f"pool {info.path} has no 'features' column for model {job.model.factory}; add features or "
-                "set model: null and provide a 'log_probs' column"
+                f"pool {info.path} has no 'features', 'image' or 'path' column for model {job.model.factory}; add "
+                "one, or set model: null and provide a 'log_probs' column"
             )
     else:
         if needs.needs_log_probs and info.n_classes is None:
@@ -120,6 +120,8 @@ def _model_spec(job: JobSpec) -> Any:
         mc_samples=m.mc_samples,
         batch_size=m.batch_size,
         device=m.device,
+        transform=m.transform,
+        decode_threads=m.decode_threads,
     )
 
 
@@ -171,9 +173,10 @@ def run_job(
             raise AlscaleError("; ".join(problems))
         labeled = read_labeled(job.labeled) if job.labeled else np.empty(0, np.int64)
         model_spec = None
+        in_features = int(info.feature_dim or 0)
         if uses_model(job):
             model_spec = _model_spec(job)
-            _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
+            in_features = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
         elif job.model is not None:
             needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
             why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
@@ -196,7 +199,7 @@ def run_job(
     try:
         with _phase(timings, "startup"):  # import torch and build the model in every worker
             if model_spec is not None:
-                executor.map("prepare_model", [(model_spec, job.seed, int(info.feature_dim or 0))] * len(plan))
+                executor.map("prepare_model", [(model_spec, job.seed, in_features)] * len(plan))
         with _phase(timings, "read"):
             executor.map("load", [(spec, columns, model_spec is not None) for spec in plan])
         with _phase(timings, "score"):
@@ -263,7 +266,7 @@ def _add_throughput(manifest: dict[str, Any], timings: PhaseTimings, n_rows: int
 
 def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
     if uses_model(job):
-        return ["features"]
+        return ["features"] if info.feature_dim is not None else [str(info.media)]
     needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
     cols = []
     if info.n_classes is not None and (needs.needs_log_probs or not needs.needs_embeddings):
@@ -273,18 +276,26 @@ def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
     return cols
 
 
-def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool = False) -> None:
+def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool = False) -> int:
     """Build the model in the driver and run it on the pool's first rows, so factory,
     checkpoint and dimension errors (and a missing embedding output) surface before any
-    worker starts."""
+    worker starts. Returns the model's input width D (decoded from the first image for
+    raw-image pools)."""
     from alscale.pool import read_shard
-    from alscale.scoring import Scorer
     from alscale.types import ShardSpec
 
-    head = read_shard(ShardSpec(info.path, 0, 0, min(2, info.n_rows)), ["features"], check_finite=False)
-    scorer = Scorer(model_spec, in_features=int(info.feature_dim or 0), seed=seed)
+    head_spec = ShardSpec(info.path, 0, 0, min(2, info.n_rows))
+    if info.feature_dim is not None:
+        head = np.asarray(read_shard(head_spec, ["features"], check_finite=False).features_N_D, dtype=np.float32)
+    else:
+        from alscale.runtime.worker import media_decoder
+
+        head = media_decoder(head_spec, str(info.media), model_spec).decode_all()
+    from alscale.scoring import Scorer
+
+    scorer = Scorer(model_spec, in_features=int(head.shape[1]), seed=seed)
     try:
-        _, emb = scorer.score(np.nan_to_num(np.asarray(head.features_N_D, dtype=np.float32)))
+        _, emb = scorer.score(np.nan_to_num(head))
     except AlscaleError:
         raise
     except Exception as exc:  # a model that cannot run on these features
@@ -292,13 +303,14 @@ def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool
         where = f" (checkpoint {model_spec.checkpoint})" if model_spec.checkpoint else ""
         raise AlscaleError(
             f"model {model_spec.factory}{where} fails on pool {info.path} features of dimension "
-            f"{info.feature_dim}: {first}; check the model's input size"
+            f"{head.shape[1]}: {first}; check the model's input size"
         ) from None
     if needs_embedding and emb is None:
         raise AlscaleError(
             f"model {model_spec.factory} returns logits only, but the strategy needs embeddings from it; return "
             "(logits, embedding) from forward, or use the pool's 'embedding' column (strategy.embedding: column)"
         )
+    return int(head.shape[1])
 
 
 def _score_all(executor: Any, plan: list, chunk_rows: int, progress: bool) -> None:

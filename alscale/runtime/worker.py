@@ -9,6 +9,7 @@ lazily inside the process that owns the worker.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,10 +17,33 @@ from typing import Any
 import numpy as np
 
 from alscale.pool import read_shard
+from alscale.pool.read import read_media
+from alscale.pool.schema import MEDIA_COLUMNS
 from alscale.strategies.shards import ShardState
 from alscale.types import ShardData, ShardSpec
 
 logger = logging.getLogger(__name__)
+
+
+def _pool_dir(pool: str) -> str:
+    """The directory ``path`` values are relative to: the pool's directory (or the pool itself)."""
+    import pyarrow.fs as pafs
+
+    from alscale.pool.location import is_uri, resolve
+
+    loc = resolve(pool)
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:
+        return loc.canonical
+    return loc.canonical.rsplit("/", 1)[0] if is_uri(loc.canonical) else os.path.dirname(loc.canonical)
+
+
+def media_decoder(spec: ShardSpec, column: str, model_spec: Any) -> Any:
+    """A :class:`alscale.scoring.images.BatchDecoder` over the shard's ``image`` / ``path`` column."""
+    from alscale.scoring.images import BatchDecoder, resolve_transform
+
+    ids = read_shard(spec, []).row_ids_N
+    return BatchDecoder(read_media(spec, column), ids, resolve_transform(model_spec.transform), column=column,
+                        base=_pool_dir(spec.pool) if column == "path" else "", threads=model_spec.decode_threads)
 
 
 class ShardWorker:
@@ -33,6 +57,8 @@ class ShardWorker:
         self._scorer: Any = None
         self._log_probs: np.ndarray | None = None
         self._embeddings: np.ndarray | None = None
+        self._media: str | None = None  # "image" / "path": decode rows before scoring
+        self._decoder: Any = None
 
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
@@ -49,7 +75,10 @@ class ShardWorker:
         """
         t0 = time.perf_counter()
         self.spec = spec
-        self.data = read_shard(spec, columns, check_finite=check_finite)
+        media = [c for c in columns if c in MEDIA_COLUMNS]
+        self._media = media[0] if media else None
+        self._decoder = None
+        self.data = read_shard(spec, [c for c in columns if c not in MEDIA_COLUMNS], check_finite=check_finite)
         self.state = None
         self._log_probs = self._embeddings = None
         if not will_score:
@@ -64,14 +93,18 @@ class ShardWorker:
         shards through the same chunk indices (and a progress bar) in lockstep.
         Returns the number of rows scored.
         """
-        assert self.data is not None and self.data.features_N_D is not None
+        assert self.data is not None
         if self._scorer is None:
             raise RuntimeError("prepare_model must run before score_chunk")
         n = self.data.n_rows
         start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
         if start >= stop:
             return 0
-        log_probs_B_K_C, emb_B_E = self._scorer.score(self.data.features_N_D[start:stop])
+        if self._media is None:
+            assert self.data.features_N_D is not None
+            log_probs_B_K_C, emb_B_E = self._scorer.score(self.data.features_N_D[start:stop])
+        else:
+            log_probs_B_K_C, emb_B_E = self._score_media(start, stop)
         if self._log_probs is None:
             self._log_probs = np.empty((n, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
             if emb_B_E is not None:
@@ -82,6 +115,20 @@ class ShardWorker:
         if stop == n:
             self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings)
         return stop - start
+
+    def _score_media(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode rows ``[start, stop)`` batch by batch (the next batch decodes on other threads
+        while the model runs on this one) and score them."""
+        assert self.spec is not None and self._media is not None
+        if self._decoder is None:
+            self._decoder = media_decoder(self.spec, self._media, self._scorer.spec)
+        lps, embs = [], []
+        for _, x_B_D in self._decoder.batches(start, stop, self._scorer.spec.batch_size):
+            lp, emb = self._scorer.score(x_B_D)
+            lps.append(lp)
+            embs.append(emb)
+        emb_all = None if embs[0] is None else np.concatenate(embs)
+        return np.concatenate(lps), emb_all
 
     def prepare_model(self, model_spec: Any, seed: int, in_features: int) -> None:
         """Import torch and build the model now (start-up), not inside the first scoring call."""

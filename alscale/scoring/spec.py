@@ -58,6 +58,8 @@ class ModelSpec:
     mc_samples: int = 1
     batch_size: int = 4096
     device: str = "auto"
+    transform: str | None = None  # raw-image pools: builtin name or "package.module:callable"
+    decode_threads: int = 2  # raw-image pools: decoding threads per worker
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory.strip():
@@ -85,10 +87,15 @@ class ModelSpec:
             raise AlscaleError(
                 f"ModelSpec.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
+        if self.transform is not None and (not isinstance(self.transform, str) or not self.transform):
+            raise AlscaleError(f"ModelSpec.transform must be a transform name or 'package.module:callable',"
+                               f" got {self.transform!r}")
+        _check_positive_int("decode_threads", self.decode_threads)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # MappingProxyType does not pickle; rebuild from a plain dict.
         return (
             type(self),
-            (self.factory, dict(self.kwargs), self.checkpoint, self.mc_samples, self.batch_size, self.device),
+            (self.factory, dict(self.kwargs), self.checkpoint, self.mc_samples, self.batch_size, self.device,
+             self.transform, self.decode_threads),
         )
