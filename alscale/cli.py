@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--images", action="store_true",
                    help="write an 'image' column of PNG bytes instead of features (a raw-image pool)")
     m.add_argument("--rows", type=int, help="keep only the first N images")
+    im = psub.add_parser("images", help="a 'path' pool from a folder of images (ROOT/<class>/<file>)")
+    im.add_argument("out")
+    im.add_argument("root", help="local folder or URI (s3://bucket/imagenet/train)")
+    im.add_argument("--format", choices=("ipc", "parquet"), default=None)
     i = psub.add_parser("info", help="schema and size of a pool")
     i.add_argument("pool")
 
@@ -242,6 +246,10 @@ def _pool(args: argparse.Namespace) -> int:
     elif args.pool_command == "mnist":
         info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format,
                                images=args.images, rows=args.rows)
+    elif args.pool_command == "images":
+        from alscale.pool.image_folder import image_folder_pool
+
+        info = image_folder_pool(args.out, args.root, format=args.format)
     else:
         info = pool.open_pool(args.pool)
     print(pool.describe_pool(info))
