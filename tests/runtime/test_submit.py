@@ -64,7 +64,7 @@ def ray_head(tmp_path_factory):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(15)
+            head.wait(8)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(30)
@@ -128,3 +128,17 @@ def test_missing_token_and_bad_ids_are_clear_errors(ray_head, demo_job):
     assert res.returncode == 2 and "strategy.budget must be a positive integer" in res.stderr
     res = _alscale(["status", "x", "--address", "http://127.0.0.1:1"], env, demo_job)
     assert res.returncode == 2 and "cannot reach the Ray dashboard" in res.stderr
+
+
+def test_no_wait_then_stop_and_follow_exit_code(ray_head, demo_job):
+    url, env = ray_head
+    sub = _alscale(["submit", "job.yaml", "--address", url, "--no-wait", "--out", str(demo_job / "out-stop"),
+                    "runtime.gpus_per_worker=1", "runtime.startup_timeout_s=120"], env, demo_job)
+    assert sub.returncode == 0 and sub.stdout.startswith("submitted alscale-job-"), sub.stderr
+    sid = sub.stdout.split()[1]
+    stop = _alscale(["stop", sid, "--address", url], env, demo_job)
+    assert stop.returncode == 0 and f"{sid}: stop requested" in stop.stdout
+    follow = _alscale(["logs", sid, "--follow", "--address", url], env, demo_job, timeout=120)
+    assert follow.returncode == 3, follow.stdout[-2000:]
+    status = _alscale(["status", sid, "--address", url], env, demo_job)
+    assert f"{sid}: STOPPED" in status.stdout
