@@ -132,15 +132,13 @@ def simulate(
 
     All input checks (loop section, pools, model) run before anything is written.
     """
-    from alscale.runtime.coordinator import make_executor
-
     loop = parse_loop(job)
     target = out_dir if out_dir is not None else job.output
     if target is None:
         raise AlscaleError("no output directory: set 'output' in the job or pass --out DIR")
     out = Path(target)
     ids, x, y, info = _read(job.pool, "pool")
-    test_ids, test_x, test_y, test_info = _read(loop.test, "loop.test pool")
+    _, test_x, test_y, test_info = _read(loop.test, "loop.test pool")
     if test_info.feature_dim != info.feature_dim:
         raise AlscaleError(f"loop.test pool {test_info.path} has {test_info.feature_dim} features, the pool "
                            f"{info.feature_dim}; they must come from the same data")
@@ -154,6 +152,18 @@ def simulate(
     _check_model(job, int(info.feature_dim))
     if progress is None:
         progress = sys.stderr.isatty()
+    from alscale.runtime.output import OutputLock
+
+    with OutputLock(out):  # one simulation per output directory
+        return _simulate(job, loop, out, force, progress, targets, (ids, x, y, info), (test_x, test_y))
+
+
+def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bool, targets: Sequence[float],
+              pool_arrays: tuple, test: tuple) -> SimulationResult:
+    from alscale.runtime.coordinator import make_executor
+
+    ids, x, y, info = pool_arrays
+    test_x, test_y = test
     check_simulation_dir(out, force)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -176,7 +186,7 @@ def simulate(
     records: list[dict[str, Any]] = []
     stop_reasons: dict[str, dict[int, str]] = {}
     protocol = {"job": job.to_dict(), "loop": loop.to_dict(), "pool_rows": info.n_rows,
-                "working_pool_rows": int(pool.row_ids_N.size), "test_rows": int(test_ids.size)}
+                "working_pool_rows": int(pool.row_ids_N.size), "test_rows": int(test_y.size)}
     executor = make_executor(job, job.runtime.shards)
     started = time.perf_counter()
     try:

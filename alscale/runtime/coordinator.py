@@ -182,6 +182,15 @@ def run_job(
             why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
                    else "needs no model outputs")
             logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
+    # One job per output directory: a second one refuses instead of interleaving.
+    with output.OutputLock(out_path):
+        output.check_output_dir(out_path, force=force)
+        return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor)
+
+
+def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int, out_path: str,
+             timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any) -> RunResult:
+    """The phases after validation: start-up, read, score, select, write."""
     plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     columns = _columns_needed(job, info)
     if progress is None:

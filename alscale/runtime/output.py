@@ -11,11 +11,13 @@ finished selection.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +169,69 @@ def machine() -> dict[str, Any]:
         "processor": platform.machine(),
         "cpus": os.cpu_count(),
     }
+
+
+LOCK_FILE = ".alscale.lock"
+
+
+class OutputLock:
+    """Exclusive use of a local output directory by one job (a second job refuses, clearly).
+
+    The lock is a file created with ``O_CREAT | O_EXCL`` holding ``pid host start-time``; it
+    is removed when the job ends. A lock left by a process that no longer runs on this host
+    (a killed driver) is taken over with a warning. Object-store outputs are not locked
+    (pyarrow.fs has no exclusive create); give each job its own output URI.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.loc = output_location(out_dir)
+        self.path = Path(self.loc.path) / LOCK_FILE if self.loc.is_local else None
+        self._held = False
+        self._made_dir = False
+
+    def __enter__(self) -> "OutputLock":
+        if self.path is None:
+            return self
+        self._made_dir = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {platform.node()} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text(errors="replace").split()
+                pid, host = (int(holder[0]) if holder and holder[0].isdigit() else -1), (holder[1:2] or ["?"])[0]
+                since = (holder[2:3] or ["?"])[0]
+                if host == platform.node() and pid > 0 and not _alive(pid):
+                    logging.getLogger(__name__).warning(
+                        "output %s: taking over the lock of process %d, which no longer runs", self.loc.display, pid)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise AlscaleError(
+                    f"output {self.loc.display} is in use by another alscale job (pid {pid} on {host}, since "
+                    f"{since}); wait for it to finish or choose another --out") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            self._held = True
+            return self
+        raise AlscaleError(f"output {self.loc.display}: could not take the lock {self.path}; remove it if no job runs")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held and self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+            if self._made_dir:  # a failed job leaves no empty directory behind
+                try:
+                    self.path.parent.rmdir()
+                except OSError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -165,3 +165,27 @@ def test_pool_and_output_at_uris_take_the_same_path(lp_pool, tmp_path, monkeypat
     assert manifest["pool"]["path"] == "s3://bucket/pool.arrow" and manifest["n_selected"] == 150
     with pytest.raises(AlscaleError, match="output s3://bucket/runs/r1 already holds a selection"):
         run_job(job, progress=False)
+
+
+def test_a_second_job_on_the_same_output_refuses_and_a_stale_lock_is_taken_over(lp_pool, tmp_path):
+    import platform
+    import subprocess
+
+    from alscale.errors import AlscaleError
+    from alscale.runtime.output import LOCK_FILE
+
+    path, _, _ = lp_pool
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen(["sleep", "60"])  # a live process "running" another job
+    try:
+        (out / LOCK_FILE).write_text(f"{other.pid} {platform.node()} 2026-11-27T10:00:00Z\n")
+        with pytest.raises(AlscaleError, match=rf"output .*out is in use by another alscale job \(pid {other.pid}"):
+            run_job(_job(path, tmp_path), progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    # The holder is gone (a killed driver): the lock is taken over and released at the end.
+    run_job(_job(path, tmp_path), progress=False)
+    assert (out / "selection.parquet").exists() and not (out / LOCK_FILE).exists()
