@@ -90,6 +90,22 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def gray_png(image_H_W: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of ``image_H_W`` (uint8), written with the standard library
+    (zlib + CRC chunks, filter 0 on every scanline) so the pool package needs no imaging library."""
+    import struct
+    import zlib
+
+    h, w = image_H_W.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + image_H_W[row].astype(np.uint8).tobytes() for row in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
 def mnist_pool(out: str, *, source: str | None = None, split: str = "train",
                format: str | None = None, images: bool = False, rows: int | None = None) -> PoolInfo:
     """Write MNIST ``split`` ("train": 60,000 rows, "test": 10,000) as a pool at ``out``.
@@ -120,18 +136,10 @@ def mnist_pool(out: str, *, source: str | None = None, split: str = "train",
         images_N_H_W, labels_N = images_N_H_W[:rows], labels_N[:rows]
     n = images_N_H_W.shape[0]
     if images:
-        import io
-
         import pyarrow as pa
-        from PIL import Image
-
-        def png(a: np.ndarray) -> bytes:
-            buf = io.BytesIO()
-            Image.fromarray(a, mode="L").save(buf, format="PNG")
-            return buf.getvalue()
 
         table = pool_table(np.arange(n, dtype=np.int64), labels_N=labels_N.astype(np.int64))
-        table = table.append_column("image", pa.array([png(a) for a in images_N_H_W], pa.binary()))
+        table = table.append_column("image", pa.array([gray_png(a) for a in images_N_H_W], pa.binary()))
     else:
         features_N_D = images_N_H_W.reshape(n, -1).astype(np.float32) / np.float32(255.0)
         table = pool_table(np.arange(n, dtype=np.int64), features_N_D=features_N_D,

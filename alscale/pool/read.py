@@ -141,6 +141,37 @@ def _check_finite(name: str, x: np.ndarray, ids_N: np.ndarray,
                     f"({value}) at row_id {int(ids_N[row])}; {fix}")
 
 
+#: How far a row's probabilities may sum from 1 (float32 log-softmax output is within ~1e-6).
+NORMALISATION_TOLERANCE = 1e-3
+
+
+def first_unnormalised(log_probs_N_K_C: np.ndarray) -> tuple[int, int, float] | None:
+    """``(row, sample, sum of probabilities)`` of the first ``[C]`` vector whose probabilities
+    do not sum to 1 within :data:`NORMALISATION_TOLERANCE`, or ``None``. Works in blocks."""
+    n, k, c = log_probs_N_K_C.shape
+    step = max(1, _FINITE_BLOCK_ELEMENTS // max(1, k * c))
+    for s in range(0, n, step):
+        block = log_probs_N_K_C[s:s + step].astype(np.float64)
+        top = block.max(axis=-1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        sums = np.exp(block - top).sum(axis=-1) * np.exp(top[..., 0])
+        bad = np.abs(sums - 1.0) > NORMALISATION_TOLERANCE
+        if bad.any():
+            row, sample = np.argwhere(bad)[0]
+            return s + int(row), int(sample), float(sums[row, sample])
+    return None
+
+
+def _check_normalised(x: np.ndarray, ids_N: np.ndarray, where_of_row: Callable[[int], str]) -> None:
+    found = first_unnormalised(x)
+    if found is None:
+        return
+    row, sample, total = found
+    raise PoolError(f"pool {where_of_row(row)}: column 'log_probs' at row_id {int(ids_N[row])}"
+                    f"{f' sample {sample}' if x.shape[1] > 1 else ''} has probabilities summing to {total:.6g}, "
+                    "not 1; store natural-log probabilities (log_softmax of the logits), not logits or scores")
+
+
 def read_shard(spec: ShardSpec, columns: Sequence[str] = (), *,
                check_finite: bool = True) -> ShardData:
     """Rows ``[spec.start, spec.stop)`` of ``spec.pool``.
@@ -148,7 +179,8 @@ def read_shard(spec: ShardSpec, columns: Sequence[str] = (), *,
     ``row_ids_N`` (int64 ``[N]``) always; ``columns`` picks from ``features``
     (``[N, D]``), ``log_probs`` (``[N, K, C]``, K = 1 for a flat column), ``embedding``
     (``[N, E]``) and ``label`` (int64 ``[N]``). Float columns are float32. With
-    ``check_finite`` a NaN/inf in a float column raises a PoolError naming its row_id.
+    ``check_finite`` a NaN/inf in a float column, or log-probabilities that do not sum to 1,
+    raise a PoolError naming the row_id.
     """
     wanted = [columns] if isinstance(columns, str) else list(dict.fromkeys(columns))
     unknown = [c for c in wanted if c not in DATA_COLUMNS]
@@ -183,6 +215,8 @@ def read_shard(spec: ShardSpec, columns: Sequence[str] = (), *,
         x = _column(parts, name, ids_N, tails[name])
         if check_finite and name != LABEL:
             _check_finite(name, x, ids_N, where_of_row)
+            if name == LOG_PROBS:
+                _check_normalised(x, ids_N, where_of_row)
         out[_SHARD_FIELD[name]] = x
     log.debug("read shard %d of %s: rows [%d, %d), columns %s", spec.index, pool.display,
               spec.start, spec.stop, wanted)

@@ -172,6 +172,7 @@ def run_job(
         if problems:
             raise AlscaleError("; ".join(problems))
         labeled = read_labeled(job.labeled) if job.labeled else np.empty(0, np.int64)
+        _check_labeled_in_pool(labeled, job.labeled, info)
         model_spec = None
         in_features = int(info.feature_dim or 0)
         if uses_model(job):
@@ -230,8 +231,6 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         if owns_executor:
             executor.close()
 
-    if labeled.size > n_labeled_in_pool:
-        logger.warning("%d labelled row_ids are not in the pool (ignored)", labeled.size - n_labeled_in_pool)
     manifest: dict[str, Any] = {
         "job": job.to_dict(),
         "job_file": job.source,
@@ -271,6 +270,22 @@ def _add_throughput(manifest: dict[str, Any], timings: PhaseTimings, n_rows: int
     manifest["phase_seconds"] = {k: round(v, 6) for k, v in timings.seconds.items()}
     work = sum(v for k, v in timings.seconds.items() if k != "startup")
     manifest["rows_per_s"] = n_rows / work if work > 0 else None
+
+
+def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo) -> None:
+    """Every labelled row_id must be a row of the pool (a labelled set of another pool is a mistake)."""
+    if labeled.size == 0:
+        return
+    from alscale.pool import read_shard
+    from alscale.types import ShardSpec
+
+    pool_ids = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), []).row_ids_N
+    absent = labeled[~np.isin(labeled, pool_ids)]
+    if absent.size:
+        raise AlscaleError(
+            f"labelled set {path}: {absent.size} of its {labeled.size} row_ids are not in pool {info.path} (first: "
+            f"{int(absent[0])}); give the labelled set of this pool, or drop those ids"
+        )
 
 
 def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:

@@ -33,6 +33,24 @@ logger = logging.getLogger(__name__)
 _PUT_THRESHOLD_BYTES = 1 << 16
 
 
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on an explicit ``host:port`` (or ``ray://host:port``) nobody listens on;
+    ``ray.init`` itself keeps retrying such an address for minutes."""
+    if not address or address in ("local", "auto"):
+        return
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    import socket
+
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}; start it "
+                           "(`ray start --head`) or fix runtime.address") from None
+
+
 class RayExecutor:
     """``n_workers`` Ray actors running :class:`ShardWorker`.
 
@@ -69,6 +87,7 @@ class RayExecutor:
                 # A new local Ray, never a `ray start` cluster that happens to run on this
                 # machine (or a stale record of one); runtime.address: auto joins that.
                 address = "local"
+            _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                          log_to_driver=True)

@@ -98,3 +98,17 @@ def test_gzipped_idx_files(tmp_path):
         src.unlink()
     info = mnist_pool(str(tmp_path / "m.arrow"), source=str(tmp_path), split="test")
     assert info.n_rows == 6
+
+
+def test_gray_png_round_trips_through_pillow():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from alscale.pool.mnist import gray_png
+
+    a = np.random.default_rng(0).integers(0, 256, (28, 17)).astype(np.uint8)
+    decoded = Image.open(io.BytesIO(gray_png(a)))
+    assert decoded.mode == "L" and decoded.size == (17, 28)
+    np.testing.assert_array_equal(np.asarray(decoded), a)
