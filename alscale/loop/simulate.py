@@ -202,7 +202,8 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
     _write_atomic(out / "labels_to_reach.md", curves.markdown_table(table))
     _write_csv(out / "labels_to_reach.csv", table)
     curves.plot_curves(records, out / "curves.png", targets=targets,
-                       title=f"{Path(job.source or 'job').stem}: {info.n_rows:,}-row pool, b per round, "
+                       title=f"{Path(job.source or 'job').stem}: {info.n_rows:,}-row pool, b = "
+                             f"{'/'.join(sorted({str(st.budget) for st in loop.strategies}))}, "
                              f"{loop.trials} trial{'s' if loop.trials > 1 else ''}")
     from alscale.runtime import output
 
