@@ -1,0 +1,100 @@
+"""Property-based checks (hypothesis) of the guarantees users rely on:
+
+- a selection never contains a labelled row or the same row twice, for every strategy, and
+  has min(budget, unlabelled) rows;
+- the job-file parser and the pool reader raise only their documented errors on any input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alscale import select
+from alscale.errors import AlscaleError, JobError, PoolError
+from alscale.jobspec import validate_job
+from alscale.pool import open_pool, pool_table, read_shard, write_table
+from alscale.strategies import strategy_names
+from alscale.types import ShardSpec
+from tests.conftest import log_softmax
+
+NAMES = sorted(strategy_names())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(NAMES),
+    n=st.integers(2, 40),
+    budget=st.integers(1, 50),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_selection_never_holds_a_labelled_or_repeated_row(name, n, budget, seed, data):
+    rng = np.random.default_rng(seed)
+    log_probs = log_softmax(rng.normal(size=(n, 3, 4)) * 3)
+    # Ties on purpose: duplicated rows stress the tie-breaking.
+    log_probs[n // 2:] = log_probs[: n - n // 2]
+    embeddings = rng.normal(size=(n, 5)).astype(np.float32)
+    labeled = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))), dtype=np.int64)
+    sel = select(name, budget=budget, log_probs=log_probs, embeddings=embeddings, labeled=labeled, seed=seed)
+    picked = np.asarray(sel.indices)
+    assert picked.size == min(budget, n - labeled.size)
+    assert np.unique(picked).size == picked.size
+    assert not np.isin(picked, labeled).any()
+    assert ((0 <= picked) & (picked < n)).all()
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=12))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                       max_leaves=8)
+_KEYS = st.sampled_from(["pool", "labeled", "model", "strategy", "runtime", "seed", "output", "loop", "junk"])
+_FIELDS = st.sampled_from(["path", "name", "budget", "options", "round", "embedding", "executor", "shards",
+                           "factory", "kwargs", "mc_samples", "device", "checkpoint", "address", "chunk_rows"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, st.one_of(_VALUES, st.dictionaries(_FIELDS, _VALUES, max_size=5)), max_size=8))
+def test_job_parser_raises_only_job_errors(raw):
+    try:
+        job = validate_job(raw)
+    except JobError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert job.strategy.budget > 0 and job.runtime.shards >= 1
+
+
+@pytest.fixture(scope="module")
+def pool_bytes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    rng = np.random.default_rng(1)
+    table = pool_table(np.arange(64, dtype=np.int64), features_N_D=rng.normal(size=(64, 4)).astype(np.float32),
+                       log_probs_N_C=log_softmax(rng.normal(size=(64, 3))))
+    out = {}
+    for suffix in (".arrow", ".parquet"):
+        write_table(table, str(root / f"p{suffix}"))
+        out[suffix] = (root / f"p{suffix}").read_bytes()
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(suffix=st.sampled_from([".arrow", ".parquet"]), cut=st.integers(0, 10**6),
+       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4))
+def test_pool_reader_raises_only_pool_errors(tmp_path_factory, pool_bytes, suffix, cut, flips):
+    data = bytearray(pool_bytes[suffix])
+    data = data[: cut % (len(data) + 1)] if cut % 3 == 0 else data
+    for pos, value in flips:
+        if data:
+            data[pos % len(data)] = value
+    path = tmp_path_factory.mktemp("case") / f"fuzzed{suffix}"
+    path.write_bytes(bytes(data))
+    try:
+        info = open_pool(str(path))
+        read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["features", "log_probs"][: 1 + (info.n_classes is not None)]
+                   if info.feature_dim is not None else [])
+    except (PoolError, AlscaleError) as exc:
+        assert "\n" not in str(exc).strip()
