@@ -173,14 +173,15 @@ def _check_normalised(x: np.ndarray, ids_N: np.ndarray, where_of_row: Callable[[
 
 
 def read_shard(spec: ShardSpec, columns: Sequence[str] = (), *,
-               check_finite: bool = True) -> ShardData:
+               check_finite: bool = True, check_normalised: bool = False) -> ShardData:
     """Rows ``[spec.start, spec.stop)`` of ``spec.pool``.
 
     ``row_ids_N`` (int64 ``[N]``) always; ``columns`` picks from ``features``
     (``[N, D]``), ``log_probs`` (``[N, K, C]``, K = 1 for a flat column), ``embedding``
     (``[N, E]``) and ``label`` (int64 ``[N]``). Float columns are float32. With
-    ``check_finite`` a NaN/inf in a float column, or log-probabilities that do not sum to 1,
-    raise a PoolError naming the row_id.
+    ``check_finite`` a NaN/inf in a float column raises a PoolError naming the row_id; with
+    ``check_normalised`` so do log-probabilities that do not sum to 1 (what a job needs;
+    the reader itself also serves arbitrary float columns).
     """
     wanted = [columns] if isinstance(columns, str) else list(dict.fromkeys(columns))
     unknown = [c for c in wanted if c not in DATA_COLUMNS]
@@ -215,7 +216,7 @@ def read_shard(spec: ShardSpec, columns: Sequence[str] = (), *,
         x = _column(parts, name, ids_N, tails[name])
         if check_finite and name != LABEL:
             _check_finite(name, x, ids_N, where_of_row)
-            if name == LOG_PROBS:
+            if name == LOG_PROBS and check_normalised:
                 _check_normalised(x, ids_N, where_of_row)
         out[_SHARD_FIELD[name]] = x
     log.debug("read shard %d of %s: rows [%d, %d), columns %s", spec.index, pool.display,

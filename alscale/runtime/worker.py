@@ -78,7 +78,8 @@ class ShardWorker:
         media = [c for c in columns if c in MEDIA_COLUMNS]
         self._media = media[0] if media else None
         self._decoder = None
-        self.data = read_shard(spec, [c for c in columns if c not in MEDIA_COLUMNS], check_finite=check_finite)
+        self.data = read_shard(spec, [c for c in columns if c not in MEDIA_COLUMNS], check_finite=check_finite,
+                               check_normalised=check_finite)
         self.state = None
         self._log_probs = self._embeddings = None
         if not will_score:
