@@ -177,13 +177,19 @@ def test_malformed_yaml_and_missing_job_file(tmp_path, capsys):
     assert "cannot read it" in capsys.readouterr().err
 
 
-def test_unreachable_ray_address(files, tmp_path, capsys):
+def test_unreachable_ray_address(files, tmp_path):
+    """In a fresh process (as users run it; this test process may already hold a Ray)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({**_base(files["good"], runtime={"executor": "ray", "address": "127.0.0.1:1"}),
                                     "output": str(tmp_path / "out")}))
-    assert main(["run", str(path), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in err and err.count("\n") == 1
+    proc = subprocess.run([str(Path(sys.executable).parent / "alscale"), "run", str(path), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -145,9 +145,19 @@ def submit(
         runtime_env["py_modules"] = [package_dir()]
     metadata = {"alscale_job": str(job.source), "alscale_output": str(spec["output"])}
     try:
-        return _call(address, lambda c: c.submit_job(
-            entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid, metadata=metadata,
-            entrypoint_num_cpus=entrypoint_num_cpus))
+        # A head that has just started answers "No available agent to submit job" for a few
+        # seconds; retry that (only that) for up to a minute.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return _call(address, lambda c: c.submit_job(
+                    entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid, metadata=metadata,
+                    entrypoint_num_cpus=entrypoint_num_cpus))
+            except AlscaleError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                logger.info("the Ray head has no job agent yet; retrying")
+                time.sleep(2)
     finally:
         import shutil
 
