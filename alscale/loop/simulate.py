@@ -231,9 +231,9 @@ def _check_model(job: JobSpec, in_features: int) -> None:
 
 
 def _model_spec(job: JobSpec) -> Any:
-    from alscale.runtime.coordinator import _model_spec as spec_of
+    from alscale.runtime.coordinator import job_model_spec
 
-    return spec_of(job)
+    return job_model_spec(job)
 
 
 def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor: Any, work: Path) -> np.ndarray:

@@ -108,7 +108,8 @@ def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
     return problems
 
 
-def _model_spec(job: JobSpec) -> Any:
+def job_model_spec(job: JobSpec) -> Any:
+    """The job's ``model`` section as a :class:`alscale.scoring.ModelSpec`."""
     from alscale.scoring import ModelSpec
 
     m = job.model
@@ -176,7 +177,7 @@ def run_job(
         model_spec = None
         in_features = int(info.feature_dim or 0)
         if uses_model(job):
-            model_spec = _model_spec(job)
+            model_spec = job_model_spec(job)
             in_features = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
         elif job.model is not None:
             needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)

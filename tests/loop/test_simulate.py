@@ -62,7 +62,7 @@ def test_same_seed_same_curve_other_seed_other_picks(loop_pools, tmp_path):
     assert _curve(a, "bald") == _curve(b, "bald")
     ids = [Ledger(tmp_path / n / "runs" / "bald" / "trial-0" / "ledger").row_ids for n in ("a", "b")]
     np.testing.assert_array_equal(*ids)
-    c = _run(loop_pools, tmp_path, "c", strategies=["bald"], job_overrides={"seed": 4})
+    _run(loop_pools, tmp_path, "c", strategies=["bald"], job_overrides={"seed": 4})
     other = Ledger(tmp_path / "c" / "runs" / "bald" / "trial-0" / "ledger").row_ids
     assert not np.array_equal(other, ids[0])
 
