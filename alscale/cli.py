@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, WorkerLostError
 
 logger = logging.getLogger("alscale")
 
@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlscaleError as exc:
         print(f"alscale: error: {exc}", file=sys.stderr)
         return 2
+    except WorkerLostError as exc:
+        print(f"alscale: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("alscale: interrupted", file=sys.stderr)
         return 130

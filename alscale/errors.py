@@ -18,3 +18,7 @@ class PoolError(AlscaleError):
 
 class JobError(AlscaleError):
     """The job file or its overrides are invalid."""
+
+
+class WorkerLostError(RuntimeError):
+    """A shard worker process died during a job (not bad input: the CLI exits with code 1)."""

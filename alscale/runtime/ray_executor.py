@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, WorkerLostError
 from alscale.runtime.worker import ShardWorker
 
 logger = logging.getLogger(__name__)
@@ -149,6 +149,19 @@ class RayExecutor:
         except self._ray.exceptions.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             raise cause from None
+        except self._ray.exceptions.RayActorError as exc:
+            dead: int | str = "?"
+            for i, ref in enumerate(refs):
+                try:
+                    self._ray.get(ref, timeout=1)
+                except self._ray.exceptions.RayActorError:
+                    dead = i
+                    break
+                except Exception:  # still running or failed otherwise: not the dead one
+                    continue
+            raise WorkerLostError(
+                f"shard worker {dead} died during {method} ({type(exc).__name__}); nothing was written — rerun the "
+                "job (worker restarts and --resume are not implemented yet)") from None
 
     def close(self) -> None:
         for actor in self.actors:
