@@ -145,9 +145,10 @@ def submit(
         runtime_env["py_modules"] = [package_dir()]
     metadata = {"alscale_job": str(job.source), "alscale_output": str(spec["output"])}
     try:
-        # A head that has just started answers "No available agent to submit job" for a few
-        # seconds; retry that (only that) for up to a minute.
-        deadline = time.monotonic() + 60
+        # A head that has just started answers "No available agent to submit job" until its
+        # dashboard agent is up (seconds; a minute or more on a loaded machine); retry that,
+        # and only that, for up to five minutes.
+        deadline = time.monotonic() + 300
         while True:
             try:
                 return _call(address, lambda c: c.submit_job(
