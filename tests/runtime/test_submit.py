@@ -38,13 +38,17 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    gcs, dash, client, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
     root = tmp_path_factory.mktemp("head")
     log = root / "head.log"
     with open(log, "w") as fh:
         head = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
              "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=3", "--num-gpus=0",
+             # Every port of its own: the agent's default (52365) is taken by any other Ray on
+             # this machine (the test session's own local Ray), and then no job can be submitted.
+             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+             f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
              "--disable-usage-stats", f"--temp-dir={root / 'ray'}"],
             env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
