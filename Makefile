@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Ray >= 2.59 turns token auth on for local clusters; local runs and tests keep it off.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test bench clean peers
+.PHONY: setup demo test bench clean peers mnist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ setup: $(STAMP)
 
 data/demo-1m.arrow: | $(STAMP)
 	$(BIN)/alscale pool synth $@ --rows 1000000 --dim 64 --classes 10 --seed 0
+
+data/mnist-train.arrow: | $(STAMP)
+	$(BIN)/alscale pool mnist $@
+
+data/mnist-test.arrow: | $(STAMP)
+	$(BIN)/alscale pool mnist $@ --split test
+
+# The MNIST pools of the active-learning protocols (jobs/mnist_*.yaml).
+mnist: data/mnist-train.arrow data/mnist-test.arrow
 
 demo: $(STAMP) data/demo-1m.arrow
 	$(BIN)/alscale run jobs/demo.yaml --force
