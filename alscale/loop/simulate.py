@@ -211,16 +211,26 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
                "stop_reasons": {s: {str(t): r for t, r in v.items()} for s, v in stop_reasons.items()},
                "seconds": round(time.perf_counter() - started, 3), "versions": output.versions(),
                "git_revision": output.git_revision(), "machine": output.machine()}
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    _write_atomic(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
+                                                   allow_nan=False) + "\n")
     return SimulationResult(out_dir=out, records=records, table=table, stop_reasons=stop_reasons)
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float) and np.isinf(obj):
-        return None
     if isinstance(obj, (np.integer, np.floating)):
         return obj.item()
     return str(obj)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no infinity: a never-reached target (∞) is written as null."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _check_model(job: JobSpec, in_features: int) -> None:
