@@ -42,7 +42,7 @@ class DataFile:
                 self.schema = self._pq.schema_arrow
         except FileNotFoundError as exc:
             raise PoolError(f"pool {loc.display}: no such file; check the path") from exc
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             kind = "an Arrow IPC (Feather v2) file" if fmt == "ipc" else "a Parquet file"
             raise PoolError(f"pool {loc.display}: cannot read it as {kind} ({one_line(exc)}); "
                             "rewrite it with alscale.pool.write_table") from exc
@@ -78,7 +78,7 @@ class DataFile:
                 schema = pa.schema([self.schema.field(c) for c in columns])
                 return pa.Table.from_batches(batches, schema=schema)
             return self._pq.read_row_groups(list(pieces), columns=list(columns), use_threads=True)
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise PoolError(f"pool {self.where}: cannot read rows ({one_line(exc)}); "
                             "the file may be truncated or corrupt -- rewrite it") from exc
 
@@ -88,7 +88,7 @@ class DataFile:
             return self.read_pieces(range(self._ipc.num_record_batches), [name]).column(0)
         try:
             return self._pq.read(columns=[name], use_threads=True).column(0)
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise PoolError(f"pool {self.where}: cannot read column '{name}' "
                             f"({one_line(exc)}); the file may be corrupt -- rewrite it") from exc
 

@@ -17,6 +17,7 @@ from alscale.errors import PoolError
 from alscale.pool.arrays import first_null_row, vectors_to_numpy
 from alscale.pool.datafile import DataFile
 from alscale.pool.info import open_files
+from alscale.pool.location import one_line
 from alscale.pool.schema import DATA_COLUMNS, EMBEDDING, FEATURES, LABEL, LOG_PROBS, ROW_ID
 from alscale.types import ShardData, ShardSpec
 
@@ -88,7 +89,14 @@ def _column(parts: list[tuple[DataFile, pa.Table]], name: str, ids_N: np.ndarray
         if name == LABEL:
             view = chunk.to_numpy(zero_copy_only=True)
         else:
-            view = vectors_to_numpy(chunk).reshape(len(chunk), *tail)  # [N, C] -> [N, 1, C]
+            try:
+                view = vectors_to_numpy(chunk).reshape(len(chunk), *tail)  # [N, C] -> [N, 1, C]
+            except ValueError as exc:  # buffers shorter than the schema says: a damaged file
+                if isinstance(exc, PoolError):
+                    raise
+                raise PoolError(f"pool {f.where}: column '{name}' near row_id {int(ids_N[offset])} has data that "
+                                f"does not match its type ({one_line(exc)}); the file is corrupt, rewrite it "
+                                "with alscale.pool.write_table") from None
         views.append(view)
         offset += len(chunk)
     if len(views) == 1 and views[0].dtype == dtype:

@@ -83,7 +83,11 @@ def _log_probs_dims(field: pa.Field, where: str) -> tuple[int, int]:
 
 def column_layout(schema: pa.Schema, where: str) -> ColumnLayout:
     """Check the known columns of ``schema`` (one file, shown as ``where``); return their dims."""
-    names = schema.names
+    try:
+        names = schema.names
+    except UnicodeDecodeError:
+        raise PoolError(f"pool {where}: a column name in its schema is not valid UTF-8, so the file is corrupt; "
+                        "rewrite it with alscale.pool.write_table") from None
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PoolError(f"pool {where}: column '{dupes[0]}' appears more than once; "
