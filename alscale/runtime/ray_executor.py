@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from alscale.runtime.worker import ShardWorker
 logger = logging.getLogger(__name__)
 
 _PUT_THRESHOLD_BYTES = 1 << 16
+#: Calls that change no worker state: not replayed after a restart.
+_STATELESS = frozenset({"ready", "n_rows", "n_candidates", "topk", "count_ahead", "softrank_candidates"})
 
 
 def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -62,6 +65,7 @@ class RayExecutor:
         gpus_per_worker: GPUs per actor; ``None`` shares the cluster's GPUs evenly (at most
             one each), 0 keeps workers on CPU.
         startup_timeout_s: how long to wait for every actor to be placed and started.
+        max_restarts: how often one worker may die and be rebuilt before the job fails.
     """
 
     name = "ray"
@@ -74,6 +78,7 @@ class RayExecutor:
         cpus_per_worker: float | None = None,
         gpus_per_worker: float | None = None,
         startup_timeout_s: float = 300.0,
+        max_restarts: int = 3,
     ) -> None:
         import ray
 
@@ -103,11 +108,15 @@ class RayExecutor:
             gpus_per_worker = min(1.0, math.floor(100 * free_gpus / n_workers) / 100) if free_gpus else 0.0
         self.cpus_per_worker = float(cpus_per_worker)
         self.gpus_per_worker = float(gpus_per_worker)
+        self.max_restarts = int(max_restarts)
+        self._history: list[list[tuple[str, tuple]]] = [[] for _ in range(n_workers)]
+        self._deaths = [0] * n_workers
         threads = max(1, int(self.cpus_per_worker))
         actor_cls = ray.remote(ShardWorker)
         self.actors = [
             actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                              scheduling_strategy="SPREAD").remote(threads)
+                              scheduling_strategy="SPREAD", max_restarts=max_restarts,
+                              max_task_retries=0).remote(threads)
             for _ in range(n_workers)
         ]
         # Wait until every actor process is up (imports done), so start-up is not billed
@@ -129,7 +138,14 @@ class RayExecutor:
         return len(self.actors)
 
     def map(self, method: str, args_per_worker: Sequence[tuple]) -> list:
-        """Call ``method`` on every actor concurrently; results in worker order."""
+        """Call ``method`` on every actor concurrently; results in worker order.
+
+        A worker whose process dies is restarted by Ray (``max_restarts``) and brought back to
+        the state it had by replaying, in order, every call it had completed (loading, model
+        start-up, scoring chunks, selection steps: all deterministic, so the rebuilt state is
+        bit-identical), then the failed call is retried. After ``max_restarts`` deaths of one
+        worker the job fails with :class:`WorkerLostError`.
+        """
         puts: dict[int, Any] = {}
 
         def by_ref(arg: Any) -> Any:
@@ -140,28 +156,55 @@ class RayExecutor:
                 return puts[id(arg)]
             return arg
 
-        refs = [
-            getattr(actor, method).remote(*[by_ref(a) for a in args])
-            for actor, args in zip(self.actors, args_per_worker, strict=True)
-        ]
-        try:
-            return self._ray.get(refs)
-        except self._ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            raise cause from None
-        except self._ray.exceptions.RayActorError as exc:
-            dead: int | str = "?"
-            for i, ref in enumerate(refs):
-                try:
-                    self._ray.get(ref, timeout=1)
-                except self._ray.exceptions.RayActorError:
-                    dead = i
-                    break
-                except Exception:  # still running or failed otherwise: not the dead one
-                    continue
-            raise WorkerLostError(
-                f"shard worker {dead} died during {method} ({type(exc).__name__}); nothing was written — rerun the "
-                "job (worker restarts and --resume are not implemented yet)") from None
+        calls = [tuple(by_ref(a) for a in args) for args in args_per_worker]
+        if len(calls) != len(self.actors):
+            raise ValueError(f"{len(calls)} argument tuples for {len(self.actors)} workers")
+        refs = [getattr(actor, method).remote(*args) for actor, args in zip(self.actors, calls)]
+        results: list[Any] = [None] * len(refs)
+        for i, ref in enumerate(refs):
+            results[i] = self._get_or_recover(i, ref, method, calls[i])
+        if method not in _STATELESS:
+            for i, args in enumerate(calls):
+                if method == "load":  # a new shard: only the model built for it still matters
+                    self._history[i] = [c for c in self._history[i] if c[0] == "prepare_model"][-1:]
+                self._history[i].append((method, args))
+        return results
+
+    def _get_or_recover(self, i: int, ref: Any, method: str, args: tuple) -> Any:
+        ray = self._ray
+        while True:
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                raise cause from None
+            except ray.exceptions.RayActorError as exc:
+                self._deaths[i] += 1
+                if self._deaths[i] > self.max_restarts:
+                    raise WorkerLostError(
+                        f"shard worker {i} died during {method} ({type(exc).__name__}) "
+                        f"{self._deaths[i]} time(s), more than runtime.max_restarts={self.max_restarts}; "
+                        "nothing was written") from None
+                logger.warning("shard worker %d died during %s; restarting it and replaying its %d completed calls",
+                               i, method, len(self._history[i]))
+                ref = self._replay(i, method, args)
+
+    def _replay(self, i: int, method: str, args: tuple) -> Any:
+        """Rebuild worker ``i``'s state on its restarted process, then resubmit the failed call."""
+        actor = self.actors[i]
+        ray = self._ray
+        deadline = time.monotonic() + 300
+        while True:  # the restarted process may take a moment; calls before it is up fail
+            try:
+                ray.get(actor.ready.remote())
+                break
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        for past_method, past_args in self._history[i]:
+            ray.get(getattr(actor, past_method).remote(*past_args))
+        return getattr(actor, method).remote(*args)
 
     def close(self) -> None:
         for actor in self.actors:

@@ -190,19 +190,3 @@ def test_a_second_job_on_the_same_output_refuses_and_a_stale_lock_is_taken_over(
     run_job(_job(path, tmp_path), progress=False)
     assert (out / "selection.parquet").exists() and not (out / LOCK_FILE).exists()
 
-
-def test_a_dead_worker_fails_the_job_cleanly(ray_session):
-    import os
-    import signal
-
-    from alscale.errors import WorkerLostError
-    from alscale.runtime.ray_executor import RayExecutor
-
-    executor = RayExecutor(2)
-    try:
-        pid = ray_session.get(executor.actors[1].__ray_call__.remote(lambda self: os.getpid()))
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(WorkerLostError, match="shard worker 1 died during ready"):
-            executor.map("ready", [()] * 2)
-    finally:
-        executor.close()
