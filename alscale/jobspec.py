@@ -160,11 +160,11 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], *, source:
     return out
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -232,7 +232,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             except AlscaleError as exc:
                 errors.append(f"strategy.name: {exc}")
     budget = strat.get("budget")
-    if strat and not (_is_int(budget) and budget > 0):
+    if strat and not (is_int(budget) and budget > 0):
         errors.append(f"strategy.budget must be a positive integer; got {budget!r}")
     options = strat.get("options") or {}
     if not isinstance(options, dict):
@@ -244,7 +244,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         except AlscaleError as exc:
             errors.append(f"strategy.options: {exc}")
     rnd = strat.get("round", 0)
-    if not (_is_int(rnd) and rnd >= 0):
+    if not (is_int(rnd) and rnd >= 0):
         errors.append(f"strategy.round must be a non-negative integer; got {rnd!r}")
     embedding = strat.get("embedding")
     embedding = "auto" if embedding is None else embedding
@@ -258,7 +258,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     if executor not in EXECUTORS:
         errors.append(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     shards = rt.get("shards", 2)
-    if not (_is_int(shards) and shards >= 1):
+    if not (is_int(shards) and shards >= 1):
         errors.append(f"runtime.shards must be an integer >= 1; got {shards!r}")
     address = rt.get("address")
     if address is not None and not isinstance(address, str):
@@ -267,18 +267,18 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         errors.append("runtime.address is set but runtime.executor is local; use runtime.executor=ray")
     for key in ("cpus_per_worker", "gpus_per_worker"):
         v = rt.get(key)
-        if v is not None and not (_is_num(v) and v >= 0 and (key == "gpus_per_worker" or v > 0)):
+        if v is not None and not (is_num(v) and v >= 0 and (key == "gpus_per_worker" or v > 0)):
             errors.append(f"runtime.{key} must be a positive number or null; got {v!r}")
     chunk_rows = rt.get("chunk_rows", 65536)
-    if not (_is_int(chunk_rows) and chunk_rows >= 1):
+    if not (is_int(chunk_rows) and chunk_rows >= 1):
         errors.append(f"runtime.chunk_rows must be a positive integer; got {chunk_rows!r}")
 
     startup_timeout_s = rt.get("startup_timeout_s", 300.0)
-    if not (_is_num(startup_timeout_s) and startup_timeout_s > 0):
+    if not (is_num(startup_timeout_s) and startup_timeout_s > 0):
         errors.append(f"runtime.startup_timeout_s must be a positive number of seconds; got {startup_timeout_s!r}")
 
     seed = raw.get("seed", 0)
-    if not (_is_int(seed) and seed >= 0):
+    if not (is_int(seed) and seed >= 0):
         errors.append(f"seed must be a non-negative integer; got {seed!r}")
     output = raw.get("output")
     if output is not None and not (isinstance(output, str) and output):
@@ -341,11 +341,11 @@ def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | No
         errors.append(f"model.checkpoint must be a file path or null; got {checkpoint!r}")
         ok = False
     mc = m.get("mc_samples", 1)
-    if not (_is_int(mc) and mc >= 1):
+    if not (is_int(mc) and mc >= 1):
         errors.append(f"model.mc_samples must be an integer >= 1; got {mc!r}")
         ok = False
     bs = m.get("batch_size", 4096)
-    if not (_is_int(bs) and bs >= 1):
+    if not (is_int(bs) and bs >= 1):
         errors.append(f"model.batch_size must be a positive integer; got {bs!r}")
         ok = False
     device = m.get("device", "auto")
@@ -357,7 +357,7 @@ def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | No
         errors.append(f"model.transform must be 'pixels' or 'package.module:callable'; got {transform!r}")
         ok = False
     threads = m.get("decode_threads", 2)
-    if not (_is_int(threads) and threads >= 1):
+    if not (is_int(threads) and threads >= 1):
         errors.append(f"model.decode_threads must be a positive integer; got {threads!r}")
         ok = False
     if not ok:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.index.numpy_backend import HostFloat32Arrays, is_f32_vector
+from alscale.index.numpy_backend import HostFloat32Arrays
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class FaissBackend(HostFloat32Arrays):
     def min_sq_dist_update(
         self, x_N_D: Any, centers_M_D: Any, mind_N: Any, *, x_sq_N: Any | None = None
     ) -> np.ndarray:
-        x = self.asarray(x_N_D)
-        c = self.asarray(centers_M_D)
-        mind = mind_N if is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
+        x, c, mind = self._update_inputs(x_N_D, centers_M_D, mind_N)
         if x.shape[0] == 0 or c.shape[0] == 0:
             return mind
         d, _ = self._knn1(x, c)

@@ -42,6 +42,11 @@ class HostFloat32Arrays:
     def error_bound(self, x_norm_max: float, c_norm_max: float, dim: int) -> float:
         return sq_dist_error_bound(x_norm_max, c_norm_max, dim, unit=U32, input_unit=U32)
 
+    def _update_inputs(self, x_N_D: Any, centers_M_D: Any, mind_N: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``min_sq_dist_update``'s arguments as host float32 (``mind_N`` updated in place when it already is)."""
+        mind = mind_N if is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
+        return self.asarray(x_N_D), self.asarray(centers_M_D), mind
+
 
 class NumpyBackend(HostFloat32Arrays):
     """Blocked float32 BLAS on the CPU (numpy's BLAS, OpenBLAS in the wheels)."""
@@ -63,9 +68,7 @@ class NumpyBackend(HostFloat32Arrays):
     def min_sq_dist_update(
         self, x_N_D: Any, centers_M_D: Any, mind_N: Any, *, x_sq_N: Any | None = None
     ) -> np.ndarray:
-        x = self.asarray(x_N_D)
-        c = self.asarray(centers_M_D)
-        mind = mind_N if is_f32_vector(mind_N) else np.array(mind_N, dtype=np.float32)
+        x, c, mind = self._update_inputs(x_N_D, centers_M_D, mind_N)
         if x.shape[0] == 0 or c.shape[0] == 0:
             return mind
         x_sq = self.sq_norms(x) if x_sq_N is None else np.asarray(x_sq_N, dtype=np.float32)

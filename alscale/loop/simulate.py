@@ -161,6 +161,7 @@ def simulate(
 def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bool, targets: Sequence[float],
               pool_arrays: tuple, test: tuple) -> SimulationResult:
     from alscale.runtime.coordinator import make_executor
+    from alscale.runtime.output import atomic_write_text
 
     ids, x, y, info = pool_arrays
     test_x, test_y = test
@@ -199,7 +200,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
     finally:
         executor.close()
     table = curves.summary_table(records, targets)
-    _write_atomic(out / "labels_to_reach.md", curves.markdown_table(table))
+    atomic_write_text(out / "labels_to_reach.md", curves.markdown_table(table))
     _write_csv(out / "labels_to_reach.csv", table)
     curves.plot_curves(records, out / "curves.png", targets=targets,
                        title=f"{Path(job.source or 'job').stem}: {info.n_rows:,}-row pool, b = "
@@ -211,7 +212,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
                "stop_reasons": {s: {str(t): r for t, r in v.items()} for s, v in stop_reasons.items()},
                "seconds": round(time.perf_counter() - started, 3), "versions": output.versions(),
                "git_revision": output.git_revision(), "machine": output.machine()}
-    _write_atomic(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
+    atomic_write_text(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
                                                    allow_nan=False) + "\n")
     return SimulationResult(out_dir=out, records=records, table=table, stop_reasons=stop_reasons)
 
@@ -321,13 +322,13 @@ def _run_one(
     try:
         for rnd in range(10**9):
             labelled = ledger.row_ids
-            pos = pool.positions(labelled)
+            pos = np.sort(pool.positions(labelled))
             if model is None or train.mode == "scratch":
                 model = fresh_model(spec, pool.features_N_D.shape[1],
                                     derive_seed(job.seed, _INIT_WEIGHTS, trial, rnd))
             has_val = val[1].size > 0
             fit = train_classifier(
-                model, pool.features_N_D[np.sort(pos)], pool.labels_N[np.sort(pos)],
+                model, pool.features_N_D[pos], pool.labels_N[pos],
                 seed=derive_seed(job.seed, _TRAIN, trial, rnd),
                 x_val_V_D=val[0] if has_val else None, y_val_V=val[1] if has_val else None,
                 epochs=train.epochs, draws_per_epoch=train.draws_per_epoch, batch_size=train.batch_size,
@@ -413,12 +414,6 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
     scores = np.asarray(result.selection.scores_B, dtype=np.float64)
     record["top_score"] = float(scores.max()) if scores.size else None
     return stop_after_scoring(loop.stop, record["top_score"]), picked
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from alscale.runtime.output import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alscale.errors import JobError
-from alscale.jobspec import JobSpec, StrategyConfig
+from alscale.jobspec import JobSpec, StrategyConfig, is_int, is_num
 
 TRAIN_MODES = ("scratch", "finetune")
 INITIAL_METHODS = ("balanced", "random")
@@ -95,14 +95,6 @@ class LoopSpec:
         return dataclasses.asdict(self)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _mapping(raw: Any, where: str, keys: Mapping[str, Any], errors: list[str]) -> dict[str, Any]:
     if raw is None:
         return dict(keys)
@@ -136,7 +128,7 @@ def _strategy_entry(entry: Any, default: StrategyConfig, where: str, errors: lis
         errors.append(f"{where}: {exc}")
         return None
     budget = entry.get("budget", default.budget)
-    if not (_is_int(budget) and budget > 0):
+    if not (is_int(budget) and budget > 0):
         errors.append(f"{where}.budget must be a positive integer; got {budget!r}")
         return None
     embedding = entry.get("embedding", default.embedding)
@@ -162,11 +154,11 @@ def parse_loop(job: JobSpec) -> LoopSpec:
     if not (isinstance(test, str) and test):
         errors.append(f"loop.test must be the path of a held-out pool with features and label; got {test!r}")
     validation = raw.get("validation", 0)
-    if not (_is_int(validation) and validation >= 0):
+    if not (is_int(validation) and validation >= 0):
         errors.append(f"loop.validation must be an integer >= 0 (rows held out for early stopping); "
                       f"got {validation!r}")
     initial = _mapping(raw.get("initial"), "loop.initial", {"size": 20, "method": "balanced"}, errors)
-    if not (_is_int(initial["size"]) and initial["size"] >= 1):
+    if not (is_int(initial["size"]) and initial["size"] >= 1):
         errors.append(f"loop.initial.size must be an integer >= 1; got {initial['size']!r}")
     method = initial["method"]
     if method not in INITIAL_METHODS:
@@ -175,10 +167,10 @@ def parse_loop(job: JobSpec) -> LoopSpec:
         except Exception:
             errors.append(f"loop.initial.method must be balanced, random or a strategy name; got {method!r}")
     subsample = raw.get("subsample")
-    if subsample is not None and not (_is_int(subsample) and subsample >= 1):
+    if subsample is not None and not (is_int(subsample) and subsample >= 1):
         errors.append(f"loop.subsample must be a positive integer or null; got {subsample!r}")
     trials = raw.get("trials", 1)
-    if not (_is_int(trials) and trials >= 1):
+    if not (is_int(trials) and trials >= 1):
         errors.append(f"loop.trials must be an integer >= 1; got {trials!r}")
 
     entries = raw.get("strategies")
@@ -234,14 +226,14 @@ def _train_config(t: dict[str, Any], errors: list[str]) -> TrainConfig | None:
     if t["mode"] not in TRAIN_MODES:
         errors.append(f"loop.train.mode must be one of {', '.join(TRAIN_MODES)}; got {t['mode']!r}")
     for key in ("epochs", "batch_size", "eval_batch_size"):
-        if not (_is_int(t[key]) and t[key] >= 1):
+        if not (is_int(t[key]) and t[key] >= 1):
             errors.append(f"loop.train.{key} must be an integer >= 1; got {t[key]!r}")
     for key in ("draws_per_epoch", "patience"):
-        if t[key] is not None and not (_is_int(t[key]) and t[key] >= 1):
+        if t[key] is not None and not (is_int(t[key]) and t[key] >= 1):
             errors.append(f"loop.train.{key} must be an integer >= 1 or null; got {t[key]!r}")
-    if not (_is_num(t["lr"]) and t["lr"] > 0):
+    if not (is_num(t["lr"]) and t["lr"] > 0):
         errors.append(f"loop.train.lr must be a positive number; got {t['lr']!r}")
-    if not (_is_num(t["weight_decay"]) and t["weight_decay"] >= 0):
+    if not (is_num(t["weight_decay"]) and t["weight_decay"] >= 0):
         errors.append(f"loop.train.weight_decay must be a number >= 0; got {t['weight_decay']!r}")
     if len(errors) > n:
         return None
@@ -253,23 +245,23 @@ def _train_config(t: dict[str, Any], errors: list[str]) -> TrainConfig | None:
 def _stop_config(s: dict[str, Any], errors: list[str]) -> StopConfig | None:
     n = len(errors)
     for key in ("budget", "max_rounds"):
-        if s[key] is not None and not (_is_int(s[key]) and s[key] >= 1):
+        if s[key] is not None and not (is_int(s[key]) and s[key] >= 1):
             errors.append(f"loop.stop.{key} must be an integer >= 1 or null; got {s[key]!r}")
     target = s["target_accuracy"]
-    if target is not None and not (_is_num(target) and 0 < target <= 1):
+    if target is not None and not (is_num(target) and 0 < target <= 1):
         errors.append(f"loop.stop.target_accuracy must be in (0, 1] or null; got {target!r}")
     if s["metric"] not in METRICS:
         errors.append(f"loop.stop.metric must be one of {', '.join(METRICS)}; got {s['metric']!r}")
     unc = s["max_uncertainty"]
-    if unc is not None and not _is_num(unc):
+    if unc is not None and not is_num(unc):
         errors.append(f"loop.stop.max_uncertainty must be a number or null; got {unc!r}")
     plateau = None
     p = s["plateau"]
     if p is not None:
         p = _mapping(p, "loop.stop.plateau", {"epsilon": 0.001, "rounds": 5}, errors)
-        if not (_is_num(p["epsilon"]) and p["epsilon"] >= 0):
+        if not (is_num(p["epsilon"]) and p["epsilon"] >= 0):
             errors.append(f"loop.stop.plateau.epsilon must be a number >= 0; got {p['epsilon']!r}")
-        elif not (_is_int(p["rounds"]) and p["rounds"] >= 1):
+        elif not (is_int(p["rounds"]) and p["rounds"] >= 1):
             errors.append(f"loop.stop.plateau.rounds must be an integer >= 1; got {p['rounds']!r}")
         else:
             plateau = Plateau(float(p["epsilon"]), int(p["rounds"]))

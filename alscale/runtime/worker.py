@@ -37,11 +37,12 @@ def _pool_dir(pool: str) -> str:
     return loc.canonical.rsplit("/", 1)[0] if is_uri(loc.canonical) else os.path.dirname(loc.canonical)
 
 
-def media_decoder(spec: ShardSpec, column: str, model_spec: Any) -> Any:
-    """A :class:`alscale.scoring.images.BatchDecoder` over the shard's ``image`` / ``path`` column."""
+def media_decoder(spec: ShardSpec, column: str, model_spec: Any, row_ids_N: np.ndarray | None = None) -> Any:
+    """A :class:`alscale.scoring.images.BatchDecoder` over the shard's ``image`` / ``path`` column
+    (``row_ids_N``: the shard's row ids when already read; they name rows in errors)."""
     from alscale.scoring.images import BatchDecoder, resolve_transform
 
-    ids = read_shard(spec, []).row_ids_N
+    ids = read_shard(spec, []).row_ids_N if row_ids_N is None else row_ids_N
     return BatchDecoder(read_media(spec, column), ids, resolve_transform(model_spec.transform), column=column,
                         base=_pool_dir(spec.pool) if column == "path" else "", threads=model_spec.decode_threads)
 
@@ -122,7 +123,8 @@ class ShardWorker:
         while the model runs on this one) and score them."""
         assert self.spec is not None and self._media is not None
         if self._decoder is None:
-            self._decoder = media_decoder(self.spec, self._media, self._scorer.spec)
+            assert self.data is not None
+            self._decoder = media_decoder(self.spec, self._media, self._scorer.spec, self.data.row_ids_N)
         lps, embs = [], []
         for _, x_B_D in self._decoder.batches(start, stop, self._scorer.spec.batch_size):
             lp, emb = self._scorer.score(x_B_D)

@@ -43,6 +43,13 @@ def _check_int(model: str, name: str, value: object, minimum: int) -> int:
     return value
 
 
+def _check_mnist_input(model: str, in_features: object) -> None:
+    if in_features != MNIST_FEATURES:
+        raise AlscaleError(
+            f"model {model!r} needs {MNIST_FEATURES} features (28x28 images), the pool has {in_features!r}"
+        )
+
+
 def _check_dropout(model: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
         raise AlscaleError(f"model {model!r} kwarg dropout must be a number in [0, 1), got {value!r}")
@@ -210,10 +217,7 @@ def mnist_cnn(
     init_seed: int = 0,
 ) -> nn.Module:
     """The BatchBALD paper's MNIST CNN; needs ``in_features == 784`` (28 x 28 images)."""
-    if in_features != MNIST_FEATURES:
-        raise AlscaleError(
-            f"model 'mnist_cnn' needs {MNIST_FEATURES} features (28x28 images), the pool has {in_features!r}"
-        )
+    _check_mnist_input("mnist_cnn", in_features)
     num_classes = _check_int("mnist_cnn", "num_classes", num_classes, 2)
     p = _check_dropout("mnist_cnn", dropout)
     with _seeded(init_seed):
@@ -229,10 +233,7 @@ def gal_cnn(
     init_seed: int = 0,
 ) -> nn.Module:
     """Gal et al. 2017's MNIST Bayesian CNN; needs ``in_features == 784`` (28 x 28 images)."""
-    if in_features != MNIST_FEATURES:
-        raise AlscaleError(
-            f"model 'gal_cnn' needs {MNIST_FEATURES} features (28x28 images), the pool has {in_features!r}"
-        )
+    _check_mnist_input("gal_cnn", in_features)
     num_classes = _check_int("gal_cnn", "num_classes", num_classes, 2)
     p_conv = _check_dropout("gal_cnn", dropout_conv)
     p_fc = _check_dropout("gal_cnn", dropout_fc)
