@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default: the job's 'output')")
     r.add_argument("--force", action="store_true", help="overwrite an output directory that holds a selection")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in the output directory: reuse its valid cached scores")
 
     sb = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API")
     sb.add_argument("job")
@@ -157,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     from alscale.runtime.coordinator import run_job
 
     job = load_job(args.job, args.overrides)
-    result = run_job(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None)
+    result = run_job(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None,
+                     resume=args.resume)
     _print_summary(result)
     return 0
 

@@ -56,6 +56,8 @@ _SCHEMA: dict[str, Any] = {
         "gpus_per_worker": None,
         "chunk_rows": None,
         "startup_timeout_s": None,
+        "cache": None,
+        "memory_budget": None,
     },
     "seed": None,
     "output": None,
@@ -94,6 +96,8 @@ class RuntimeConfig:
     gpus_per_worker: float | None = None
     chunk_rows: int = 65536
     startup_timeout_s: float = 300.0  # Ray: give up when the workers cannot all be placed by then
+    cache: bool = True  # keep per-chunk model outputs in OUT/cache/ for --resume
+    memory_budget: int | None = None  # bytes per worker: stream the shard (alscale.runtime.memory)
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,20 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     if not (is_num(startup_timeout_s) and startup_timeout_s > 0):
         errors.append(f"runtime.startup_timeout_s must be a positive number of seconds; got {startup_timeout_s!r}")
 
+    cache = rt.get("cache", True)
+    if not isinstance(cache, bool):
+        errors.append(f"runtime.cache must be true or false; got {cache!r}")
+
+    budget_raw = rt.get("memory_budget")
+    memory_budget = None
+    if budget_raw is not None:
+        from alscale.runtime.memory import parse_bytes
+
+        memory_budget = parse_bytes(budget_raw)
+        if memory_budget is None:
+            errors.append(f"runtime.memory_budget must be a size per worker such as 4GiB, 512MB or a number of bytes, "
+                          f"or null; got {budget_raw!r}")
+
     seed = raw.get("seed", 0)
     if not (is_int(seed) and seed >= 0):
         errors.append(f"seed must be a non-negative integer; got {seed!r}")
@@ -315,6 +333,8 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             gpus_per_worker=rt.get("gpus_per_worker"),
             chunk_rows=int(chunk_rows),
             startup_timeout_s=float(startup_timeout_s),
+            cache=bool(cache),
+            memory_budget=memory_budget,
         ),
         seed=int(seed),
         output=output,

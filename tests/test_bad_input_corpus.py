@@ -143,6 +143,13 @@ CASES = [
     ("wrong class count in the pool for the model", "good",
      {"model": {**MLP, "kwargs": {"num_classes": 1, "hidden": 8}}}, "num_classes must be an int >= 2"),
     ("no model and no log_probs", "featonly", {}, "has no 'log_probs' column and the job has no model"),
+    ("memory budget that is not a size", "good", {"runtime": {"executor": "local", "memory_budget": "lots"}},
+     "runtime.memory_budget must be a size per worker such as 4GiB, 512MB or a number of bytes, or null; got 'lots'"),
+    ("memory budget below what the strategy keeps", "good",
+     {"strategy": {"name": "kcenter", "budget": 5}, "runtime": {"executor": "local", "memory_budget": 100}},
+     "runtime.memory_budget 100 B per worker cannot hold what strategy kcenter keeps for a shard of 60 rows"),
+    ("cache flag that is not a boolean", "good", {"runtime": {"executor": "local", "cache": "yes please"}},
+     "runtime.cache must be true or false; got 'yes please'"),
 ]
 
 

@@ -166,6 +166,8 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
     ids, x, y, info = pool_arrays
     test_x, test_y = test
     check_simulation_dir(out, force)
+    # Each round scores a new model once: no per-chunk caches for --resume (alscale.runtime.cache).
+    job = dataclasses.replace(job, runtime=dataclasses.replace(job.runtime, cache=False))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
 

@@ -149,6 +149,7 @@ def run_job(
     force: bool = False,
     progress: bool | None = None,
     executor: Any = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run one acquisition job end to end and write its output directory.
 
@@ -158,6 +159,10 @@ def run_job(
     ``executor``: an open executor with one worker per shard of the job's plan, reused (and
     left open) instead of starting one; the active-learning loop passes its own so that Ray
     and the worker processes start once per simulation, not once per round.
+
+    ``resume``: continue an interrupted run in ``out_dir``: chunks whose cached model
+    outputs are valid (:mod:`alscale.runtime.cache`) are not scored again; missing, corrupt
+    or foreign caches are scored and rewritten. Without it, earlier caches are removed.
     """
     started = datetime.now(timezone.utc)
     timings = PhaseTimings()
@@ -165,7 +170,7 @@ def run_job(
     if target is None:
         raise AlscaleError("no output directory: set 'output' in the job or pass --out DIR")
     out_path = str(target)
-    output.check_output_dir(out_path, force=force)
+    output.check_output_dir(out_path, force=force, resume=resume)
 
     with _phase(timings, "validate"):
         info = open_pool(job.pool)
@@ -176,22 +181,39 @@ def run_job(
         _check_labeled_in_pool(labeled, job.labeled, info)
         model_spec = None
         in_features = int(info.feature_dim or 0)
+        dims = (info.n_samples or 1, info.n_classes, info.embedding_dim)  # K, C, E of what is scored
         if uses_model(job):
             model_spec = job_model_spec(job)
-            in_features = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
+            in_features, n_classes, emb_dim = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
+            dims = (model_spec.mc_samples, n_classes, emb_dim)
         elif job.model is not None:
             needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
             why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
                    else "needs no model outputs")
             logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
+        stream = _stream_plan(job, info, in_features, dims) if job.runtime.memory_budget else None
     # One job per output directory: a second one refuses instead of interleaving.
     with output.OutputLock(out_path):
-        output.check_output_dir(out_path, force=force)
-        return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor)
+        output.check_output_dir(out_path, force=force, resume=resume)
+        cache_record = None
+        if model_spec is not None and job.runtime.cache:
+            from alscale.runtime.cache import fingerprint
+
+            with _phase(timings, "validate"):
+                cache_record = fingerprint(info, model_spec, job.seed, in_features)
+        if not resume:
+            from alscale.runtime.cache import remove_caches
+
+            remove_caches(output.output_location(out_path))
+        for name in output.remove_partial_files(out_path):
+            logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
+        return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor,
+                        cache_record, resume, stream)
 
 
 def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int, out_path: str,
-             timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any) -> RunResult:
+             timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any,
+             cache_record: dict[str, Any] | None = None, resume: bool = False, stream: Any = None) -> RunResult:
     """The phases after validation: start-up, read, score, select, write."""
     plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     columns = _columns_needed(job, info)
@@ -212,10 +234,19 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
             if model_spec is not None:
                 executor.map("prepare_model", [(model_spec, job.seed, in_features)] * len(plan))
         with _phase(timings, "read"):
-            executor.map("load", [(spec, columns, model_spec is not None) for spec in plan])
+            executor.map("load", [(spec, columns, model_spec is not None, True, stream) for spec in plan])
+        chunk_rows = stream.chunk_rows if stream is not None else job.runtime.chunk_rows
+        if model_spec is None and stream is not None:  # stream the pool's outputs through the workers
+            with _phase(timings, "read"):
+                _score_all(executor, plan, chunk_rows, progress, desc="reading")
+        cache_info = None
         with _phase(timings, "score"):
             if model_spec is not None:
-                _score_all(executor, plan, job.runtime.chunk_rows, progress)
+                if cache_record is not None:
+                    executor.map("use_cache", [(out_path, cache_record, resume)] * len(plan))
+                _score_all(executor, plan, chunk_rows, progress)
+                if cache_record is not None:
+                    cache_info = _cache_summary(executor.map("cache_stats", [()] * len(plan)), cache_record)
         shards = FanoutShards(executor)
         with _phase(timings, "select"):
             n_labeled_in_pool = shards.exclude(labeled)
@@ -250,6 +281,13 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         "shard_plan": [[s.start, s.stop] for s in plan],
         "runtime": executor_info,
         "round_trips": shards.round_trips,
+        "resumed": bool(resume),
+        "memory": None if stream is None else {
+            "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,
+            "kept": {"base_score": stream.base_score, "log_probs": stream.keep_log_probs,
+                     "embeddings": stream.keep_embeddings},
+            "resident_bytes_per_row": stream.resident_bytes_per_row},
+        "cache": cache_info,
         "started_utc": started.isoformat(),
         "versions": output.versions(),
         "git_revision": output.git_revision(),
@@ -265,6 +303,23 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
     _add_throughput(manifest, timings, info.n_rows)
     logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
     return RunResult(selection=selection, out_dir=out_path, manifest=manifest)
+
+
+def _cache_summary(per_worker: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``cache`` entry: the fingerprint and, over all workers, the chunks
+    (pool row ranges) reused from an earlier run, scored now, and rejected (with reasons)."""
+    out: dict[str, Any] = {"dir": "cache", "fingerprint": record["sha256"], "reused": [], "computed": [],
+                           "rejected": []}
+    for stats in per_worker:
+        for key in ("reused", "computed", "rejected"):
+            out[key].extend(stats.get(key, []))
+    out["reused"].sort()
+    out["computed"].sort()
+    if out["rejected"]:
+        logger.warning("%d cached chunk(s) were invalid and scored again", len(out["rejected"]))
+    if out["reused"]:
+        logger.info("resumed: %d chunk(s) from cache, %d scored", len(out["reused"]), len(out["computed"]))
+    return out
 
 
 def _add_throughput(manifest: dict[str, Any], timings: PhaseTimings, n_rows: int) -> None:
@@ -301,11 +356,12 @@ def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
     return cols
 
 
-def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool = False) -> int:
+def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool = False
+               ) -> tuple[int, int, int | None]:
     """Build the model in the driver and run it on the pool's first rows, so factory,
     checkpoint and dimension errors (and a missing embedding output) surface before any
     worker starts. Returns the model's input width D (decoded from the first image for
-    raw-image pools)."""
+    raw-image pools), its class count C and embedding width E (None: logits only)."""
     from alscale.pool import read_shard
     from alscale.types import ShardSpec
 
@@ -335,16 +391,45 @@ def _dry_build(model_spec: Any, info: PoolInfo, seed: int, needs_embedding: bool
             f"model {model_spec.factory} returns logits only, but the strategy needs embeddings from it; return "
             "(logits, embedding) from forward, or use the pool's 'embedding' column (strategy.embedding: column)"
         )
-    return int(head.shape[1])
+    return int(head.shape[1]), int(scorer.n_classes or 0), scorer.embedding_dim
 
 
-def _score_all(executor: Any, plan: list, chunk_rows: int, progress: bool) -> None:
+def _stream_plan(job: JobSpec, info: PoolInfo, in_features: int, dims: tuple) -> Any:
+    """What each worker keeps and reads per chunk under ``runtime.memory_budget``."""
+    from alscale.pool.info import open_files
+    from alscale.runtime.memory import plan_stream
+
+    n_samples, n_classes, emb_dim = dims
+    columns = _columns_needed(job, info)
+    if uses_model(job):
+        if info.media is None:
+            per_row = 4 * in_features
+        else:  # encoded images: their share of the pool's bytes, plus the decoded input
+            pool = open_files(info.path)
+            per_row = sum(f.loc.fs.get_file_info(f.loc.path).size for f in pool.files) // max(info.n_rows, 1)
+            per_row += 4 * in_features
+    else:
+        per_row = (4 * n_samples * (n_classes or 0) if "log_probs" in columns else 0) + \
+                  (4 * (emb_dim or 0) if "embedding" in columns else 0)
+    largest = None
+    if info.format == "parquet":
+        pool = open_files(info.path)
+        rows, where = max((max(f.piece_rows, default=0), f.where) for f in pool.files)
+        largest = (where, rows * (per_row + 8))
+    shard_rows = [s.n_rows for s in plan_shards(job.pool, info.n_rows, job.runtime.shards)]
+    return plan_stream(budget=int(job.runtime.memory_budget), shard_rows=shard_rows, columns=columns,
+                       strategy=job.strategy.name, options=job.strategy.options, input_bytes_per_row=per_row,
+                       n_samples=int(n_samples), n_classes=n_classes, embedding_dim=emb_dim,
+                       job_chunk_rows=job.runtime.chunk_rows, largest_piece=largest, pool=info.path)
+
+
+def _score_all(executor: Any, plan: list, chunk_rows: int, progress: bool, desc: str = "scoring") -> None:
     """Drive every worker through its shard chunk by chunk, with a progress bar."""
     from tqdm import tqdm
 
     n_chunks = max(math.ceil(s.n_rows / chunk_rows) for s in plan)
     total = sum(s.n_rows for s in plan)
-    with tqdm(total=total, unit="rows", desc="scoring", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=total, unit="rows", desc=desc, disable=not progress, file=sys.stderr) as bar:
         for chunk in range(n_chunks):
             done = executor.map("score_chunk", [(chunk, chunk_rows)] * len(plan))
             bar.update(int(sum(done)))

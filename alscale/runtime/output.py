@@ -49,15 +49,45 @@ def output_location(out_dir: str | Path) -> Location:
     return Location(pafs.LocalFileSystem(), local, target, local)
 
 
-def check_output_dir(out_dir: str | Path, *, force: bool) -> None:
-    """Refuse to overwrite a finished selection unless ``force``."""
+def check_output_dir(out_dir: str | Path, *, force: bool, resume: bool = False) -> None:
+    """Refuse to overwrite a finished selection unless ``force``, and to start over on the
+    caches of an interrupted run unless ``resume`` (continue it) or ``force`` (start over)."""
+    from alscale.runtime.cache import has_caches
+
     loc = output_location(out_dir)
     if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
         raise AlscaleError(f"output {loc.display} exists and is not a directory; choose another --out")
     done = [name for name in (SELECTION_FILE, MANIFEST_FILE)
             if loc.fs.get_file_info(loc.child(name).path).type == pafs.FileType.File]
+    if resume and MANIFEST_FILE not in done:
+        done = []  # a selection without its manifest was cut off while writing: resume rewrites it
     if done and not force:
+        if resume:
+            raise AlscaleError(f"output {loc.display} already holds a finished selection ({done[0]}); pass --force "
+                               "with --resume to select again from its cached scores, or choose another --out")
         raise AlscaleError(f"output {loc.display} already holds a selection ({done[0]}); pass --force or choose another --out")
+    if not done and not resume and not force and has_caches(loc):
+        raise AlscaleError(f"output {loc.display} holds the cached scores of an interrupted run; pass --resume to "
+                           "continue it (valid caches are reused), --force to start over, or choose another --out")
+
+
+def remove_partial_files(out_dir: str | Path) -> list[str]:
+    """Delete the temporary files a killed writer left in a local output directory and its
+    cache (``.NAME.tmp...``: never a finished file); returns their names."""
+    from alscale.runtime.cache import CACHE_DIR
+
+    loc = output_location(out_dir)
+    if not loc.is_local:
+        return []
+    removed = []
+    for d in (Path(loc.path), Path(loc.path) / CACHE_DIR):
+        if d.is_dir():
+            for f in d.iterdir():
+                ours = f.name[1:].startswith((SELECTION_FILE, MANIFEST_FILE, "rows-"))
+                if f.name.startswith(".") and ours and ".tmp" in f.name and f.is_file():
+                    f.unlink(missing_ok=True)
+                    removed.append(f.name)
+    return removed
 
 
 def selection_table(selection: Selection, round: int) -> pa.Table:

@@ -60,6 +60,10 @@ class ShardWorker:
         self._embeddings: np.ndarray | None = None
         self._media: str | None = None  # "image" / "path": decode rows before scoring
         self._decoder: Any = None
+        self._cache: Any = None  # alscale.runtime.cache.ChunkCache, set by use_cache
+        self._stream: Any = None  # alscale.runtime.memory.StreamPlan, set by load
+        self._check_finite = True
+        self._base: np.ndarray | None = None  # the stream plan's base score per row
 
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
@@ -67,71 +71,146 @@ class ShardWorker:
 
     # -- loading and scoring -------------------------------------------------------------
     def load(
-        self, spec: ShardSpec, columns: Sequence[str], will_score: bool = False, check_finite: bool = True
+        self, spec: ShardSpec, columns: Sequence[str], will_score: bool = False, check_finite: bool = True,
+        stream: Any = None,
     ) -> dict[str, float]:
         """Read the shard's rows (zero-copy where the format allows).
 
-        Unless ``will_score`` (a model will produce the log-probs), the shard is ready for
-        selection right after loading.
+        Unless ``will_score`` (a model will produce the log-probs) or ``stream``, the shard
+        is ready for selection right after loading. With a
+        :class:`alscale.runtime.memory.StreamPlan` only the row ids are read now; the
+        columns are read chunk by chunk by :meth:`score_chunk`, which keeps what the plan says.
         """
         t0 = time.perf_counter()
         self.spec = spec
+        self._stream = stream
+        self._check_finite = check_finite
         media = [c for c in columns if c in MEDIA_COLUMNS]
         self._media = media[0] if media else None
         self._decoder = None
-        self.data = read_shard(spec, [c for c in columns if c not in MEDIA_COLUMNS], check_finite=check_finite,
-                               check_normalised=check_finite)
+        read_now = [] if stream is not None else [c for c in columns if c not in MEDIA_COLUMNS]
+        self.data = read_shard(spec, read_now, check_finite=check_finite, check_normalised=check_finite)
         self.state = None
         self._log_probs = self._embeddings = None
-        if not will_score:
+        self._base: np.ndarray | None = None
+        if not will_score and stream is None:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
         return {"rows": float(self.data.n_rows), "seconds": time.perf_counter() - t0}
 
     def score_chunk(self, chunk: int, chunk_rows: int) -> int:
         """Score rows ``[chunk*chunk_rows, (chunk+1)*chunk_rows)`` of this shard with the model
-        built by :meth:`prepare_model`.
+        built by :meth:`prepare_model` (a streaming worker without a model reads the chunk's
+        log-probs / embeddings from the pool instead), and keep what the selection needs.
 
         Chunks beyond the shard's end are no-ops, so the coordinator can drive all
         shards through the same chunk indices (and a progress bar) in lockstep.
         Returns the number of rows scored.
         """
         assert self.data is not None
-        if self._scorer is None:
+        if self._scorer is None and self._stream is None:
             raise RuntimeError("prepare_model must run before score_chunk")
         n = self.data.n_rows
         start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
         if start >= stop:
             return 0
-        if self._media is None:
-            assert self.data.features_N_D is not None
-            log_probs_B_K_C, emb_B_E = self._scorer.score(self.data.features_N_D[start:stop])
-        else:
-            log_probs_B_K_C, emb_B_E = self._score_media(start, stop)
-        if self._log_probs is None:
-            self._log_probs = np.empty((n, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
-            if emb_B_E is not None:
-                self._embeddings = np.empty((n, emb_B_E.shape[1]), dtype=np.float32)
-        self._log_probs[start:stop] = log_probs_B_K_C
-        if emb_B_E is not None and self._embeddings is not None:
-            self._embeddings[start:stop] = emb_B_E
+        log_probs_B_K_C, emb_B_E = self._chunk_outputs(start, stop)
+        self._keep(start, stop, log_probs_B_K_C, emb_B_E)
         if stop == n:
-            self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings)
+            base = {} if self._base is None else {self._stream.base_score: self._base}
+            self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings, base)
         return stop - start
+
+    def _chunk_spec(self, start: int, stop: int) -> ShardSpec:
+        assert self.spec is not None
+        return ShardSpec(self.spec.pool, self.spec.index, self.spec.start + start, self.spec.start + stop)
+
+    def _chunk_outputs(self, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The model outputs of rows ``[start, stop)`` (from the cache when it holds them),
+        or, streaming without a model, the pool's log-probs / embeddings of those rows."""
+        assert self.data is not None
+        if self._scorer is None:  # streaming a pool that holds the model outputs
+            cols = [c for c in self._stream.columns if c not in MEDIA_COLUMNS]
+            part = read_shard(self._chunk_spec(start, stop), cols, check_finite=self._check_finite,
+                              check_normalised=self._check_finite)
+            return part.log_probs_N_K_C, part.embeddings_N_D
+        cached = None
+        if self._cache is not None:
+            assert self.spec is not None
+            self._scorer.model  # noqa: B018 -- builds the model, so its device is known
+            device_type = self._scorer.device.type
+            lo, hi = self.spec.start + start, self.spec.start + stop
+            cached = self._cache.load(lo, hi, self.data.row_ids_N[start:stop], device_type)
+        if cached is not None:
+            return cached
+        if self._media is not None:
+            out = self._score_media(start, stop)
+        elif self._stream is not None:
+            part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
+            out = self._scorer.score(part.features_N_D)
+        else:
+            assert self.data.features_N_D is not None
+            out = self._scorer.score(self.data.features_N_D[start:stop])
+        if self._cache is not None:
+            self._cache.store(lo, hi, self.data.row_ids_N[start:stop], out[0], out[1], device_type)
+        return out
+
+    def _keep(self, start: int, stop: int, log_probs_B_K_C: np.ndarray | None, emb_B_E: np.ndarray | None) -> None:
+        """Store what the selection needs of rows ``[start, stop)``: everything, or (streaming)
+        the plan's base score, log-probs and/or embeddings."""
+        assert self.data is not None
+        n = self.data.n_rows
+        plan = self._stream
+        if plan is not None and plan.base_score is not None:
+            from alscale.strategies.registry import get_strategy
+
+            if self._base is None:
+                self._base = np.empty(n, dtype=np.float64)
+            self._base[start:stop] = get_strategy(plan.base_score).score_fn(log_probs_B_K_C)
+        keep_lp = plan is None or plan.keep_log_probs
+        keep_emb = plan is None or plan.keep_embeddings
+        if keep_lp and log_probs_B_K_C is not None:
+            if self._log_probs is None:
+                self._log_probs = np.empty((n, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
+            self._log_probs[start:stop] = log_probs_B_K_C
+        if keep_emb and emb_B_E is not None:
+            if self._embeddings is None:
+                self._embeddings = np.empty((n, emb_B_E.shape[1]), dtype=np.float32)
+            self._embeddings[start:stop] = emb_B_E
 
     def _score_media(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Decode rows ``[start, stop)`` batch by batch (the next batch decodes on other threads
         while the model runs on this one) and score them."""
-        assert self.spec is not None and self._media is not None
-        if self._decoder is None:
-            assert self.data is not None
-            self._decoder = media_decoder(self.spec, self._media, self._scorer.spec, self.data.row_ids_N)
+        assert self.spec is not None and self._media is not None and self.data is not None
+        if self._stream is not None:  # a decoder over this chunk's rows only
+            decoder = media_decoder(self._chunk_spec(start, stop), self._media, self._scorer.spec,
+                                    self.data.row_ids_N[start:stop])
+            start, stop = 0, stop - start
+        else:
+            if self._decoder is None:
+                self._decoder = media_decoder(self.spec, self._media, self._scorer.spec, self.data.row_ids_N)
+            decoder = self._decoder
         lps, embs = [], []
-        for _, x_B_D in self._decoder.batches(start, stop, self._scorer.spec.batch_size):
+        for _, x_B_D in decoder.batches(start, stop, self._scorer.spec.batch_size):
             lp, emb = self._scorer.score(x_B_D)
             lps.append(lp)
             embs.append(emb)
         emb_all = None if embs[0] is None else np.concatenate(embs)
         return np.concatenate(lps), emb_all
+
+    def use_cache(self, out_dir: str, record: dict[str, Any], reuse: bool) -> None:
+        """Keep each scored chunk in ``out_dir``'s cache (and, with ``reuse``, read valid caches
+        instead of scoring); see :mod:`alscale.runtime.cache`."""
+        from alscale.runtime.cache import ChunkCache
+        from alscale.runtime.output import output_location
+
+        self._cache = ChunkCache(output_location(out_dir), record, reuse=reuse)
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Chunks reused, computed and rejected by this worker's cache ({} without one)."""
+        if self._cache is None:
+            return {}
+        st = self._cache.stats
+        return {"reused": st.reused, "computed": st.computed, "rejected": st.rejected}
 
     def prepare_model(self, model_spec: Any, seed: int, in_features: int) -> None:
         """Import torch and build the model now (start-up), not inside the first scoring call."""

@@ -118,6 +118,9 @@ class ShardState:
         row_ids_N: int64 pool ids of the rows (unique across all partitions).
         log_probs_N_K_C: natural-log probabilities, or None for strategies that need none.
         embeddings_N_D: penultimate-layer embeddings, kept for the diversity strategies.
+        base_scores: score-strategy name -> its scores ``[N]`` computed ahead (a worker that
+            streams its shard keeps these instead of the log-probs); used in place of the
+            log-probs for that score.
     """
 
     def __init__(
@@ -125,10 +128,12 @@ class ShardState:
         row_ids_N: np.ndarray,
         log_probs_N_K_C: np.ndarray | None = None,
         embeddings_N_D: np.ndarray | None = None,
+        base_scores: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.row_ids_N = np.asarray(row_ids_N, dtype=np.int64)
         self.log_probs_N_K_C = log_probs_N_K_C
         self.embeddings_N_D = embeddings_N_D
+        self.base_scores = dict(base_scores or {})
         self.labeled_N = np.zeros(self.row_ids_N.shape[0], dtype=bool)
         self._scores_N: np.ndarray | None = None  # ranking key per row
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
@@ -163,11 +168,10 @@ class ShardState:
             self._base_N = noise.keyed_uniform(seed, round, self.row_ids_N)
             self._scores_N = self._base_N
         elif info.kind == "score":
-            self._base_N = info.score_fn(self._need_log_probs(info.name))
+            self._base_N = self._score(info.name, info.name)
             self._scores_N = self._base_N
         else:  # stochastic: Gumbel-top-k over a transform of a base score
-            base = registry.get_strategy(opts["base"])
-            self._base_N = base.score_fn(self._need_log_probs(info.name))
+            self._base_N = self._score(registry.get_strategy(opts["base"]).name, info.name)
             gumbel_N = noise.keyed_gumbel(seed, round, self.row_ids_N)
             if info.name == "power":
                 self._scores_N = scores.power_keys(self._base_N, gumbel_N, opts["beta"])
@@ -178,6 +182,12 @@ class ShardState:
         self._base_order = None
         if self._scores_N is not None and np.isnan(self._scores_N).any():
             raise ValueError(f"strategy {info.name} produced NaN scores")  # kernels assume valid input
+
+    def _score(self, score_name: str, strategy: str) -> np.ndarray:
+        """The score ``score_name`` of every row: computed ahead, or from the log-probs."""
+        if score_name in self.base_scores:
+            return self.base_scores[score_name]
+        return registry.get_strategy(score_name).score_fn(self._need_log_probs(strategy))
 
     def _need_log_probs(self, name: str) -> np.ndarray:
         if self.log_probs_N_K_C is None:
