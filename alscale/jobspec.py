@@ -206,7 +206,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
     pool = section("pool", True)
     pool_path = pool.get("path")
-    if pool and not (isinstance(pool_path, str) and pool_path):
+    if isinstance(raw.get("pool"), dict) and not (isinstance(pool_path, str) and pool_path):
         errors.append(f"pool.path must be a path or URI string; got {pool_path!r}")
 
     labeled = section("labeled", False)
@@ -225,7 +225,8 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     strat = section("strategy", True)
     name = strat.get("name")
     info = None
-    if strat and name is None:
+    strat_given = isinstance(raw.get("strategy"), dict)  # an empty mapping still names its missing fields
+    if strat_given and name is None:
         errors.append("strategy.name is missing (valid: " + ", ".join(registry.strategy_names()) + ")")
     elif name is not None:
         if not isinstance(name, str):
@@ -236,7 +237,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             except AlscaleError as exc:
                 errors.append(f"strategy.name: {exc}")
     budget = strat.get("budget")
-    if strat and not (is_int(budget) and budget > 0):
+    if strat_given and not (is_int(budget) and budget > 0):
         errors.append(f"strategy.budget must be a positive integer; got {budget!r}")
     options = strat.get("options") or {}
     if not isinstance(options, dict):

@@ -109,3 +109,10 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(JobError, match="top level must be a mapping"):
         load_job(p)
+
+
+def test_empty_sections_name_their_missing_fields():
+    """Found by the hypothesis fuzz test: ``{strategy: {}, pool: {}}`` crashed instead of listing errors."""
+    with pytest.raises(JobError, match=r"3 errors: pool.path must be a path or URI string; got None; "
+                                       r"strategy.name is missing .*strategy.budget must be a positive integer"):
+        validate_job({"strategy": {}, "pool": {}})
