@@ -1,0 +1,281 @@
+"""ProbCover (Yehuda, Dekel, Hacohen & Weinshall, NeurIPS 2022): greedy maximum coverage of
+δ-balls, for very small budgets on self-supervised embeddings.
+
+As the paper and its reference code define it:
+
+- embeddings are L2-normalised (``normalize: true``);
+- the graph has a directed edge ``x → x'`` when ``‖x − x'‖ < δ`` (every row covers itself);
+- rows within δ of a labelled row are covered; repeatedly the row with the most edges to
+  uncovered rows is picked (ties to the lower ``row_id``) and everything in its ball becomes
+  covered; when no row covers anything new, the rest of the budget is uniformly random
+  (keyed by ``(seed, round, row_id)``), as the reference does;
+- ``delta: auto`` applies the paper's purity rule: with k-means pseudo-labels
+  (``n_classes`` clusters, :mod:`alscale.strategies.clustering`), a ball is pure when all its
+  rows share its center's label, i.e. when δ ≤ the distance from the center to its nearest
+  row of another label; δ is the largest value at which at least ``purity`` (0.95) of the
+  balls are pure — the exact value, where the paper scans a grid of δ.
+
+Sharded and bounded: the rows are streamed to every shard in chunks of ``chunk_rows``
+(through the coordinator); each shard keeps, per row it holds, the ids of its neighbours
+within δ (sparse edges, canonical float64 distances, so the graph is the same for any
+sharding) and a degree. Each pick costs one fan-out (the picked row's ball goes out, the
+shards lower their degrees and offer their best row). All-pairs distances cost N²·D; the
+number of edges is capped by ``max_edges`` (a clear error names δ and the count).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.index.exact import sq_dist_rows
+from alscale.strategies import noise
+from alscale.strategies.clustering import kmeans
+from alscale.strategies.shards import Shards, ShardState, shard_op
+from alscale.types import Selection
+
+_OP = "alscale.strategies.probcover."
+_PAIRS = 1 << 22  # row pairs per block of canonical distances
+
+
+def _normed(state: ShardState, normalize: bool) -> np.ndarray:
+    sc = state.scratch.setdefault("probcover", {})
+    if "x" not in sc:
+        if state.embeddings_N_D is None:
+            raise ValueError("ProbCover needs embeddings, but this shard has none")
+        x = np.asarray(state.embeddings_N_D, dtype=np.float64)
+        if normalize:
+            norm = np.sqrt((x * x).sum(axis=1, keepdims=True))
+            x = x / np.where(norm > 0, norm, 1.0)
+        sc["x"] = x.astype(np.float32)
+    return sc["x"]
+
+
+def _pairs_within(a: np.ndarray, b: np.ndarray, limit_sq: float, *, strict: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i of a, j of b) with canonical squared distance < limit_sq (or <=), and the values."""
+    out_i, out_j, out_d = [], [], []
+    rows = max(1, _PAIRS // max(1, b.shape[0]))
+    a_sq = (a.astype(np.float64) ** 2).sum(1)
+    b_sq = (b.astype(np.float64) ** 2).sum(1)
+    for r0 in range(0, a.shape[0], rows):
+        ab = a[r0:r0 + rows].astype(np.float64)
+        approx = a_sq[r0:r0 + rows, None] + b_sq[None, :] - 2.0 * (ab @ b.T.astype(np.float64))
+        i, j = np.nonzero(approx <= limit_sq + 1e-6 * (1.0 + limit_sq))  # float64 slack, then canonical
+        d = sq_dist_rows(a[r0 + i], b[j])
+        keep = d < limit_sq if strict else d <= limit_sq
+        out_i.append(r0 + i[keep])
+        out_j.append(j[keep])
+        out_d.append(d[keep])
+    if not out_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+# -- shard ops: the purity rule --------------------------------------------------------
+
+@shard_op
+def pc_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of this shard: (row_ids, normalised embeddings, k-means labels or empty)."""
+    x = _normed(state, normalize)
+    labels = state.scratch.get("kmeans")
+    lab = labels[start:stop] if labels is not None else np.empty(0, np.int64)
+    return state.row_ids_N[start:stop], x[start:stop], lab
+
+
+@shard_op
+def pc_other_label_dist(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarray, normalize: bool) -> None:
+    """Lower each row's squared distance to its nearest row of another pseudo-label."""
+    x = _normed(state, normalize)
+    sc = state.scratch["probcover"]
+    mine = state.scratch["kmeans"]
+    r = sc.setdefault("r_sq", np.full(x.shape[0], np.inf))
+    rows = max(1, _PAIRS // max(1, x_M_D.shape[0]))
+    m_sq = (x_M_D.astype(np.float64) ** 2).sum(1)
+    for r0 in range(0, x.shape[0], rows):
+        xb = x[r0:r0 + rows]
+        approx = (xb.astype(np.float64) ** 2).sum(1)[:, None] + m_sq[None, :] - 2.0 * (
+            xb.astype(np.float64) @ x_M_D.T.astype(np.float64))
+        approx[mine[r0:r0 + rows, None] == labels_M[None, :]] = np.inf
+        j = np.argmin(approx, axis=1)
+        # Canonical value of every pair within float64 slack of the row's approximate minimum.
+        lim = approx[np.arange(approx.shape[0]), j] + 1e-6 * (1.0 + np.abs(approx[np.arange(approx.shape[0]), j]))
+        i_idx, j_idx = np.nonzero(approx <= lim[:, None])
+        if i_idx.size:
+            d = sq_dist_rows(xb[i_idx], x_M_D[j_idx])
+            np.minimum.at(r, r0 + i_idx, d)
+
+
+@shard_op
+def pc_other_label_values(state: ShardState) -> np.ndarray:
+    return state.scratch["probcover"]["r_sq"]
+
+
+# -- shard ops: the graph and the greedy ---------------------------------------------------
+
+@shard_op
+def pc_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq: float, normalize: bool) -> int:
+    """Add edges from this shard's rows to the chunk's rows within δ; returns edges added."""
+    x = _normed(state, normalize)
+    sc = state.scratch["probcover"]
+    i, j, _ = _pairs_within(x, x_M_D, delta_sq)
+    sc.setdefault("src", []).append(i.astype(np.int64))
+    sc.setdefault("dst", []).append(np.asarray(ids_M, np.int64)[j])
+    return int(i.size)
+
+
+@shard_op
+def pc_finish(state: ShardState) -> None:
+    """Freeze the edges: CSR by source row, and (target id -> source rows) for the updates."""
+    sc = state.scratch["probcover"]
+    src = np.concatenate(sc.pop("src", [np.empty(0, np.int64)]))
+    dst = np.concatenate(sc.pop("dst", [np.empty(0, np.int64)]))
+    o = np.lexsort((dst, src))
+    sc["csr_dst"] = dst[o]
+    sc["csr_ptr"] = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=state.row_ids_N.shape[0]))])
+    o2 = np.argsort(dst, kind="stable")
+    sc["rev_ids"] = dst[o2]
+    sc["rev_src"] = src[o2]
+    sc["degree"] = np.diff(sc["csr_ptr"]).astype(np.int64)
+    sc["covered_ids"] = np.empty(0, np.int64)
+
+
+@shard_op
+def pc_ball(state: ShardState, row_ids: np.ndarray) -> np.ndarray:
+    """The union of the balls (neighbour ids) of the requested rows held here."""
+    sc = state.scratch["probcover"]
+    pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
+    parts = [sc["csr_dst"][sc["csr_ptr"][p]:sc["csr_ptr"][p + 1]] for p in pos]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+@shard_op
+def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) -> tuple[int, int]:
+    """Mark ``new_ids`` covered (lowering the degree of every row with an edge to one), take
+    ``exclude_ids`` out of the candidates; return this shard's best (degree, row_id)."""
+    sc = state.scratch["probcover"]
+    new_ids = np.asarray(new_ids, np.int64)
+    if new_ids.size:
+        lo = np.searchsorted(sc["rev_ids"], new_ids, side="left")
+        hi = np.searchsorted(sc["rev_ids"], new_ids, side="right")
+        hit = np.concatenate([sc["rev_src"][a:b] for a, b in zip(lo, hi)])
+        np.subtract.at(sc["degree"], hit, 1)
+    picked = sc.setdefault("picked", np.zeros(state.row_ids_N.shape[0], dtype=bool))
+    if np.asarray(exclude_ids).size:
+        picked |= np.isin(state.row_ids_N, exclude_ids)
+    cand = np.flatnonzero(~state.labeled_N & ~picked)
+    if cand.size == 0:
+        return -1, -1
+    deg = sc["degree"][cand]
+    best = deg.max()
+    at = cand[deg == best]
+    return int(best), int(state.row_ids_N[at].min())
+
+
+@shard_op
+def pc_random(state: ShardState, seed: int, round: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """This shard's best ``k`` unlabelled rows by keyed uniform noise (the random fill)."""
+    cand = np.flatnonzero(~state.labeled_N & ~state.scratch["probcover"]["picked"])
+    u = noise.keyed_uniform(seed, round, state.row_ids_N[cand])
+    o = np.lexsort((state.row_ids_N[cand], -u))[:k]
+    return u[o], state.row_ids_N[cand][o]
+
+
+# -- coordinator --------------------------------------------------------------------------
+
+def _chunks(shards: Shards, sizes: list[int], chunk_rows: int, normalize: bool):
+    """Every row of the pool, shard by shard, in chunks: (row_ids, normalised x, labels)."""
+    for s, n in enumerate(sizes):
+        for start in range(0, n, chunk_rows):
+            args = [(start, min(n, start + chunk_rows), normalize) if t == s else (0, 0, normalize)
+                    for t in range(len(sizes))]
+            yield shards.call_each(_OP + "pc_chunk", args)[s]
+
+
+def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bool, chunk_rows: int,
+                 seed: int, round: int, kmeans_iters: int) -> float:
+    """The largest δ at which at least ``purity`` of the δ-balls are pure (module docstring)."""
+    kmeans(shards, int(min(n_classes, shards.n_rows())), seed=seed, round=round, max_iters=kmeans_iters)
+    sizes = [int(v) for v in shards.call("alscale.strategies.probcover.pc_size")]
+    for ids, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
+        shards.call(_OP + "pc_other_label_dist", x, lab, normalize)
+    r_sq = np.sort(np.concatenate(shards.call(_OP + "pc_other_label_values")))[::-1]
+    m = max(1, math.ceil(purity * r_sq.shape[0]))
+    return float(math.sqrt(r_sq[m - 1])) if np.isfinite(r_sq[m - 1]) else float("inf")
+
+
+@shard_op
+def pc_size(state: ShardState) -> int:
+    return int(state.row_ids_N.shape[0])
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    d = options["delta"]
+    if d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0):
+        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {d!r}")
+    p = options["purity"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {p!r}")
+    for key in ("n_classes", "chunk_rows", "max_edges", "kmeans_iters"):
+        v = options[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise AlscaleError(f"option {key} of strategy probcover must be an integer >= 1; got {v!r}")
+    if not isinstance(options["normalize"], bool):
+        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {options['normalize']!r}")
+    return options
+
+
+def select_probcover(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,
+                     round: int = 0) -> Selection:
+    """Registry entry ``probcover`` (module docstring). Labelled rows must be excluded already."""
+    n_cand = shards.n_candidates()
+    budget = min(budget, n_cand)
+    if budget == 0:
+        return Selection(np.empty(0, np.int64), np.empty(0), "probcover")
+    normalize, chunk = bool(options["normalize"]), int(options["chunk_rows"])
+    delta = options["delta"]
+    if delta == "auto":
+        delta = purity_delta(shards, n_classes=options["n_classes"], purity=options["purity"], normalize=normalize,
+                             chunk_rows=chunk, seed=seed, round=round, kmeans_iters=options["kmeans_iters"])
+    delta_sq = float(delta) ** 2
+    sizes = [int(v) for v in shards.call(_OP + "pc_size")]
+    edges = 0
+    for ids, x, _ in _chunks(shards, sizes, chunk, normalize):
+        edges += sum(shards.call(_OP + "pc_edges", ids, x, delta_sq, normalize))
+        if edges > options["max_edges"]:
+            raise AlscaleError(f"probcover: δ = {delta:.4g} gives more than {options['max_edges']:,} edges "
+                               f"({shards.n_rows():,} rows); set a smaller strategy.options.delta or raise max_edges")
+    shards.call(_OP + "pc_finish")
+    labeled = np.concatenate(shards.call(_OP + "pc_labeled_ids"))
+    covered = np.unique(np.concatenate(shards.call(_OP + "pc_ball", labeled))) if labeled.size else \
+        np.empty(0, np.int64)
+    best = shards.call(_OP + "pc_cover", covered, np.empty(0, np.int64))
+    covered_set = set(covered.tolist())
+    ids_B: list[int] = []
+    scores_B: list[float] = []
+    while len(ids_B) < budget:
+        deg, row = max((b for b in best if b[1] >= 0), key=lambda b: (b[0], -b[1]))
+        if deg <= 0:
+            break
+        ids_B.append(row)
+        scores_B.append(float(deg))
+        ball = np.unique(np.concatenate(shards.call(_OP + "pc_ball", np.array([row], np.int64))))
+        new = np.array([r for r in ball.tolist() if r not in covered_set], dtype=np.int64)
+        covered_set.update(new.tolist())
+        best = shards.call(_OP + "pc_cover", new, np.array([row], np.int64))
+    if len(ids_B) < budget:  # nothing left to cover: the reference fills the budget at random
+        parts = shards.call(_OP + "pc_random", seed, round, budget - len(ids_B))
+        u = np.concatenate([p[0] for p in parts])
+        r = np.concatenate([p[1] for p in parts])
+        o = np.lexsort((r, -u))[:budget - len(ids_B)]
+        ids_B += r[o].tolist()
+        scores_B += [0.0] * o.shape[0]
+    return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "probcover")
+
+
+@shard_op
+def pc_labeled_ids(state: ShardState) -> np.ndarray:
+    return state.row_ids_N[state.labeled_N]

@@ -1,0 +1,122 @@
+"""TypiClust (Hacohen, Dekel & Weinshall, ICML 2022): typical rows of uncovered clusters,
+for very small budgets (cold start) on good (e.g. self-supervised) embeddings.
+
+As the paper and its reference code define it:
+
+1. k-means of every row's embedding into ``min(|L| + B, max_clusters)`` clusters
+   (:mod:`alscale.strategies.clustering`; the reference caps at 500);
+2. clusters with at most ``min_cluster_size`` rows (5) are dropped; the rest are ordered
+   by labelled rows ascending, then size descending (then cluster index);
+3. pick t goes to cluster ``t mod (number of clusters)`` in that order: among the
+   cluster's unlabelled, not yet picked rows, the most *typical* one —
+   ``typicality(x) = 1 / (mean Euclidean distance from x to its k nearest neighbours + 1e-5)``
+   with ``k = min(knn, n // 2)`` over those ``n`` rows (``knn`` = 20) — ties to the lower
+   ``row_id``.
+
+Sharded: the clustering is sharded; a chosen cluster's rows (bounded by the cluster size)
+are gathered, ordered by ``row_id``, and their typicality computed in the coordinator in
+float64, so the picks are the same for any sharding. The score of a pick is its typicality.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.strategies.clustering import kmeans
+from alscale.strategies.shards import Shards
+from alscale.types import Selection
+
+_OP = "alscale.strategies.clustering."
+_BLOCK = 2048
+
+
+def knn_mean_distance(x_N_D: np.ndarray, k: int) -> np.ndarray:
+    """Mean Euclidean distance from each row to its ``k`` nearest other rows (float64 ``[N]``),
+    in row blocks (memory ``O(block * N)``)."""
+    x = np.asarray(x_N_D, dtype=np.float64)
+    n = x.shape[0]
+    sq = (x * x).sum(1)
+    out = np.empty(n)
+    for r0 in range(0, n, _BLOCK):
+        d2 = sq[r0:r0 + _BLOCK, None] + sq[None, :] - 2.0 * (x[r0:r0 + _BLOCK] @ x.T)
+        np.maximum(d2, 0.0, out=d2)
+        d2[np.arange(d2.shape[0]), np.arange(r0, r0 + d2.shape[0])] = np.inf  # not its own neighbour
+        part = np.partition(d2, k - 1, axis=1)[:, :k]
+        out[r0:r0 + _BLOCK] = np.sqrt(part).mean(axis=1)
+    return out
+
+
+def typicality(x_N_D: np.ndarray, knn: int) -> np.ndarray:
+    """TypiClust's typicality of each row among the rows ``x_N_D`` (float64 ``[N]``)."""
+    n = x_N_D.shape[0]
+    if n == 1:
+        return np.ones(1)
+    k = max(1, min(knn, n // 2))
+    return 1.0 / (knn_mean_distance(x_N_D, k) + 1e-5)
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    for key in ("max_clusters", "knn", "kmeans_iters"):
+        v = options[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise AlscaleError(f"option {key} must be an integer >= 1; got {v!r}")
+    v = options["min_cluster_size"]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise AlscaleError(f"option min_cluster_size must be an integer >= 0; got {v!r}")
+    return options
+
+
+def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,
+                     round: int = 0) -> Selection:
+    """Registry entry ``typiclust`` (module docstring). Labelled rows must be excluded already."""
+    n_rows, n_cand = shards.n_rows(), shards.n_candidates()
+    budget = min(budget, n_cand)
+    if budget == 0:
+        return Selection(np.empty(0, np.int64), np.empty(0), "typiclust")
+    n_labeled = n_rows - n_cand
+    k = int(min(n_labeled + budget, options["max_clusters"], n_cand))
+    km = kmeans(shards, k, seed=seed, round=round, max_iters=options["kmeans_iters"])
+    counts = km["counts"]
+    labeled = np.sum([c[1] for c in shards.call(_OP + "km_counts", k)], axis=0)
+    nonempty = np.flatnonzero(counts > 0)
+    big = counts[nonempty] > options["min_cluster_size"]
+
+    def ordered(cl: np.ndarray) -> np.ndarray:
+        return cl[np.lexsort((cl, -counts[cl], labeled[cl]))]
+
+    # The reference's clusters first; when they run out of rows, the small ones (same order).
+    orders = [ordered(nonempty[big]), ordered(nonempty[~big])]
+    picked: set[int] = set()
+    members: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    ids_B: list[int] = []
+    scores_B: list[float] = []
+    for order in orders:
+        exhausted: set[int] = set()
+        t = 0
+        while len(ids_B) < budget and len(exhausted) < order.size:
+            c = int(order[t % order.size])
+            t += 1
+            if c in exhausted:
+                continue
+            if c not in members:
+                parts = shards.call(_OP + "km_members", c)
+                ids = np.concatenate([p[0] for p in parts])
+                emb = np.concatenate([p[1] for p in parts])
+                free = ~np.concatenate([p[2] for p in parts])
+                srt = np.argsort(ids[free], kind="stable")
+                members[c] = (ids[free][srt], emb[free][srt])
+            ids, emb = members[c]
+            avail = np.fromiter((int(r) not in picked for r in ids), dtype=bool, count=ids.shape[0])
+            if not avail.any():
+                exhausted.add(c)
+                continue
+            typ = typicality(emb[avail], options["knn"])
+            best = int(np.flatnonzero(typ == typ.max())[0])  # rows in row_id order: ties to the lower id
+            row = int(ids[avail][best])
+            picked.add(row)
+            ids_B.append(row)
+            scores_B.append(float(typ[best]))
+    return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "typiclust")

@@ -1,0 +1,294 @@
+"""Cold start and huge batches (issue 9): k-means, TypiClust, ProbCover, Cluster-Margin, EGL.
+
+Each strategy against a brute-force implementation of its paper's definition on small data,
+and the same selection for every shard count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from alscale.errors import AlscaleError
+from alscale.index.exact import sq_dist_rows
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, registry, run_strategy
+from alscale.strategies.clustering import canonical_argmin, kmeans
+from alscale.strategies.egl import egl_scores
+from tests.conftest import log_softmax
+
+
+def blobs(n: int, d: int, k: int, seed: int = 0, spread: float = 4.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * spread
+    return (centers[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def make_shards(ids, emb, lp=None, n_shards=1, labeled=()):
+    bounds = np.linspace(0, ids.shape[0], n_shards + 1).astype(int)
+    states = [ShardState(ids[a:b], None if lp is None else lp[a:b], emb[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    shards = FanoutShards(InProcessFanout(states))
+    shards.exclude(np.asarray(labeled, np.int64))
+    return shards, states
+
+
+def labels_of(states) -> dict[int, int]:
+    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, s.scratch["kmeans"])}
+
+
+@pytest.fixture(scope="module")
+def data():
+    n = 900
+    emb = blobs(n, 6, 8, seed=1)
+    lp = log_softmax(np.random.default_rng(2).normal(size=(n, 1, 5)) * 2)
+    ids = np.random.default_rng(3).permutation(10 * n)[:n].astype(np.int64)
+    return ids, emb, lp
+
+
+# -- k-means --------------------------------------------------------------------------------
+
+def test_canonical_argmin_is_the_float64_argmin_with_ties_to_the_lower_center():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 7)).astype(np.float32)
+    c = rng.normal(size=(40, 7)).astype(np.float32)
+    c[13] = c[5]  # a tie: the lower index wins
+    x[:3] = c[5]
+    got, got_d = canonical_argmin(x, c)
+    full = np.stack([sq_dist_rows(x, c[j]) for j in range(c.shape[0])], axis=1)
+    np.testing.assert_array_equal(got, np.argmin(full, axis=1))
+    np.testing.assert_array_equal(got_d, full.min(axis=1))
+    assert (got[:3] == 5).all()
+    a, _ = canonical_argmin(x[:123], c)
+    np.testing.assert_array_equal(a, got[:123])
+
+
+def test_kmeans_is_the_same_for_every_sharding_and_matches_plain_lloyd(data):
+    ids, emb, _ = data
+    results = []
+    for n_shards in (1, 3, 7):
+        shards, states = make_shards(ids, emb, n_shards=n_shards)
+        km = kmeans(shards, 8, seed=4, round=0)
+        results.append((km["centers"], labels_of(states)))
+    for centers, labels in results[1:]:
+        np.testing.assert_array_equal(centers, results[0][0])
+        assert labels == results[0][1]
+    # Plain Lloyd's from the converged centers changes nothing (a fixed point), and every
+    # row is with its nearest center.
+    centers, labels = results[0]
+    lab = np.array([labels[int(r)] for r in ids])
+    d = ((emb[:, None, :].astype(np.float64) - centers[None].astype(np.float32).astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(lab, np.argmin(d, axis=1))
+    means = np.stack([emb[lab == j].astype(np.float64).mean(0) for j in range(8)])
+    np.testing.assert_allclose(means, centers, rtol=0, atol=1e-12)
+
+
+# -- TypiClust ------------------------------------------------------------------------------
+
+def typiclust_reference(ids, emb, labeled, labels, budget, knn=20, min_size=5):
+    """The reference code's loop over whole arrays (clusters given)."""
+    k = labels.max() + 1
+    sizes = np.bincount(labels, minlength=k)
+    is_lab = np.isin(ids, labeled)
+    lab_counts = np.bincount(labels[is_lab], minlength=k)
+    clusters = [c for c in range(k) if sizes[c] > min_size]
+    clusters.sort(key=lambda c: (lab_counts[c], -sizes[c], c))
+    avail = ~is_lab
+    picks = []
+    for i in range(budget):
+        c = clusters[i % len(clusters)]
+        idx = np.flatnonzero((labels == c) & avail)
+        idx = idx[np.argsort(ids[idx])]
+        x = emb[idx].astype(np.float64)
+        kk = min(knn, len(idx) // 2)
+        dist = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0))
+        np.fill_diagonal(dist, np.inf)
+        mean = np.sort(dist, axis=1)[:, :kk].mean(1)
+        typ = 1 / (mean + 1e-5)
+        j = idx[int(np.argmax(typ))]
+        picks.append(int(ids[j]))
+        avail[j] = False
+    return picks
+
+
+@pytest.mark.parametrize("n_labeled", [0, 12])
+def test_typiclust_matches_the_reference_and_every_sharding(data, n_labeled):
+    ids, emb, _ = data
+    labeled = ids[::75][:n_labeled]
+    budget = 10
+    sels = []
+    for n_shards in (1, 2, 5):
+        shards, states = make_shards(ids, emb, n_shards=n_shards, labeled=labeled)
+        sels.append(run_strategy(shards, "typiclust", budget, seed=7))
+    for s in sels[1:]:
+        np.testing.assert_array_equal(s.indices_B, sels[0].indices_B)
+        np.testing.assert_array_equal(s.scores_B, sels[0].scores_B)
+    lab_map = labels_of(states)
+    labels = np.array([lab_map[int(r)] for r in ids])
+    assert labels.max() + 1 == n_labeled + budget
+    assert sels[0].indices_B.tolist() == typiclust_reference(ids, emb, labeled, labels, budget)
+    assert not np.isin(sels[0].indices_B, labeled).any()
+
+
+# -- ProbCover ------------------------------------------------------------------------------
+
+def probcover_reference(ids, x, labeled, delta, budget):
+    """The reference code: directed edges within δ (self included), cover, greedy by degree."""
+    xn = x.astype(np.float64)
+    d2 = np.stack([sq_dist_rows(x, x[j]) for j in range(x.shape[0])], axis=1)
+    src, dst = np.nonzero(d2 < delta ** 2)
+    order = np.argsort(ids)  # ties to the lower row_id: work in row_id order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    src, dst = rank[src], rank[dst]
+    lab = rank[np.flatnonzero(np.isin(ids, labeled))]
+    covered = np.unique(dst[np.isin(src, lab)])
+    keep = ~np.isin(dst, covered)
+    src, dst = src[keep], dst[keep]
+    picks = []
+    for _ in range(budget):
+        deg = np.bincount(src, minlength=ids.size)
+        cur = int(deg.argmax())
+        if deg[cur] == 0:
+            break
+        new = dst[src == cur]
+        keep = ~np.isin(dst, new)
+        src, dst = src[keep], dst[keep]
+        picks.append(int(ids[order[cur]]))
+    del xn
+    return picks
+
+
+def _normed(emb):
+    x = emb.astype(np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("delta", [0.15, "auto"])
+def test_probcover_matches_the_reference_and_every_sharding(data, delta):
+    ids, emb, _ = data
+    labeled = ids[::100][:5]
+    budget = 12
+    sels, states_1 = [], None
+    for n_shards in (1, 3):
+        shards, states = make_shards(ids, emb, n_shards=n_shards, labeled=labeled)
+        opts = {"delta": delta, "n_classes": 8, "chunk_rows": 128}
+        sels.append(run_strategy(shards, "probcover", budget, options=opts, seed=1))
+        states_1 = states_1 or states
+    np.testing.assert_array_equal(sels[1].indices_B, sels[0].indices_B)
+    x = _normed(emb)
+    if delta == "auto":
+        # The purity rule on the k-means pseudo-labels: the (ceil(0.95 N))-th largest
+        # distance to the nearest row of another label.
+        lab_map = labels_of(states_1)
+        lab = np.array([lab_map[int(r)] for r in ids])
+        d2 = np.stack([sq_dist_rows(x, x[j]) for j in range(x.shape[0])], axis=1)
+        d2[lab[:, None] == lab[None, :]] = np.inf
+        r = np.sort(np.sqrt(d2.min(axis=1)))[::-1]
+        delta = float(r[math.ceil(0.95 * r.size) - 1])
+        pure = np.mean(np.sqrt(d2.min(axis=1)) >= delta)
+        assert pure >= 0.95
+    ref = probcover_reference(ids, x, labeled, delta, budget)
+    assert sels[0].indices_B.tolist()[: len(ref)] == ref
+    assert (sels[0].scores_B[:-1] >= sels[0].scores_B[1:]).all()  # coverage gains never grow
+
+
+def test_probcover_fills_with_random_rows_when_nothing_is_left_to_cover(data):
+    ids, emb, _ = data
+    shards, _ = make_shards(ids[:50], emb[:50], n_shards=2)
+    sel = run_strategy(shards, "probcover", 30, options={"delta": 10.0}, seed=3)  # one ball covers all
+    assert sel.scores_B[0] == 50 and (sel.scores_B[1:] == 0).all()
+    assert np.unique(sel.indices_B).size == 30
+
+
+def test_probcover_edge_cap_is_a_clear_error(data):
+    ids, emb, _ = data
+    shards, _ = make_shards(ids, emb)
+    with pytest.raises(AlscaleError, match=r"probcover: δ = 2 gives more than 1,000 edges .* smaller"):
+        run_strategy(shards, "probcover", 5, options={"delta": 2.0, "max_edges": 1000})
+
+
+# -- Cluster-Margin -------------------------------------------------------------------------
+
+def test_cluster_margin_matches_the_reference_and_every_sharding(data):
+    from alscale.strategies import noise, scores
+
+    ids, emb, lp = data
+    labeled = ids[:30]
+    budget = 40
+    sels = []
+    for n_shards in (1, 4):
+        shards, states = make_shards(ids, emb, lp, n_shards=n_shards, labeled=labeled)
+        opts = {"n_clusters": 6, "margin_ratio": 3}
+        sels.append(run_strategy(shards, "cluster_margin", budget, options=opts, seed=2))
+        if n_shards == 1:
+            lab_map = labels_of(states)
+    np.testing.assert_array_equal(sels[1].indices_B, sels[0].indices_B)
+    # Reference: 120 lowest-margin unlabelled rows; clusters by count ascending; round-robin;
+    # random order inside a cluster.
+    free = ~np.isin(ids, labeled)
+    m = scores.margin(lp)
+    cand = np.flatnonzero(free)
+    cand = cand[np.lexsort((ids[cand], -m[cand]))][:120]
+    groups: dict[int, list[int]] = {}
+    u = noise.keyed_uniform(2, 0, ids[cand])
+    for j in np.lexsort((ids[cand], -u)):
+        groups.setdefault(lab_map[int(ids[cand[j]])], []).append(int(ids[cand[j]]))
+    visit = sorted(groups, key=lambda c: (len(groups[c]), c))
+    picks: list[int] = []
+    while len(picks) < budget:
+        for c in visit:
+            if groups[c] and len(picks) < budget:
+                picks.append(groups[c].pop(0))
+    assert sels[0].indices_B.tolist() == picks
+
+
+def test_cluster_margin_selects_huge_batches(data):
+    ids, emb, lp = data
+    shards, _ = make_shards(ids, emb, lp, n_shards=3)
+    sel = run_strategy(shards, "cluster_margin", 850, options={"n_clusters": 10}, seed=0)
+    assert len(sel) == 850 and np.unique(sel.indices_B).size == 850
+
+
+# -- EGL --------------------------------------------------------------------------------------
+
+def test_egl_is_the_expected_last_layer_gradient_norm_computed_by_autograd():
+    torch.manual_seed(0)
+    n, e, c = 30, 7, 4
+    layer = torch.nn.Linear(e, c).double()
+    h = torch.randn(n, e, dtype=torch.float64)
+    lp = torch.log_softmax(layer(h), dim=1).detach()
+    want = np.zeros(n)
+    for i in range(n):
+        p = lp[i].exp()
+        for y in range(c):
+            layer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(layer(h[i:i + 1]), torch.tensor([y]))
+            loss.backward()
+            g = torch.cat([layer.weight.grad.flatten(), layer.bias.grad])
+            want[i] += float(p[y]) * float(g.norm())
+    got = egl_scores(lp.numpy()[:, None, :].astype(np.float32), h.numpy().astype(np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_egl_ranks_by_score_across_shards(data):
+    ids, emb, lp = data
+    ref = egl_scores(lp, emb)
+    for n_shards in (1, 4):
+        shards, _ = make_shards(ids, emb, lp, n_shards=n_shards)
+        sel = run_strategy(shards, "egl", 25)
+        order = np.lexsort((ids, -ref))[:25]
+        assert sel.indices_B.tolist() == ids[order].tolist()
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("typiclust", {"knn": 0}, "option knn must be an integer >= 1"),
+    ("probcover", {"delta": -1}, "option delta of strategy probcover must be a positive number or 'auto'"),
+    ("probcover", {"purity": 1.5}, "option purity of strategy probcover must be in (0, 1]"),
+    ("cluster_margin", {"margin_ratio": 0.5}, "margin_ratio of strategy cluster_margin must be a number >= 1"),
+    ("egl", {"bias": "yes"}, "option bias of strategy egl must be true or false"),
+])
+def test_bad_options_are_clear(name, options, message):
+    with pytest.raises(AlscaleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        registry.check_options(name, options)
