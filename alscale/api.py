@@ -21,6 +21,7 @@ def select(
     labeled: np.ndarray | None = None,
     seed: int = 0,
     round: int = 0,
+    seals: int | None = None,
     **options: Any,
 ) -> Selection:
     """Select ``min(budget, unlabelled)`` rows with a registered strategy.
@@ -33,6 +34,8 @@ def select(
         embeddings: ``[N, D]`` (for the diversity strategies).
         labeled: positions already labelled (never picked), or a boolean mask ``[N]``.
         seed, round: the randomness key; the same arguments give the same selection.
+        seals: SEALS candidate filter (Coleman et al. 2022): only the ``seals`` nearest
+            unlabelled rows of each labelled row are candidates (needs ``embeddings``).
         **options: strategy options (e.g. ``beta=2.0, base="bald"`` for ``power``).
 
     Returns:
@@ -60,4 +63,10 @@ def select(
     state = ShardState(np.arange(n, dtype=np.int64), lp, emb)
     shards = FanoutShards(InProcessFanout([state]))
     shards.exclude(validation.check_labeled_positions(labeled, n))
+    if seals is not None:
+        if emb is None:
+            raise AlscaleError("the SEALS candidate filter (seals=k) needs embeddings [N, D]")
+        from alscale.strategies.seals import apply_seals
+
+        apply_seals(shards, seals)
     return run_strategy(shards, info.name, budget, options=opts, seed=seed, round=round)

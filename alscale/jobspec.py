@@ -47,7 +47,7 @@ _SCHEMA: dict[str, Any] = {
         "transform": None,
         "decode_threads": None,
     },
-    "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None},
+    "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None, "seals": None},
     "runtime": {
         "executor": None,
         "shards": None,
@@ -85,6 +85,7 @@ class StrategyConfig:
     options: dict[str, Any] = field(default_factory=dict)
     round: int = 0
     embedding: str = "auto"  # one of EMBEDDING_SOURCES
+    seals: int | None = None  # SEALS candidate filter: k nearest unlabelled rows of each labelled row
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,11 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     elif embedding == "model" and raw.get("model") is None:
         errors.append("strategy.embedding is model but the job has no model; add a model or use embedding: column")
 
+    seals = strat.get("seals")
+    if seals is not None and not (is_int(seals) and seals >= 1):
+        errors.append(f"strategy.seals must be a number of neighbours >= 1 (SEALS candidate filter) or null; "
+                      f"got {seals!r}")
+
     rt = section("runtime", False)
     executor = rt.get("executor", "ray")
     if executor not in EXECUTORS:
@@ -324,7 +330,8 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         labeled=None if labeled_path is None else labeled_path,
         model=model,
         strategy=StrategyConfig(
-            name=info.name, budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding
+            name=info.name, budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding,
+            seals=None if seals is None else int(seals),
         ),
         runtime=RuntimeConfig(
             executor=executor,

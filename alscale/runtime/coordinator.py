@@ -53,7 +53,8 @@ def embedding_source(job: JobSpec) -> str | None:
     ``strategy.embedding: auto`` means the model's penultimate layer when the job has a
     model, else the pool's ``embedding`` column.
     """
-    if not requirements(get_strategy(job.strategy.name).name, job.strategy.options).needs_embeddings:
+    if not (requirements(get_strategy(job.strategy.name).name, job.strategy.options).needs_embeddings
+            or job.strategy.seals):
         return None
     source = job.strategy.embedding
     if source == "auto":
@@ -67,7 +68,7 @@ def uses_model(job: JobSpec) -> bool:
     if job.model is None:
         return False
     needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
-    return needs.needs_log_probs or embedding_source(job) == "model"
+    return needs.needs_log_probs or embedding_source(job) == "model"  # (SEALS counts as needing embeddings)
 
 
 def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
@@ -250,6 +251,14 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         shards = FanoutShards(executor)
         with _phase(timings, "select"):
             n_labeled_in_pool = shards.exclude(labeled)
+            candidates = None
+            if job.strategy.seals:
+                from alscale.strategies.seals import apply_seals
+
+                n_cand = apply_seals(shards, job.strategy.seals)
+                candidates = {"filter": "seals", "k": job.strategy.seals,
+                              "rows": None if n_cand < 0 else n_cand}
+                logger.info("SEALS: %s candidate rows", "all (nothing labelled)" if n_cand < 0 else n_cand)
             selection = run_strategy(
                 shards,
                 job.strategy.name,
@@ -281,6 +290,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         "shard_plan": [[s.start, s.stop] for s in plan],
         "runtime": executor_info,
         "round_trips": shards.round_trips,
+        "candidates": candidates,
         "resumed": bool(resume),
         "memory": None if stream is None else {
             "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,
@@ -418,6 +428,7 @@ def _stream_plan(job: JobSpec, info: PoolInfo, in_features: int, dims: tuple) ->
         largest = (where, rows * (per_row + 8))
     shard_rows = [s.n_rows for s in plan_shards(job.pool, info.n_rows, job.runtime.shards)]
     return plan_stream(budget=int(job.runtime.memory_budget), shard_rows=shard_rows, columns=columns,
+                       extra_embeddings=bool(job.strategy.seals),
                        strategy=job.strategy.name, options=job.strategy.options, input_bytes_per_row=per_row,
                        n_samples=int(n_samples), n_classes=n_classes, embedding_dim=emb_dim,
                        job_chunk_rows=job.runtime.chunk_rows, largest_piece=largest, pool=info.path)

@@ -237,6 +237,9 @@ class ShardWorker:
     def exclude(self, row_ids: np.ndarray) -> int:
         return self._st().exclude(row_ids)
 
+    def restrict(self, row_ids: np.ndarray) -> int:
+        return self._st().restrict(row_ids)
+
     def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._st().compute_scores(strategy, options, seed, round)
 

@@ -263,7 +263,7 @@ def setup(state: ShardState, device: str, chunk_rows: int | None, prune: bool) -
     if lp is None:
         raise AlscaleError("strategy batchbald needs log-probs [N, K, C], but this shard has none")
     _, k, c = lp.shape
-    pos = np.flatnonzero(~state.labeled_N)
+    pos = np.flatnonzero(state.candidates_N)
     _check_normalised(lp, pos)
     dev = _resolve_device(device)
     n = int(pos.size)
@@ -472,7 +472,7 @@ def _best_offer(
 @shard_op
 def gather(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """This shard's unlabelled rows among ``row_ids``: (row_ids, log_probs [n, K, C])."""
-    hit = np.isin(state.row_ids_N, row_ids) & ~state.labeled_N
+    hit = np.isin(state.row_ids_N, row_ids) & state.candidates_N
     lp = state.log_probs_N_K_C
     return state.row_ids_N[hit], None if lp is None else np.ascontiguousarray(lp[hit])
 

@@ -119,9 +119,9 @@ def km_counts(state: ShardState, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @shard_op
 def km_members(state: ShardState, cluster: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row_ids, embeddings, labelled flags) of this shard's rows in ``cluster``."""
+    """(row_ids, embeddings, not-pickable flags) of this shard's rows in ``cluster``."""
     pos = np.flatnonzero(state.scratch["kmeans"] == cluster)
-    return state.row_ids_N[pos], np.asarray(_emb(state)[pos], dtype=np.float32), state.labeled_N[pos]
+    return state.row_ids_N[pos], np.asarray(_emb(state)[pos], dtype=np.float32), ~state.candidates_N[pos]
 
 
 # -- coordinator --------------------------------------------------------------------------

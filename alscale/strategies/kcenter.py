@@ -146,7 +146,7 @@ class _ShardKC:
         self.n = int(self.x_np.shape[0])
         self.dim = int(self.x_np.shape[1])
         self.mind = np.full(self.n, np.inf, dtype=np.float32)
-        self.mind[state.labeled_N] = -np.inf  # labelled rows are never picked
+        self.mind[~state.candidates_N] = -np.inf  # labelled (and filtered-out) rows are never picked
         self.seen = np.zeros(self.n, dtype=np.int64)
         self.blocks: list[Any] = []  # centers, one native array per message
         self.starts: list[int] = []  # index of each block's first center
@@ -395,7 +395,8 @@ def gather(state: ShardState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All rows of this shard: (row_ids, float32 embeddings, labelled mask)."""
     if state.embeddings_N_D is None:
         raise AlscaleError("strategy kcenter needs embeddings, but this shard has none")
-    return state.row_ids_N, np.asarray(state.embeddings_N_D, dtype=np.float32), state.labeled_N.copy()
+    return (state.row_ids_N, np.asarray(state.embeddings_N_D, dtype=np.float32), state.labeled_N.copy(),
+            state.eligible_N.copy())
 
 
 @shard_op
@@ -412,6 +413,7 @@ def local_greedy(
     emb = np.asarray(state.embeddings_N_D, dtype=np.float32)
     sub = ShardState(state.row_ids_N, None, emb)
     sub.labeled_N = state.labeled_N | np.isin(state.row_ids_N, np.asarray(exclude_ids, np.int64))
+    sub.eligible_N = state.eligible_N
     n_free = sub.n_candidates()
     if n_free == 0 or budget <= 0:
         return np.empty(0, np.int64), np.empty((0, emb.shape[1]), np.float32)
@@ -685,6 +687,7 @@ def _gathered(shards: Shards) -> Shards:
     parts = shards.call(_OP + "gather")
     state = ShardState(np.concatenate([p[0] for p in parts]), None, np.concatenate([p[1] for p in parts]))
     state.labeled_N = np.concatenate([p[2] for p in parts])
+    state.eligible_N = np.concatenate([p[3] for p in parts])
     return FanoutShards(InProcessFanout([state]))
 
 

@@ -175,7 +175,7 @@ def _build_space(state: ShardState, space: str) -> _Space:
     lp = state.log_probs_N_K_C
     if space == "badge" and lp is None:
         raise ValueError("BADGE needs log-probs, but this shard has none")
-    cand = np.flatnonzero(~state.labeled_N)
+    cand = np.flatnonzero(state.candidates_N)
     u, d = cand.shape[0], emb.shape[1]
     h = np.empty((u, d), dtype=np.float32)
     n = np.empty(u, dtype=np.float64)

@@ -166,7 +166,7 @@ def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) ->
     picked = sc.setdefault("picked", np.zeros(state.row_ids_N.shape[0], dtype=bool))
     if np.asarray(exclude_ids).size:
         picked |= np.isin(state.row_ids_N, exclude_ids)
-    cand = np.flatnonzero(~state.labeled_N & ~picked)
+    cand = np.flatnonzero(state.candidates_N & ~picked)
     if cand.size == 0:
         return -1, -1
     deg = sc["degree"][cand]
@@ -178,7 +178,7 @@ def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) ->
 @shard_op
 def pc_random(state: ShardState, seed: int, round: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """This shard's best ``k`` unlabelled rows by keyed uniform noise (the random fill)."""
-    cand = np.flatnonzero(~state.labeled_N & ~state.scratch["probcover"]["picked"])
+    cand = np.flatnonzero(state.candidates_N & ~state.scratch["probcover"]["picked"])
     u = noise.keyed_uniform(seed, round, state.row_ids_N[cand])
     o = np.lexsort((state.row_ids_N[cand], -u))[:k]
     return u[o], state.row_ids_N[cand][o]

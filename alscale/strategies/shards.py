@@ -68,6 +68,8 @@ class Shards(Protocol):
 
     def exclude(self, row_ids: np.ndarray) -> int: ...
 
+    def restrict(self, row_ids: np.ndarray) -> int: ...
+
     def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None: ...
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -135,6 +137,7 @@ class ShardState:
         self.embeddings_N_D = embeddings_N_D
         self.base_scores = dict(base_scores or {})
         self.labeled_N = np.zeros(self.row_ids_N.shape[0], dtype=bool)
+        self.eligible_N = np.ones(self.row_ids_N.shape[0], dtype=bool)  # candidate filter (e.g. SEALS)
         self._scores_N: np.ndarray | None = None  # ranking key per row
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
         self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
@@ -144,8 +147,21 @@ class ShardState:
     def n_rows(self) -> int:
         return int(self.row_ids_N.shape[0])
 
+    @property
+    def candidates_N(self) -> np.ndarray:
+        """Rows that may be picked: unlabelled and not filtered out by :meth:`restrict`."""
+        return ~self.labeled_N & self.eligible_N
+
     def n_candidates(self) -> int:
-        return int(self.row_ids_N.shape[0] - np.count_nonzero(self.labeled_N))
+        return int(np.count_nonzero(self.candidates_N))
+
+    def restrict(self, row_ids: np.ndarray) -> int:
+        """Only rows whose id is in ``row_ids`` stay pickable (labelled rows keep their role,
+        e.g. as k-center centers); returns how many of them are here."""
+        self.eligible_N = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
+        self._base_order = None
+        self.scratch.clear()
+        return int(np.count_nonzero(self.eligible_N))
 
     def exclude(self, row_ids: np.ndarray) -> int:
         """Mark rows whose id is in ``row_ids`` as labelled; returns how many are here."""
@@ -198,14 +214,14 @@ class ShardState:
         """This partition's best ``k`` unlabelled rows: (scores_k, row_ids_k) in pick order."""
         if self._scores_N is None:
             raise RuntimeError("compute_scores must run before topk (softrank uses softrank_candidates)")
-        cand = np.flatnonzero(~self.labeled_N)
+        cand = np.flatnonzero(self.candidates_N)
         pos = cand[topk_order(self._scores_N[cand], self.row_ids_N[cand], k)]
         return self._scores_N[pos], self.row_ids_N[pos]
 
     # -- softrank (global ranks) -----------------------------------------------------
     def _sorted_candidates(self) -> np.ndarray:
         if self._base_order is None:
-            cand = np.flatnonzero(~self.labeled_N)
+            cand = np.flatnonzero(self.candidates_N)
             self._base_order = cand[order_desc(self._base_N[cand], self.row_ids_N[cand])]
         return self._base_order
 
@@ -276,6 +292,10 @@ class FanoutShards:
 
     def exclude(self, row_ids: np.ndarray) -> int:
         return int(sum(self._all("exclude", np.asarray(row_ids, dtype=np.int64))))
+
+    def restrict(self, row_ids: np.ndarray) -> int:
+        """Keep only ``row_ids`` pickable (a candidate filter); returns how many exist."""
+        return int(sum(self._all("restrict", np.asarray(row_ids, dtype=np.int64))))
 
     def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._all("compute_scores", strategy, dict(options), int(seed), int(round))
