@@ -88,6 +88,7 @@ class _Pool:
     row_ids_N: np.ndarray
     features_N_D: np.ndarray
     labels_N: np.ndarray
+    embeddings_N_E: np.ndarray | None = None  # the pool's own 'embedding' column, carried along
 
     def __post_init__(self) -> None:
         self._order = np.argsort(self.row_ids_N, kind="stable")
@@ -177,12 +178,15 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
         np.empty(0, np.int64)
     keep = np.ones(info.n_rows, bool)
     keep[val_pos] = False
+    emb = None
+    if info.embedding_dim is not None:  # a fixed representation (e.g. self-supervised) for the strategies
+        emb = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["embedding"]).embeddings_N_D
     if loop.validation:
-        pool = _Pool(str(work / "pool.arrow"), ids[keep], x[keep], y[keep])
-        write_table(pool_table(pool.row_ids_N, features_N_D=pool.features_N_D, labels_N=pool.labels_N),
-                    pool.path, format="ipc")
+        pool = _Pool(str(work / "pool.arrow"), ids[keep], x[keep], y[keep], None if emb is None else emb[keep])
+        write_table(pool_table(pool.row_ids_N, features_N_D=pool.features_N_D, labels_N=pool.labels_N,
+                               embeddings_N_D=pool.embeddings_N_E), pool.path, format="ipc")
     else:
-        pool = _Pool(info.path, ids, x, y)
+        pool = _Pool(info.path, ids, x, y, emb)
     val_x, val_y = x[val_pos], y[val_pos]
     oracle = SimulatedOracle(pool.row_ids_N, pool.labels_N, source=info.path)
 
@@ -396,7 +400,9 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
         if requirements(get_strategy(strat.name).name, strat.options).needs_embeddings:
             cand = np.union1d(cand, pool.positions(labelled))  # labelled rows are the diversity anchors
         pool_path = str(work / "candidates.arrow")
-        write_table(pool_table(pool.row_ids_N[cand], features_N_D=pool.features_N_D[cand]), pool_path, format="ipc")
+        emb = None if pool.embeddings_N_E is None else pool.embeddings_N_E[cand]
+        write_table(pool_table(pool.row_ids_N[cand], features_N_D=pool.features_N_D[cand], embeddings_N_D=emb),
+                    pool_path, format="ipc")
     acq = dataclasses.replace(job, strategy=dataclasses.replace(strat, budget=int(budget), round=rnd))
     model_config = None
     if uses_model(acq):
