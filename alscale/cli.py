@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("pool")
 
     sub.add_parser("strategies", help="list the registered strategies")
+    bn = sub.add_parser("bench", help="the throughput suite (benchmarks/suite.py of a source checkout)")
+    bn.add_argument("--quick", action="store_true", help="100k rows and a few peers: under 3 minutes")
+    bn.add_argument("--no-peers", action="store_true", help="alscale only")
+    bn.add_argument("--make-peers", action="store_true", help="create .venv-peers (the peers' virtualenv) if missing")
+    bn.add_argument("--only", nargs="*", metavar="SCENARIO", help="entropy bald power kcenter badge batchbald ...")
+    bn.add_argument("--timeout", type=float, help="seconds per run")
+    bn.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     return p
 
 
@@ -131,6 +138,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _simulate(args)
     if args.command == "pool":
         return _pool(args)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "strategies":
         from alscale.strategies import get_strategy, strategy_names
 
@@ -138,6 +147,26 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{name:18s} {get_strategy(name).summary}")
         return 0
     raise AssertionError(args.command)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run benchmarks/suite.py of the checkout this package is installed from (editable)."""
+    import subprocess
+    from pathlib import Path
+
+    suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
+    if not suite.is_file():
+        raise AlscaleError(f"alscale bench runs {suite}, which this installation lacks; clone the alscale "
+                           "repository and install it with `make setup` (an editable install)")
+    cmd = [sys.executable, str(suite)]
+    for flag in ("quick", "no_peers", "make_peers", "no_markdown"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
+    if args.only:
+        cmd += ["--only", *args.only]
+    if args.timeout:
+        cmd += ["--timeout", str(args.timeout)]
+    return subprocess.call(cmd)
 
 
 def _validate(args: argparse.Namespace) -> int:

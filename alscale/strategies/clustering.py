@@ -41,7 +41,7 @@ def canonical_argmin(x_N_D: np.ndarray, centers_K_D: np.ndarray) -> tuple[np.nda
 
     x = np.ascontiguousarray(x_N_D, dtype=np.float32)
     c = np.ascontiguousarray(centers_K_D, dtype=np.float32)
-    n, k = x.shape[0], c.shape[0]
+    n = x.shape[0]
     best = np.zeros(n, dtype=np.int64)
     best_d = np.full(n, np.inf)
     if n == 0:
