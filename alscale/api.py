@@ -22,6 +22,7 @@ def select(
     seed: int = 0,
     round: int = 0,
     seals: int | None = None,
+    quotas: dict[str, Any] | None = None,
     **options: Any,
 ) -> Selection:
     """Select ``min(budget, unlabelled)`` rows with a registered strategy.
@@ -36,6 +37,8 @@ def select(
         seed, round: the randomness key; the same arguments give the same selection.
         seals: SEALS candidate filter (Coleman et al. 2022): only the ``seals`` nearest
             unlabelled rows of each labelled row are candidates (needs ``embeddings``).
+        quotas: class quotas ``{"min": n or {class: n}, "max": ...}`` by predicted class
+            (score-based strategies; :mod:`alscale.strategies.quotas`).
         **options: strategy options (e.g. ``beta=2.0, base="bald"`` for ``power``).
 
     Returns:
@@ -69,4 +72,8 @@ def select(
         from alscale.strategies.seals import apply_seals
 
         apply_seals(shards, seals)
+    if quotas is not None:
+        from alscale.strategies.quotas import select_with_quotas
+
+        return select_with_quotas(shards, info.name, budget, quotas, options=opts, seed=seed, round=round).selection
     return run_strategy(shards, info.name, budget, options=opts, seed=seed, round=round)

@@ -47,7 +47,8 @@ _SCHEMA: dict[str, Any] = {
         "transform": None,
         "decode_threads": None,
     },
-    "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None, "seals": None},
+    "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None, "seals": None,
+                 "quotas": None},
     "runtime": {
         "executor": None,
         "shards": None,
@@ -86,6 +87,7 @@ class StrategyConfig:
     round: int = 0
     embedding: str = "auto"  # one of EMBEDDING_SOURCES
     seals: int | None = None  # SEALS candidate filter: k nearest unlabelled rows of each labelled row
+    quotas: dict[str, Any] | None = None  # class quotas {min: ..., max: ...} by predicted class
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,18 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         errors.append(f"strategy.seals must be a number of neighbours >= 1 (SEALS candidate filter) or null; "
                       f"got {seals!r}")
 
+    quotas = strat.get("quotas")
+    if quotas is not None:
+        from alscale.strategies.quotas import check_quotas
+
+        try:
+            quotas = check_quotas(quotas)
+            if info is not None and (info.kind not in ("score", "random", "stochastic") or info.name == "softrank"):
+                errors.append(f"strategy.quotas work with the score-based strategies, not {info.name} (k-center, "
+                              "BADGE and the other loops do not take quotas yet)")
+        except AlscaleError as exc:
+            errors.append(str(exc))
+
     rt = section("runtime", False)
     executor = rt.get("executor", "ray")
     if executor not in EXECUTORS:
@@ -332,6 +346,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         strategy=StrategyConfig(
             name=info.name, budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding,
             seals=None if seals is None else int(seals),
+            quotas=None if quotas is None else copy.deepcopy(dict(quotas)),
         ),
         runtime=RuntimeConfig(
             executor=executor,

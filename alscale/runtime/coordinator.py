@@ -259,14 +259,24 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                 candidates = {"filter": "seals", "k": job.strategy.seals,
                               "rows": None if n_cand < 0 else n_cand}
                 logger.info("SEALS: %s candidate rows", "all (nothing labelled)" if n_cand < 0 else n_cand)
-            selection = run_strategy(
-                shards,
-                job.strategy.name,
-                job.strategy.budget,
-                options=job.strategy.options,
-                seed=job.seed,
-                round=job.strategy.round,
-            )
+            quota_info = None
+            if job.strategy.quotas:
+                from alscale.strategies.quotas import select_with_quotas
+
+                qr = select_with_quotas(shards, job.strategy.name, job.strategy.budget, job.strategy.quotas,
+                                        options=job.strategy.options, seed=job.seed, round=job.strategy.round)
+                selection = qr.selection
+                quota_info = {**job.strategy.quotas, "picks_per_class": qr.counts,
+                              "unmet": {str(k): v for k, v in qr.unmet.items()}}
+            else:
+                selection = run_strategy(
+                    shards,
+                    job.strategy.name,
+                    job.strategy.budget,
+                    options=job.strategy.options,
+                    seed=job.seed,
+                    round=job.strategy.round,
+                )
         executor_info = executor.describe()
     finally:
         if owns_executor:
@@ -291,6 +301,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         "runtime": executor_info,
         "round_trips": shards.round_trips,
         "candidates": candidates,
+        "quotas": quota_info,
         "resumed": bool(resume),
         "memory": None if stream is None else {
             "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,

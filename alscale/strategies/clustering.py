@@ -12,7 +12,10 @@ compared in canonical float64; ties go to the lower center index) — a function
 row and the centers only. New centers are the means of their rows with *exact* column sums
 (:func:`alscale.index.exact.exact_column_sums`, combined across shards without rounding),
 so they too are the same float64 vectors for any sharding. Lloyd's iterations stop when no
-row changes cluster or after ``max_iters``; a cluster left empty keeps its center.
+row changes cluster, when the centers' weighted squared shift is at most ``tol`` (1e-4)
+times the weighted spread of the centers (sklearn's tolerance, on the between-cluster
+variance), or after ``max_iters``; a cluster left empty keeps its center. Both tests use
+exact quantities, so they too are the same for any sharding.
 
 Shard state lives in ``state.scratch["kmeans"]``: each row's cluster label.
 """
@@ -33,9 +36,11 @@ _OP = "alscale.strategies.clustering."
 _ROWS_PER_BLOCK = 16384
 
 
-def canonical_argmin(x_N_D: np.ndarray, centers_K_D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def canonical_argmin(x_N_D: np.ndarray, centers_K_D: np.ndarray, x_sq_N: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Index of the canonical nearest center of each row (ties: lower index) and its
-    canonical squared distance; float32 GEMMs prune, float64 decides (module docstring)."""
+    canonical squared distance; float32 GEMMs prune, float64 decides (module docstring).
+    ``x_sq_N``: the rows' squared norms (float32), when the caller keeps them."""
     from alscale.index.base import norm_upper_bound
     from alscale.index.numpy_backend import NumpyBackend
 
@@ -48,14 +53,35 @@ def canonical_argmin(x_N_D: np.ndarray, centers_K_D: np.ndarray) -> tuple[np.nda
         return best, best_d
     be = NumpyBackend()
     d = x.shape[1]
-    x_sq = (x.astype(np.float64) ** 2).sum(1).astype(np.float32)
-    c_sq = (c.astype(np.float64) ** 2).sum(1).astype(np.float32)
+    x_sq = _sq_norms(x) if x_sq_N is None else x_sq_N
+    c_sq = _sq_norms(c)
     slack = 2.0 * be.error_bound(norm_upper_bound(float(x_sq.max()), d), norm_upper_bound(float(c_sq.max()), d), d)
     for r0 in range(0, n, _ROWS_PER_BLOCK):
         xb, xs = x[r0:r0 + _ROWS_PER_BLOCK], x_sq[r0:r0 + _ROWS_PER_BLOCK]
-        approx = xs[:, None] + c_sq[None, :] - 2.0 * (xb @ c.T)
-        limit = approx.min(axis=1).astype(np.float64) + slack
-        rows, cols = np.nonzero(approx <= limit[:, None])
+        approx = xb @ c.T
+        approx *= -2.0
+        approx += xs[:, None]
+        approx += c_sq[None, :]
+        first = approx.argmin(axis=1)
+        at = np.arange(xb.shape[0])
+        low = approx[at, first].copy()
+        if c.shape[0] > 1:  # a row whose runner-up is farther than the slack is decided
+            approx[at, first] = np.inf
+            runner_up = approx.min(axis=1)
+            approx[at, first] = low
+            decided = (runner_up.astype(np.float64) - low) > slack
+        else:
+            decided = np.ones(xb.shape[0], dtype=bool)
+        dec = np.flatnonzero(decided)
+        best[r0 + dec] = first[dec]
+        best_d[r0 + dec] = sq_dist_rows(xb[dec], c[first[dec]])
+        open_rows = np.flatnonzero(~decided)
+        if open_rows.size == 0:
+            continue
+        sub = approx[open_rows]
+        limit = sub.min(axis=1).astype(np.float64) + slack
+        rows, cols = np.nonzero(sub <= limit[:, None])
+        rows = open_rows[rows]
         exact = sq_dist_rows(xb[rows], c[cols])
         # Per row: the smallest exact distance, ties to the lower center (lexsort: last key first).
         order = np.lexsort((cols, exact, rows))
@@ -65,6 +91,14 @@ def canonical_argmin(x_N_D: np.ndarray, centers_K_D: np.ndarray) -> tuple[np.nda
         best[r0 + rows[pick]] = cols[pick]
         best_d[r0 + rows[pick]] = exact[pick]
     return best, best_d
+
+
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.shape[0], dtype=np.float32)
+    for r0 in range(0, x.shape[0], _ROWS_PER_BLOCK):
+        xb = x[r0:r0 + _ROWS_PER_BLOCK].astype(np.float64)
+        out[r0:r0 + _ROWS_PER_BLOCK] = np.einsum("nd,nd->n", xb, xb)
+    return out
 
 
 # -- shard ops ----------------------------------------------------------------------------
@@ -87,7 +121,11 @@ def km_assign(state: ShardState, centers_K_D: np.ndarray) -> tuple[int, np.ndarr
     """Assign every row to its canonical nearest center; return (rows that changed cluster,
     rows per cluster, exact column-sum parts per non-empty cluster)."""
     emb = _emb(state)
-    labels, _ = canonical_argmin(emb, centers_K_D)
+    if "km_x" not in state.scratch:
+        x = np.ascontiguousarray(emb, dtype=np.float32)
+        state.scratch["km_x"] = (x, _sq_norms(x))
+    x, x_sq = state.scratch["km_x"]
+    labels, _ = canonical_argmin(x, centers_K_D, x_sq)
     old = state.scratch.get("kmeans")
     changed = int(labels.shape[0] if old is None else np.count_nonzero(old != labels))
     state.scratch["kmeans"] = labels
@@ -98,7 +136,7 @@ def km_assign(state: ShardState, centers_K_D: np.ndarray) -> tuple[int, np.ndarr
     parts = []
     for j in np.flatnonzero(counts):
         rows = order[bounds[j]:bounds[j + 1]]
-        parts.append((int(j), exact_column_sums(np.asarray(emb[rows], dtype=np.float32))))
+        parts.append((int(j), exact_column_sums(x[rows])))
     return changed, counts, parts
 
 
@@ -139,13 +177,15 @@ def initial_centers(shards: Shards, k: int, *, seed: int, round: int) -> np.ndar
     return got[[pos[int(r)] for r in ids]]
 
 
-def kmeans(shards: Shards, k: int, *, seed: int, round: int, max_iters: int = 100) -> dict[str, Any]:
+def kmeans(shards: Shards, k: int, *, seed: int, round: int, max_iters: int = 100, tol: float = 1e-4
+           ) -> dict[str, Any]:
     """Lloyd's k-means of every row's embedding into ``k`` clusters (module docstring).
 
     Returns ``{"centers": [k, D] float64, "counts": [k], "iters": int}``; each shard keeps
     its rows' labels for the ``km_*`` ops.
     """
     centers = initial_centers(shards, k, seed=seed, round=round).astype(np.float64)
+    n_rows = shards.n_rows()
     iters = 0
     counts = np.zeros(k, dtype=np.int64)
     while True:
@@ -160,7 +200,13 @@ def kmeans(shards: Shards, k: int, *, seed: int, round: int, max_iters: int = 10
         new = centers.copy()
         for j, parts in by_cluster.items():
             new[j] = combine_exact_sums(parts) / counts[j]
-        if changed == 0 or iters >= max_iters:
+        # sklearn's rule, on exact quantities: the centers moved (weighted by their rows) by at
+        # most tol times the spread of the clusters around their mean.
+        w = counts / max(n_rows, 1)
+        mean = (w[:, None] * new).sum(axis=0)
+        spread = float((w * ((new - mean) ** 2).sum(axis=1)).sum())
+        shift = float((w * ((new - centers) ** 2).sum(axis=1)).sum())
+        if changed == 0 or shift <= tol * spread or iters >= max_iters:
             break
         centers = new
     logger.debug("k-means: %d clusters, %d Lloyd iterations", k, iters)

@@ -1,0 +1,239 @@
+"""Class quotas: per predicted class, a minimum and/or maximum number of picks.
+
+The constrained greedy picks, at each step, the best *allowed* row under the strategy's
+ranking (ties to the lower ``row_id``): a row of class c is allowed while c has fewer than
+``max_c`` picks, and — when the slots left equal the picks still owed to classes below their
+minimum — only if c is one of those classes. The predicted class of a row is the argmax of
+its mean probability over the K samples (ties: lower class).
+
+When a quota cannot be met: a class with fewer candidate rows than its minimum has its
+minimum lowered to its rows (every one of them is picked; the shortfall is logged and reported
+as ``unmet``), and its slots go to the best allowed rows of the other classes; minimums that
+still add up to more than the budget are an error (before any pick).
+
+Sharded and exact: each shard sorts its candidates per class once; the coordinator merges
+the classes' streams lazily, fetching pages of ``page`` rows per (shard, class) only when a
+stream runs dry, so a batch costs a few fan-outs and moves O(B + C·page) rows. Quotas apply
+to the score-based strategies (uncertainty, committee, random, Power/Softmax — not SoftRank,
+whose keys need global ranks); k-center and BADGE with quotas are not implemented.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.strategies import registry
+from alscale.strategies.shards import Shards, ShardState, order_desc, shard_op
+from alscale.types import Selection
+
+logger = logging.getLogger(__name__)
+
+_OP = "alscale.strategies.quotas."
+
+
+def predicted_class(log_probs_N_K_C: np.ndarray) -> np.ndarray:
+    """argmax over classes of the mean probability over K (int64 ``[N]``)."""
+    out = np.empty(log_probs_N_K_C.shape[0], dtype=np.int64)
+    for r0 in range(0, out.shape[0], 65536):
+        p = np.exp(np.asarray(log_probs_N_K_C[r0:r0 + 65536], dtype=np.float64)).mean(axis=1)
+        out[r0:r0 + 65536] = p.argmax(axis=1)
+    return out
+
+
+@shard_op
+def quota_prepare(state: ShardState, strategy: str, options: Mapping[str, Any], seed: int, round: int
+                  ) -> np.ndarray:
+    """Score this shard, sort its candidates per predicted class; returns the candidates per class ``[C]``."""
+    if state.log_probs_N_K_C is None:
+        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
+    state.compute_scores(strategy, options, seed, round)
+    cls = predicted_class(state.log_probs_N_K_C)
+    cand = np.flatnonzero(state.candidates_N)
+    keys = state._scores_N
+    order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
+    c = int(state.log_probs_N_K_C.shape[2])
+    by_class = [order[cls[order] == j] for j in range(c)]
+    state.scratch["quotas"] = by_class
+    return np.array([b.shape[0] for b in by_class], dtype=np.int64)
+
+
+@shard_op
+def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each (class, start rank): this shard's ranks [start, start + page) of that class."""
+    by_class = state.scratch["quotas"]
+    out = []
+    for c, start in requests:
+        pos = by_class[c][start:start + page]
+        out.append((state._scores_N[pos].astype(np.float64), state.row_ids_N[pos]))
+    return out
+
+
+@dataclass
+class _Stream:
+    """One class over all shards: per shard, a buffer of fetched rows and the next rank."""
+
+    n_shards: int
+    bufs: list[list[tuple[float, int]]] = field(default_factory=list)
+    at: list[int] = field(default_factory=list)  # read position in each buffer
+    next_rank: list[int] = field(default_factory=list)
+    done: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.bufs = [[] for _ in range(self.n_shards)]
+        self.at = [0] * self.n_shards
+        self.next_rank = [0] * self.n_shards
+        self.done = [False] * self.n_shards
+
+    def dry(self) -> list[int]:
+        """Shards whose buffer is used up but which may hold more rows of this class."""
+        return [s for s in range(self.n_shards) if self.at[s] >= len(self.bufs[s]) and not self.done[s]]
+
+    def add(self, s: int, keys: np.ndarray, ids: np.ndarray, page: int) -> None:
+        self.bufs[s] = list(zip(keys.tolist(), ids.tolist()))
+        self.at[s] = 0
+        self.next_rank[s] += len(ids)
+        self.done[s] = len(ids) < page
+
+    def head(self) -> tuple[float, int, int] | None:
+        """(key, row_id, shard) of the class's best unread row (the stream must not be dry)."""
+        best = None
+        for s in range(self.n_shards):
+            if self.at[s] < len(self.bufs[s]):
+                k, r = self.bufs[s][self.at[s]]
+                if best is None or (k > best[0] or (k == best[0] and r < best[1])):
+                    best = (k, r, s)
+        return best
+
+
+def _bounds(spec: Any, c: int, name: str) -> np.ndarray | None:
+    if spec is None:
+        return None
+    if isinstance(spec, bool):
+        raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
+    if isinstance(spec, (int, np.integer)):
+        if spec < 0:
+            raise AlscaleError(f"strategy.quotas.{name} must be >= 0; got {spec}")
+        return np.full(c, int(spec), dtype=np.int64)
+    if isinstance(spec, Mapping):
+        out = np.full(c, 0 if name == "min" else np.iinfo(np.int64).max, dtype=np.int64)
+        for k, v in spec.items():
+            try:
+                j = int(k)
+            except (TypeError, ValueError):
+                raise AlscaleError(f"strategy.quotas.{name}: class {k!r} is not a class index") from None
+            if not 0 <= j < c:
+                raise AlscaleError(f"strategy.quotas.{name}: class {j} is outside the model's {c} classes (0..{c - 1})")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise AlscaleError(f"strategy.quotas.{name}[{j}] must be a count >= 0; got {v!r}")
+            out[j] = int(v)
+        return out
+    raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
+
+
+def check_quotas(quotas: Any) -> dict[str, Any]:
+    """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later)."""
+    if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max"}:
+        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max'; got {quotas!r}")
+    return dict(quotas)
+
+
+@dataclass
+class QuotaResult:
+    selection: Selection
+    counts: list[int]  # picks per class
+    unmet: dict[int, int]  # class -> picks short of its minimum
+
+
+def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mapping[str, Any], *,
+                       options: Mapping[str, Any] | None = None, seed: int = 0, round: int = 0,
+                       page: int | None = None) -> QuotaResult:
+    """The constrained greedy of the module docstring over a score-based strategy."""
+    info = registry.get_strategy(strategy)
+    if info.kind not in ("score", "random", "stochastic") or info.name == "softrank":
+        raise AlscaleError(f"class quotas work with the score-based strategies (not {info.name}); k-center, BADGE "
+                           "and the other loops do not take quotas yet")
+    quotas = check_quotas(quotas)
+    opts = registry.check_options(info.name, options or {})
+    n_cand = shards.n_candidates()
+    budget = min(int(budget), n_cand)
+    prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round))
+    avail = np.sum(prepared, axis=0)
+    c, n_shards = int(avail.shape[0]), len(prepared)
+    lo = _bounds(quotas.get("min"), c, "min")
+    hi = _bounds(quotas.get("max"), c, "max")
+    lo = np.zeros(c, np.int64) if lo is None else lo
+    hi = np.full(c, np.iinfo(np.int64).max, np.int64) if hi is None else hi
+    if (lo > hi).any():
+        j = int(np.flatnonzero(lo > hi)[0])
+        raise AlscaleError(f"strategy.quotas: class {j} has min {lo[j]} above its max {hi[j]}")
+    short = np.maximum(lo - avail, 0)  # minimums no row can meet: known up front
+    unmet: dict[int, int] = {int(j): int(short[j]) for j in np.flatnonzero(short)}
+    for j, v in unmet.items():
+        logger.warning("class quota: class %d has %d candidate rows, fewer than its minimum %d", j, int(avail[j]),
+                       int(lo[j]))
+    lo = np.minimum(lo, avail)
+    if lo.sum() > budget:
+        raise AlscaleError(f"strategy.quotas: the minimums add up to {int(lo.sum())}, more than the budget {budget}; "
+                           "lower them or raise strategy.budget")
+    page = int(page or max(16, 2 * budget // max(c, 1) + 1))
+    streams = [_Stream(n_shards) for _ in range(c)]
+
+    def refill(classes: list[int]) -> None:
+        reqs: list[list[tuple[int, int]]] = [[] for _ in range(n_shards)]
+        for j in classes:
+            for s in streams[j].dry():
+                reqs[s].append((j, streams[j].next_rank[s]))
+        if not any(reqs):
+            return
+        res = shards.call_each(_OP + "quota_pages", [(r, page) for r in reqs])
+        for s in range(n_shards):
+            for (j, _), (keys, ids) in zip(reqs[s], res[s]):
+                streams[j].add(s, keys, ids, page)
+
+    refill(list(range(c)))
+    heap: list[tuple[float, int, int]] = []  # (-key, row_id, class)
+    counts = np.zeros(c, dtype=np.int64)
+    ids_B: list[int] = []
+    keys_B: list[float] = []
+    alive = np.ones(c, dtype=bool)  # classes that may still have rows
+
+    def push(j: int) -> None:
+        if streams[j].dry():
+            refill([j])
+        h = streams[j].head()
+        if h is not None:
+            heapq.heappush(heap, (-h[0], h[1], j))
+            return
+        alive[j] = False  # no rows left in this class (its minimum, capped at its rows, is met)
+
+    for j in range(c):
+        if hi[j] > 0:
+            push(j)
+        else:
+            alive[j] = False
+    while len(ids_B) < budget:
+        owed = int(np.maximum(lo - counts, 0)[alive].sum())
+        if not heap:
+            break
+        negk, row, j = heapq.heappop(heap)
+        if counts[j] >= hi[j]:
+            continue  # class full: drop it
+        if budget - len(ids_B) <= owed and counts[j] >= lo[j]:
+            continue  # every slot left is owed to minimums (they can all be met), and stays so: drop it
+        ids_B.append(row)
+        keys_B.append(-negk)
+        counts[j] += 1
+        stream = streams[j]
+        stream.at[stream.head()[2]] += 1
+        if counts[j] < hi[j]:
+            push(j)  # its next row, or the class is exhausted
+
+    sel = Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), info.name)
+    return QuotaResult(sel, counts.tolist(), unmet)
