@@ -7,6 +7,7 @@ stderr and exits with code 2, leaving no output behind.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -92,6 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("pool")
 
     sub.add_parser("strategies", help="list the registered strategies")
+    lb = sub.add_parser("labels", help="export a selection for annotators; import their labels into a ledger")
+    lsub = lb.add_subparsers(dest="labels_command", required=True)
+    ex = lsub.add_parser("export", help="a job's selection as CSV, JSON lines or Label Studio tasks")
+    ex.add_argument("out_dir", help="the job's output directory")
+    ex.add_argument("dest", help="file to write (.csv, .jsonl, .json = Label Studio)")
+    ex.add_argument("--format", choices=("csv", "jsonl", "labelstudio"))
+    imp = lsub.add_parser("import", help="labels (CSV, JSON lines, Label Studio export) into an append-only ledger")
+    imp.add_argument("src", help="labels file (.csv row_id,label / .jsonl / .json Label Studio export)")
+    imp.add_argument("--ledger", required=True, help="ledger directory (created if missing); a job's labeled.path")
+    imp.add_argument("--pool", required=True, help="the pool the rows belong to")
+    imp.add_argument("--format", choices=("csv", "jsonl", "labelstudio"))
+    imp.add_argument("--classes", help="class names in class order, comma-separated (default: integers)")
+    imp.add_argument("--num-classes", type=int, help="C: labels must be integers 0..C-1")
+    imp.add_argument("--round", type=int, help="the ledger round (default: the next)")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     bn = sub.add_parser("bench", help="the throughput suite (benchmarks/suite.py of a source checkout)")
     bn.add_argument("--quick", action="store_true", help="100k rows and a few peers: under 3 minutes")
     bn.add_argument("--no-peers", action="store_true", help="alscale only")
@@ -140,6 +156,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _pool(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "labels":
+        return _labels(args)
     if args.command == "strategies":
         from alscale.strategies import get_strategy, strategy_names
 
@@ -147,6 +165,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{name:18s} {get_strategy(name).summary}")
         return 0
     raise AssertionError(args.command)
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from alscale.workflow.labels import export_selection, import_labels
+
+    if args.labels_command == "export":
+        n = export_selection(args.out_dir, args.dest, args.format)
+        print(f"exported {n} rows of {args.out_dir} to {args.dest}")
+        return 0
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    res = import_labels(args.src, args.ledger, pool=args.pool, fmt=args.format, classes=classes,
+                        n_classes=args.num_classes, round=args.round)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"imported {res['added']} labels into {args.ledger} (round {res['round']}); "
+              f"{res['already']} were already there")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

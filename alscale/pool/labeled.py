@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,13 +97,20 @@ def _from_parquet(loc: Location) -> np.ndarray:
 def read_labeled(path: str) -> np.ndarray:
     """The labelled pool rows listed in ``path`` as sorted, unique int64 ``row_id``s ``[L]``.
 
-    ``path`` (local or URI) is a ``.parquet`` file or a ``.csv`` file with a header; only
-    its ``row_id`` column is used, duplicates are dropped. Errors name the line (CSV: the
+    ``path`` (local or URI) is a ``.parquet`` file or a ``.csv`` file with a header, or a
+    local ledger directory (``alscale labels import``); only the ``row_id`` column is used,
+    duplicates are dropped. Errors name the line (CSV: the
     header is line 1) or row.
     """
     loc = resolve(path)
     lower = loc.path.lower()
-    if lower.endswith(".csv"):
+    if loc.is_local and os.path.isdir(loc.path):  # an alscale ledger: round-NNNNN.parquet files
+        files = sorted(f for f in os.listdir(loc.path) if f.startswith("round-") and f.endswith(".parquet"))
+        if not files:
+            raise PoolError(f"labelled set {loc.display}: a directory without ledger files (round-*.parquet); give "
+                            "a ledger made by `alscale labels import`, or a .parquet / .csv file")
+        ids = np.concatenate([_from_parquet(resolve(os.path.join(loc.path, f))) for f in files])
+    elif lower.endswith(".csv"):
         ids = _from_csv(loc)
     elif lower.endswith(".parquet"):
         ids = _from_parquet(loc)

@@ -147,3 +147,12 @@ def list_data_files(loc: Location) -> tuple[str, list[Location]]:
 def one_line(exc: BaseException) -> str:
     """An exception's message squashed onto one line."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def media_base(pool: str) -> str:
+    """The directory a pool's relative ``path`` values are relative to: the pool's directory
+    (or the pool itself, for a directory of files)."""
+    loc = resolve(pool)
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:
+        return loc.canonical
+    return loc.canonical.rsplit("/", 1)[0] if is_uri(loc.canonical) else os.path.dirname(loc.canonical)

@@ -9,7 +9,6 @@ lazily inside the process that owns the worker.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,24 +16,13 @@ from typing import Any
 import numpy as np
 
 from alscale.pool import read_shard
+from alscale.pool.location import media_base
 from alscale.pool.read import read_media
 from alscale.pool.schema import MEDIA_COLUMNS
 from alscale.strategies.shards import ShardState
 from alscale.types import ShardData, ShardSpec
 
 logger = logging.getLogger(__name__)
-
-
-def _pool_dir(pool: str) -> str:
-    """The directory ``path`` values are relative to: the pool's directory (or the pool itself)."""
-    import pyarrow.fs as pafs
-
-    from alscale.pool.location import is_uri, resolve
-
-    loc = resolve(pool)
-    if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:
-        return loc.canonical
-    return loc.canonical.rsplit("/", 1)[0] if is_uri(loc.canonical) else os.path.dirname(loc.canonical)
 
 
 def media_decoder(spec: ShardSpec, column: str, model_spec: Any, row_ids_N: np.ndarray | None = None) -> Any:
@@ -44,7 +32,7 @@ def media_decoder(spec: ShardSpec, column: str, model_spec: Any, row_ids_N: np.n
 
     ids = read_shard(spec, []).row_ids_N if row_ids_N is None else row_ids_N
     return BatchDecoder(read_media(spec, column), ids, resolve_transform(model_spec.transform), column=column,
-                        base=_pool_dir(spec.pool) if column == "path" else "", threads=model_spec.decode_threads)
+                        base=media_base(spec.pool) if column == "path" else "", threads=model_spec.decode_threads)
 
 
 class ShardWorker:

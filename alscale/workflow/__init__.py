@@ -1,0 +1,1 @@
+"""The labelling workflow around the engine: export a selection, import labels."""
