@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default: the job's 'output')")
     r.add_argument("--force", action="store_true", help="overwrite an output directory that holds a selection")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--json", action="store_true",
+                   help="print a JSON summary (out_dir, n_selected, phase seconds, rows/s, cache) instead of text")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in the output directory: reuse its valid cached scores")
 
@@ -224,9 +226,19 @@ def _run(args: argparse.Namespace) -> int:
     from alscale.runtime.coordinator import run_job
 
     job = load_job(args.job, args.overrides)
-    result = run_job(job, out_dir=args.out, force=args.force, progress=False if args.no_progress else None,
-                     resume=args.resume)
-    _print_summary(result)
+    result = run_job(job, out_dir=args.out, force=args.force,
+                     progress=False if (args.no_progress or args.json) else None, resume=args.resume)
+    if args.json:
+        m = result.manifest
+        cache = m.get("cache") or {}
+        print(json.dumps({
+            "out_dir": result.out_dir, "strategy": m["strategy"], "n_selected": m["n_selected"],
+            "row_ids": result.selection.indices_B[:20].tolist(), "phase_seconds": m["phase_seconds"],
+            "rows_per_s": m["rows_per_s"], "round_trips": m["round_trips"],
+            "cache": {k: len(cache.get(k, [])) for k in ("reused", "computed", "rejected")} if cache else None,
+        }))
+    else:
+        _print_summary(result)
     return 0
 
 

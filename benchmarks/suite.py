@@ -424,6 +424,22 @@ def make_peers_venv() -> None:
 # Analysis: table, growth fits, plots, cluster model, BENCHMARKS.md
 # --------------------------------------------------------------------------------------
 
+def run_key(r: dict[str, Any]) -> str:
+    """What makes two runs the same configuration."""
+    keys = ("kind", "peer", "scenario", "rows", "workers", "executor", "budget", "options")
+    return json.dumps({k: r.get(k) for k in keys}, sort_keys=True)
+
+
+def latest_runs(path: Path) -> list[dict[str, Any]]:
+    """The latest record of every configuration in a runs.jsonl, in first-seen order."""
+    latest: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[run_key(r)] = r  # a later run replaces an earlier one, keeping its place
+    return list(latest.values())
+
+
 def seconds(r: dict[str, Any]) -> float | None:
     """Acquisition seconds: every phase but Ray start-up (engine) / the selection call (peer)."""
     if r.get("error"):
@@ -739,7 +755,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run (default 600, quick 120)")
     ap.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     ap.add_argument("--report-only", action="store_true",
-                    help="redo the tables, plots and BENCHMARKS.md from the last summary.json (no runs)")
+                    help="redo the tables, plots and BENCHMARKS.md from runs.jsonl (no runs): the latest run of "
+                         "every configuration")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--peer", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -752,7 +769,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     if args.report_only:
         saved = json.loads((RESULTS / "summary.json").read_text())
-        return report(saved["runs"], saved["meta"], not args.no_markdown)
+        return report(latest_runs(RESULTS / "runs.jsonl"), saved["meta"], not args.no_markdown)
     if args.make_peers and not args.no_peers:
         make_peers_venv()
     timeout = args.timeout or (120.0 if args.quick else 600.0)

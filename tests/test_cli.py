@@ -55,6 +55,18 @@ def test_run_prints_summary_and_writes(tmp_path, good_pool):
     assert proc.returncode == 0 and "valid" in proc.stdout
 
 
+def test_run_json_summary_for_scripts(tmp_path, good_pool):
+    import json
+
+    job = _write_job(tmp_path, str(good_pool))
+    proc = alscale("run", str(job), "--json", "strategy.budget=4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["n_selected"] == 4 and summary["strategy"] == "entropy" and len(summary["row_ids"]) == 4
+    assert set(summary["phase_seconds"]) >= {"read", "select", "write"} and summary["cache"] is None
+    assert proc.stderr == ""  # no progress bar, no log lines
+
+
 def _assert_clean_failure(proc, tmp_path, *needles):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
