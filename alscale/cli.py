@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("pool")
 
     sub.add_parser("strategies", help="list the registered strategies")
+    rp = sub.add_parser("report", help="one self-contained HTML page about a job or simulation output directory")
+    rp.add_argument("out_dir")
+    rp.add_argument("--sample", type=int, default=20_000, help="pool rows sampled for the plots (default 20,000)")
     lb = sub.add_parser("labels", help="export a selection for annotators; import their labels into a ledger")
     lsub = lb.add_subparsers(dest="labels_command", required=True)
     ex = lsub.add_parser("export", help="a job's selection as CSV, JSON lines or Label Studio tasks")
@@ -160,6 +163,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _bench(args)
     if args.command == "labels":
         return _labels(args)
+    if args.command == "report":
+        from alscale.workflow.report import build_report
+
+        if args.sample < 1:
+            raise AlscaleError(f"--sample must be >= 1; got {args.sample}")
+        print(f"wrote {build_report(args.out_dir, sample=args.sample)}")
+        return 0
     if args.command == "strategies":
         from alscale.strategies import get_strategy, strategy_names
 

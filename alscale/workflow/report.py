@@ -1,0 +1,244 @@
+"""``alscale report OUT_DIR``: one self-contained HTML page about a job (or a simulation).
+
+For a job's output directory: what was picked and why —
+
+- uncertainty of the pool against the selection (predictive entropy of the mean
+  probability, histograms; from the pool's ``log_probs`` column or the job's model-output
+  cache) and the distribution of the strategy's own scores over the selection;
+- a 2-D PCA projection of a sample of the pool with the selection on top (from the pool's
+  ``embedding`` column or the cache);
+- the predicted-class balance of the selection against the pool's;
+- per-phase seconds and throughput from the manifest;
+
+and for a simulation directory (``alscale simulate``), its learning curves. Plots are PNGs
+(matplotlib) embedded as ``data:`` URIs, so the page is one file: ``OUT_DIR/report.html``.
+Pools are read in chunks; the pool sample for the projection and the histograms is at most
+``sample`` rows (keyed by row, the same every time).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+_CHUNK = 65536
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _outputs(out_dir: Path, manifest: dict[str, Any], sample: int
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """(row_ids, log_probs, embeddings, is_sample) of the pool rows the report looks at: a keyed
+    sample of the pool plus every selected row."""
+    import pyarrow.ipc as ipc
+
+    from alscale.pool import open_pool, read_shard
+    from alscale.strategies.noise import keyed_uniform
+    from alscale.types import ShardSpec
+
+    info = open_pool(manifest["pool"]["path"])
+    ids = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), []).row_ids_N
+    import pyarrow.parquet as pq
+
+    sel = pq.read_table(out_dir / "selection.parquet", columns=["row_id"])["row_id"].to_numpy()
+    key = keyed_uniform(0, 0, ids)
+    in_sample = key <= np.sort(key)[min(sample, ids.size) - 1] if ids.size else np.zeros(0, bool)
+    keep = in_sample | np.isin(ids, sel)
+    pos = np.flatnonzero(keep)
+    lp = emb = None
+    cols = [c for c, ok in (("log_probs", info.n_classes is not None), ("embedding", info.embedding_dim is not None))
+            if ok]
+    if cols:
+        parts_lp, parts_emb = [], []
+        for lo in range(0, info.n_rows, _CHUNK):
+            p = pos[(pos >= lo) & (pos < lo + _CHUNK)]
+            if p.size == 0:
+                continue
+            d = read_shard(ShardSpec(info.path, 0, lo, min(info.n_rows, lo + _CHUNK)), cols, check_finite=False)
+            if d.log_probs_N_K_C is not None:
+                parts_lp.append(d.log_probs_N_K_C[p - lo])
+            if d.embeddings_N_D is not None:
+                parts_emb.append(d.embeddings_N_D[p - lo])
+        lp = np.concatenate(parts_lp) if parts_lp else None
+        emb = np.concatenate(parts_emb) if parts_emb else None
+    cache = out_dir / "cache"
+    if (lp is None or emb is None) and cache.is_dir():  # the job's model outputs
+        want = ids[pos]
+        got_lp: dict[int, np.ndarray] = {}
+        got_emb: dict[int, np.ndarray] = {}
+        for f in sorted(cache.glob("rows-*.arrow")):
+            meta = json.loads(f.with_suffix(".json").read_text()) if f.with_suffix(".json").exists() else None
+            if meta is None:
+                continue
+            t = ipc.open_file(str(f)).read_all()
+            rid = t["row_id"].to_numpy()
+            hit = np.flatnonzero(np.isin(rid, want))
+            if hit.size == 0:
+                continue
+            k, c = meta["n_samples"], meta["n_classes"]
+            lps = t["log_probs"].combine_chunks().flatten().to_numpy().reshape(len(rid), k, c)
+            for h in hit:
+                got_lp[int(rid[h])] = lps[h]
+            if meta.get("embedding_dim"):
+                es = t["embedding"].combine_chunks().flatten().to_numpy().reshape(len(rid), meta["embedding_dim"])
+                for h in hit:
+                    got_emb[int(rid[h])] = es[h]
+        if lp is None and len(got_lp) == want.size:
+            lp = np.stack([got_lp[int(r)] for r in want])
+        if emb is None and got_emb and len(got_emb) == want.size:
+            emb = np.stack([got_emb[int(r)] for r in want])
+    return ids[pos], lp, emb, in_sample[pos]
+
+
+def _entropy(lp: np.ndarray) -> np.ndarray:
+    p = np.exp(lp.astype(np.float64)).mean(axis=1)
+    return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
+
+
+def _pca2(x: np.ndarray) -> np.ndarray:
+    xc = x.astype(np.float64) - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    return xc @ vt[:2].T
+
+
+def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
+    """Write ``out_dir/report.html``; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    from alscale.runtime.output import atomic_write_text
+
+    out = Path(out_dir)
+    figures: list[tuple[str, str, str]] = []  # (title, caption, data uri)
+    facts: list[tuple[str, str]] = []
+    manifest_path = out / "manifest.json"
+    is_simulation = (out / "rounds.csv").exists()
+    if not manifest_path.exists() and not is_simulation:
+        raise AlscaleError(f"{out} holds neither a job's selection (manifest.json) nor a simulation (rounds.csv); "
+                           "give an output directory of alscale run or alscale simulate")
+    if manifest_path.exists():
+        m = json.loads(manifest_path.read_text())
+        sel = pq.read_table(out / "selection.parquet").to_pydict()
+        facts += [("strategy", f"{m['strategy']} (budget {m['budget']:,}, seed {m['seed']}, round {m['round']})"),
+                  ("pool", f"{m['pool']['path']} — {m['pool']['n_rows']:,} rows, {m['pool']['n_labeled']:,} labelled"),
+                  ("selected", f"{m['n_selected']:,} rows"),
+                  ("runtime", f"{m['runtime'].get('executor', '?')} executor, {len(m['shard_plan'])} shards, "
+                              f"{m['round_trips']} round trips"),
+                  ("throughput", f"{m['rows_per_s']:,.0f} rows/s (all phases but start-up)" if m.get("rows_per_s")
+                   else "–"),
+                  ("alscale", f"{m['versions'].get('alscale')} (git {m.get('git_revision')})")]
+        ids, lp, emb, in_sample = _outputs(out, m, sample)
+        is_sel = np.isin(ids, np.asarray(sel["row_id"], np.int64))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+        if lp is not None:
+            h = _entropy(lp)
+            bins = np.linspace(0, max(float(h.max()), 1e-6), 40)
+            axes[0].hist(h[in_sample], bins=bins, density=True, alpha=0.6, label=f"pool sample ({in_sample.sum():,})")
+            axes[0].hist(h[is_sel], bins=bins, density=True, alpha=0.6, label=f"selection ({is_sel.sum():,})")
+            axes[0].set(xlabel="predictive entropy (nats)", ylabel="density", title="Uncertainty: pool vs selection")
+            axes[0].legend()
+        else:
+            axes[0].text(0.5, 0.5, "no log-probs in the pool or cache", ha="center", va="center")
+            axes[0].set_axis_off()
+        scores = np.asarray(sel["score"], np.float64)
+        finite = scores[np.isfinite(scores)]
+        axes[1].hist(finite, bins=40, color="tab:red", alpha=0.7)
+        axes[1].set(xlabel=f"{m['strategy']} score at pick time", ylabel="rows", title="Scores of the selection")
+        figures.append(("Scores", "Predictive entropy of a pool sample and of the selection; the strategy's own "
+                        "scores of the picks.", _png(fig)))
+        if emb is not None and emb.shape[0] >= 3:
+            z = _pca2(emb)
+            fig, ax = plt.subplots(figsize=(6.5, 5.5))
+            ax.scatter(z[in_sample & ~is_sel, 0], z[in_sample & ~is_sel, 1], s=3, c="0.7", label="pool sample")
+            ax.scatter(z[is_sel, 0], z[is_sel, 1], s=14, c="tab:red", label="selection")
+            ax.set(xlabel="PC 1", ylabel="PC 2", title="Embeddings, 2-D PCA")
+            ax.legend()
+            figures.append(("Projection", "The first two principal components of the embeddings of a pool sample "
+                            "(grey) and of the selection (red).", _png(fig)))
+        if lp is not None:
+            c = lp.shape[2]
+            pred = np.exp(lp.astype(np.float64)).mean(axis=1).argmax(axis=1)
+            pool_share = np.bincount(pred[in_sample], minlength=c) / max(in_sample.sum(), 1)
+            sel_share = np.bincount(pred[is_sel], minlength=c) / max(is_sel.sum(), 1)
+            fig, ax = plt.subplots(figsize=(max(6, c * 0.5), 3.6))
+            xs = np.arange(c)
+            ax.bar(xs - 0.2, pool_share, 0.4, label="pool sample")
+            ax.bar(xs + 0.2, sel_share, 0.4, label="selection")
+            ax.set(xlabel="predicted class", ylabel="share", title="Predicted-class balance")
+            ax.set_xticks(xs)
+            ax.legend()
+            figures.append(("Class balance", "Share of each predicted class (argmax of the mean probability).",
+                            _png(fig)))
+        ph = {k: v for k, v in m.get("phase_seconds", {}).items()}
+        if ph:
+            fig, ax = plt.subplots(figsize=(6.5, 3.2))
+            ax.barh(list(ph), list(ph.values()), color="tab:blue")
+            ax.set(xlabel="seconds", title="Phases")
+            figures.append(("Timings", "Seconds per phase of the job (from manifest.json).", _png(fig)))
+    if is_simulation:
+        import csv
+
+        from alscale.loop.curves import plot_curves
+
+        with open(out / "rounds.csv") as fh:
+            records = [{**r, "test_accuracy": float(r["test_accuracy"]), "n_labels": int(r["n_labels"]),
+                        "trial": int(r["trial"]), "round": int(r["round"]), "batch_size": int(r["batch_size"])}
+                       for r in csv.DictReader(fh)]
+        tmp = out / ".report-curves.png"
+        plot_curves(records, tmp, title="Learning curves")
+        uri = "data:image/png;base64," + base64.b64encode(tmp.read_bytes()).decode()
+        tmp.unlink()
+        figures.append(("Learning curves", "Median test accuracy against labelled-set size (band: 25-75%).", uri))
+        facts.append(("simulation", f"{len({r['strategy'] for r in records})} strategies, "
+                                    f"{len({r['trial'] for r in records})} trials, {len(records)} rounds"))
+    page = _html(out, facts, figures)
+    path = out / REPORT_FILE
+    atomic_write_text(path, page)
+    return path
+
+
+def _html(out: Path, facts: list[tuple[str, str]], figures: list[tuple[str, str, str]]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    figs = "".join(f'<section><h2>{html.escape(t)}</h2><p>{html.escape(c)}</p>'
+                   f'<img alt="{html.escape(t)}" src="{u}"></section>' for t, c, u in figures)
+    # The inline script records how many images the browser decoded (checked by the tests).
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>alscale report — {html.escape(str(out))}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+th{{text-align:left;padding-right:1em;vertical-align:top}}img{{max-width:100%}}section{{margin:2em 0}}</style>
+</head><body>
+<h1>alscale report</h1><p>{html.escape(str(out))}</p>
+<table>{rows}</table>
+{figs}
+<script>
+window.addEventListener("load", function () {{
+  var imgs = document.querySelectorAll("img"), ok = 0;
+  for (var i = 0; i < imgs.length; i++) if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
+  document.body.setAttribute("data-images", imgs.length);
+  document.body.setAttribute("data-images-loaded", ok);
+}});
+</script>
+</body></html>
+"""
