@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("pool")
 
     sub.add_parser("strategies", help="list the registered strategies")
+    st = sub.add_parser("stream", help="stream-based selective sampling over the pool in row order")
+    st.add_argument("job")
+    st.add_argument("overrides", nargs="*", metavar="key=value")
+    st.add_argument("--out", help="output directory (default: the job's 'output')")
+    st.add_argument("--force", action="store_true", help="replace an earlier stream's outputs")
+    st.add_argument("--no-progress", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the summary as JSON")
     rp = sub.add_parser("report", help="one self-contained HTML page about a job or simulation output directory")
     rp.add_argument("out_dir")
     rp.add_argument("--sample", type=int, default=20_000, help="pool rows sampled for the plots (default 20,000)")
@@ -163,6 +170,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _bench(args)
     if args.command == "labels":
         return _labels(args)
+    if args.command == "stream":
+        from alscale.jobspec import load_job
+        from alscale.workflow.stream import run_stream
+
+        summary = run_stream(load_job(args.job, args.overrides), out_dir=args.out, force=args.force,
+                             progress=False if (args.no_progress or args.json) else None)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"queried {summary['queried']:,} of {summary['rows']:,} rows ({summary['fraction']:.2%}; budget "
+                  f"{summary['budget']:.2%}), {summary['model_updates']} model updates; decisions and ledger in "
+                  f"{summary['out_dir']}")
+        return 0
     if args.command == "report":
         from alscale.workflow.report import build_report
 

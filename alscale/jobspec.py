@@ -64,6 +64,8 @@ _SCHEMA: dict[str, Any] = {
     "output": None,
     # The active-learning loop's protocol (``alscale simulate``); validated by alscale.loop.spec.
     "loop": None,
+    # Stream-based selective sampling (``alscale stream``); validated by alscale.workflow.stream.
+    "stream": None,
 }
 
 
@@ -113,6 +115,7 @@ class JobSpec:
     seed: int = 0
     output: str | None = None
     loop: dict[str, Any] | None = None  # ``alscale simulate`` protocol, see alscale.loop.spec
+    stream: dict[str, Any] | None = None  # ``alscale stream`` settings, see alscale.workflow.stream
     source: str | None = None  # the job file it came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +328,9 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     loop = raw.get("loop")
     if loop is not None and not isinstance(loop, dict):
         errors.append(f"loop must be a mapping (see alscale simulate) or null; got {loop!r}")
+    stream = raw.get("stream")
+    if stream is not None and not isinstance(stream, dict):
+        errors.append(f"stream must be a mapping (see alscale stream) or null; got {stream!r}")
 
     # Cross-field: what the strategy needs from the model.
     if info is not None and model is not None and not errors:
@@ -362,6 +368,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         seed=int(seed),
         output=output,
         loop=copy.deepcopy(loop) if loop else None,
+        stream=copy.deepcopy(stream) if stream else None,
         source=source,
     )
 
