@@ -93,3 +93,33 @@ def test_stream_errors(lp_pool, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown field 'stream.pase'" in err and "must be a score strategy" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_hybrid_oracle_in_the_stream_routes_sure_rows_to_the_machine(lp_pool, tmp_path):
+    """Confident rows (low entropy) to a labelling program, uncertain ones to people (who have
+    already answered, through the ledger the human oracle watches)."""
+    import sys
+
+    prog = tmp_path / "machine.py"
+    prog.write_text("import json, sys\nfor l in sys.stdin:\n    r = json.loads(l)\n"
+                    "    print(json.dumps({'row_id': r['row_id'], 'label': r['row_id'] % 4}))\n")
+    people_ledger = tmp_path / "people"
+    ids = np.arange(5000, dtype=np.int64) + 100
+    Ledger(people_ledger).append(ids, (ids + 1) % 4, 0, "annotators")  # everything pre-answered
+    job = _job(lp_pool, tmp_path / "out", threshold=0.3, budget=0.2,
+               oracle={"kind": "hybrid", "threshold": 0.9,
+                       "machine": {"kind": "command", "command": [sys.executable, str(prog)]},
+                       "people": {"kind": "human", "ledger": str(people_ledger), "poll_s": 0.01}})
+    s = run_stream(job, progress=False)
+    dec = pq.read_table(tmp_path / "out" / "decisions.parquet").to_pydict()
+    q = np.array(dec["queried"])
+    oracle = np.array(dec["oracle"])
+    score = np.array(dec["score"])
+    assert set(oracle[q]) == {"command", "human"} and (oracle[~q] == "").all()
+    assert (score[q & (oracle == "command")] < 0.9).all() and (score[q & (oracle == "human")] >= 0.9).all()
+    led = Ledger(tmp_path / "out" / "ledger")
+    got = dict(zip(led.row_ids.tolist(), led.labels.tolist()))
+    row = np.array(dec["row_id"])
+    for r, o in zip(row[q].tolist(), oracle[q].tolist()):
+        assert got[r] == (r % 4 if o == "command" else (r + 1) % 4)
+    assert s["queried"] == q.sum()

@@ -10,15 +10,19 @@ A job's ``stream:`` section::
       step: 0.01            # s: after a query θ ← θ(1 + s), after a skip θ ← θ(1 − s)
       update_every: null    # retrain the model from scratch on all labels every n labels (needs a model)
       train: {...}          # as loop.train (alscale.loop.spec), for update_every
+      oracle: {kind: simulated}   # simulated | command | http | human | hybrid (alscale.loop.oracle)
 
 The score is any score strategy (``strategy.name``: entropy, margin, BALD, ...) of the job's
 model (or of the pool's ``log_probs``). Row t is queried when the labels spent so far are
 below ``budget · t`` and its score is at least θ (Žliobaitė, Bifet, Pfahringer & Holmes,
 "Active learning with drifting streaming data", IEEE TNNLS 2014: variable uncertainty; with
-``pacing: fixed`` θ stays put). Queried rows get their label from the oracle (here: the
-pool's ``label`` column, :class:`~alscale.loop.oracle.SimulatedOracle`), which is appended to
-the ledger ``OUT/ledger`` each time the model is updated and at the end. Every decision goes
-to ``OUT/decisions.parquet``: position, row_id, score, threshold, queried, spent.
+``pacing: fixed`` θ stays put). Queried rows get their label from the oracle — by default
+the pool's ``label`` column (simulated); a program, a loopback service, people, or a hybrid
+that routes rows scoring below a threshold to a machine oracle and the rest to people
+(:func:`alscale.loop.oracle.make_oracle`) — and the labels are appended to the ledger
+``OUT/ledger`` each time the model is updated and at the end. Every decision goes to
+``OUT/decisions.parquet``: position, row_id, score, threshold, queried, spent, and the oracle
+that answered.
 
 Rows are read in order, chunk by chunk (``runtime.chunk_rows``); decisions within a chunk use
 the model as it was when the chunk was scored, so ``update_every`` takes effect at the next
@@ -43,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 PACINGS = ("variable", "fixed")
 _DEFAULTS = {"budget": None, "pacing": "variable", "threshold": 0.5, "step": 0.01, "update_every": None,
-             "train": None}
+             "train": None, "oracle": None}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class StreamSpec:
     step: float = 0.01
     update_every: int | None = None
     train: Any = None  # alscale.loop.spec.TrainConfig
+    oracle: dict[str, Any] | None = None  # alscale.loop.oracle.make_oracle's mapping
 
 
 def parse_stream(job: JobSpec, raw: dict[str, Any] | None) -> StreamSpec:
@@ -92,10 +97,13 @@ def parse_stream(job: JobSpec, raw: dict[str, Any] | None) -> StreamSpec:
     if info.kind != "score":
         errors.append(f"stream selection scores rows one by one: strategy.name must be a score strategy "
                       f"(entropy, margin, bald, ...), not {info.name}")
+    if v["oracle"] is not None and not isinstance(v["oracle"], dict):
+        errors.append(f"stream.oracle must be a mapping with a kind (simulated, command, http, human, hybrid); "
+                      f"got {v['oracle']!r}")
     if errors:
         raise JobError(f"job {job.source}: {len(errors)} error{'s' if len(errors) > 1 else ''}: " + "; ".join(errors))
     return StreamSpec(float(v["budget"]), v["pacing"], float(v["threshold"]), float(v["step"]),
-                      None if n is None else int(n), train)
+                      None if n is None else int(n), train, v["oracle"])
 
 
 def decide(scores_B: np.ndarray, *, threshold: float, spent: int, seen: int, spec: StreamSpec
@@ -125,7 +133,7 @@ def run_stream(job: JobSpec, *, out_dir: str | Path | None = None, force: bool =
     from tqdm import tqdm
 
     from alscale.loop.ledger import Ledger
-    from alscale.loop.oracle import SimulatedOracle
+    from alscale.loop.oracle import HybridOracle, SimulatedOracle, make_oracle
     from alscale.pool import open_pool, read_shard, write_table
     from alscale.runtime.output import OutputLock
     from alscale.strategies import get_strategy
@@ -139,9 +147,22 @@ def run_stream(job: JobSpec, *, out_dir: str | Path | None = None, force: bool =
     if (out / "decisions.parquet").exists() and not force:
         raise AlscaleError(f"output {out} already holds a stream's decisions; pass --force or choose another --out")
     info = open_pool(job.pool)
-    if not info.has_label:
-        raise AlscaleError(f"pool {info.path} has no 'label' column for the simulated oracle; stream selection "
-                           "here labels queried rows from it")
+    if (spec.oracle or {}).get("kind", "simulated") == "simulated" and not info.has_label:
+        raise AlscaleError(f"pool {info.path} has no 'label' column for the simulated oracle; give stream.oracle "
+                           "(command, http, human or hybrid)")
+
+    def simulated() -> Any:
+        if not info.has_label:
+            raise AlscaleError(f"pool {info.path} has no 'label' column for a simulated oracle")
+        d = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["label"])
+        return SimulatedOracle(d.row_ids_N, d.labels_N, source=info.path)
+
+    def describe(row_ids: np.ndarray) -> list[dict[str, Any]]:
+        if info.media is None:
+            return [{} for _ in range(row_ids.size)]
+        from alscale.workflow.labels import _media_refs
+
+        return [{"image": ref} for ref in (_media_refs(info.path, row_ids) or [])]
     score_fn = get_strategy(job.strategy.name).score_fn
     use_model = job.model is not None
     if not use_model and info.n_classes is None:
@@ -166,9 +187,11 @@ def run_stream(job: JobSpec, *, out_dir: str | Path | None = None, force: bool =
 
                 shutil.rmtree(out / "ledger")
         ledger = Ledger(out / "ledger")
+        oracle = make_oracle(spec.oracle, simulated=simulated, n_classes=info.n_classes, out_dir=out,
+                             describe=describe)
         theta, spent, seen, updates = spec.threshold, 0, 0, 0
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("position", "row_id", "score", "threshold", "queried",
-                                                             "spent")}
+                                                             "spent", "oracle")}
         q_ids: list[int] = []
         q_labels: list[int] = []
         q_x: list[np.ndarray] = []
@@ -177,35 +200,43 @@ def run_stream(job: JobSpec, *, out_dir: str | Path | None = None, force: bool =
         with tqdm(total=info.n_rows, unit="rows", desc="stream", disable=not progress, file=sys.stderr) as bar:
             for lo in range(0, info.n_rows, chunk):
                 hi = min(info.n_rows, lo + chunk)
-                wanted = ["label"] + (["features"] if use_model else ["log_probs"])
+                wanted = (["label"] if info.has_label else []) + (["features"] if use_model else ["log_probs"])
                 d = read_shard(ShardSpec(info.path, 0, lo, hi), wanted, check_normalised=not use_model)
                 lp = scorer.score(d.features_N_D)[0] if use_model else d.log_probs_N_K_C
                 scores = score_fn(lp)
                 queried, thr, theta, spent_after = decide(scores, threshold=theta, spent=spent, seen=seen, spec=spec)
                 spent_so_far = spent + np.cumsum(queried)
                 spent = spent_after
-                for key, val in (("position", np.arange(lo, hi)), ("row_id", d.row_ids_N), ("score", scores),
-                                 ("threshold", thr), ("queried", queried), ("spent", spent_so_far)):
-                    cols[key].append(np.asarray(val))
+                answered_by = np.full(hi - lo, "", dtype=object)
                 if queried.any():
-                    oracle = SimulatedOracle(d.row_ids_N, d.labels_N, source=info.path)
                     ids = d.row_ids_N[queried]
+                    if isinstance(oracle, HybridOracle):
+                        labels = oracle.label_scored(ids, scores[queried])
+                        answered_by[queried] = [r[1] for r in oracle.routes[-ids.size:]]
+                    else:
+                        labels = oracle.label(ids)
+                        answered_by[queried] = oracle.name
                     q_ids += ids.tolist()
-                    q_labels += oracle.label(ids).tolist()
+                    q_labels += labels.tolist()
                     if use_model:
                         q_x.append(np.asarray(d.features_N_D[queried], dtype=np.float32))
+                for key, val in (("position", np.arange(lo, hi)), ("row_id", d.row_ids_N), ("score", scores),
+                                 ("threshold", thr), ("queried", queried), ("spent", spent_so_far),
+                                 ("oracle", answered_by)):
+                    cols[key].append(np.asarray(val))
                 seen = hi
                 bar.update(hi - lo)
                 if spec.update_every and len(q_ids) - flushed >= spec.update_every:
                     updates += 1
                     ledger.append(np.asarray(q_ids[flushed:]), np.asarray(q_labels[flushed:]), updates - 1,
-                                  source=f"simulated:{info.path}")
+                                  source=f"{oracle.name}")
                     flushed = len(q_ids)
                     _retrain(scorer, np.concatenate(q_x), np.asarray(q_labels), spec, job.seed + updates)
         if len(q_ids) > flushed:
             ledger.append(np.asarray(q_ids[flushed:]), np.asarray(q_labels[flushed:]), updates,
-                          source=f"simulated:{info.path}")
-        table = pa.table({k: np.concatenate(v) if v else np.empty(0) for k, v in cols.items()})
+                          source=f"{oracle.name}")
+        table = pa.table({k: (pa.array(np.concatenate(v).tolist(), pa.string()) if k == "oracle" else
+                              np.concatenate(v)) if v else np.empty(0) for k, v in cols.items()})
         write_table(table, str(out / "decisions.parquet"), format="parquet")
     summary = {"rows": info.n_rows, "queried": spent, "fraction": spent / max(info.n_rows, 1),
                "budget": spec.budget, "final_threshold": theta, "model_updates": updates, "out_dir": str(out)}
