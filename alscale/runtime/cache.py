@@ -5,7 +5,8 @@ Each scored chunk (a contiguous pool row range, ``runtime.chunk_rows`` rows of o
 becomes two files under ``OUT/cache/``:
 
 - ``rows-<start>-<stop>.arrow``: an Arrow IPC file with ``row_id``, ``log_probs``
-  (fixed-size list of K*C float32) and, when the model gives one, ``embedding``;
+  (fixed-size list of K*C float32) and, when the model gives them, ``embedding`` and ``loss``
+  (a Learning Loss module's predicted loss);
 - ``rows-<start>-<stop>.json``: its record — sha256 and size of the Arrow file, the row
   range, K, C, E, the device type that scored it, and the job *fingerprint*.
 
@@ -139,8 +140,8 @@ class ChunkCache:
         return self.dir.child(stem + ".arrow"), self.dir.child(stem + ".json")
 
     def load(self, start: int, stop: int, row_ids_B: np.ndarray, device_type: str
-             ) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """The cached ``(log_probs_B_K_C, embeddings_B_E | None)`` of pool rows ``[start, stop)``,
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
+        """The cached ``(log_probs_B_K_C, embeddings_B_E | None, loss_B | None)`` of pool rows ``[start, stop)``,
         or None when there is no valid cache for them (the reason is logged and kept)."""
         if not self.reuse:
             return None
@@ -159,7 +160,7 @@ class ChunkCache:
         return out
 
     def _load_checked(self, data: Location, meta: Location, start: int, stop: int, row_ids_B: np.ndarray,
-                      device_type: str) -> tuple[np.ndarray, np.ndarray | None] | str:
+                      device_type: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | str:
         with self.dir.fs.open_input_stream(meta.path) as fh:
             rec = json.loads(fh.read().decode())
         if rec.get("fingerprint") != self.record["sha256"]:
@@ -187,10 +188,12 @@ class ChunkCache:
         if rec.get("embedding_dim"):
             e = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(), np.float32)
             emb = e.reshape(len(ids), int(rec["embedding_dim"])).copy()
-        return log_probs, emb
+        loss = np.asarray(table.column("loss").to_numpy(), np.float32).copy() if "loss" in table.column_names \
+            else None
+        return log_probs, emb, loss
 
     def store(self, start: int, stop: int, row_ids_B: np.ndarray, log_probs_B_K_C: np.ndarray,
-              embeddings_B_E: np.ndarray | None, device_type: str) -> None:
+              embeddings_B_E: np.ndarray | None, device_type: str, loss_B: np.ndarray | None = None) -> None:
         """Write the chunk's outputs and then its record, each atomically."""
         n, k, c = log_probs_B_K_C.shape
         cols: dict[str, pa.Array] = {
@@ -201,6 +204,8 @@ class ChunkCache:
         if embeddings_B_E is not None:
             cols["embedding"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(np.ascontiguousarray(embeddings_B_E, np.float32).reshape(-1)), embeddings_B_E.shape[1])
+        if loss_B is not None:
+            cols["loss"] = pa.array(np.asarray(loss_B, np.float32))
         sink = pa.BufferOutputStream()
         table = pa.table(cols)
         with ipc.new_file(sink, table.schema) as w:

@@ -52,6 +52,7 @@ class ShardWorker:
         self._stream: Any = None  # alscale.runtime.memory.StreamPlan, set by load
         self._check_finite = True
         self._base: np.ndarray | None = None  # the stream plan's base score per row
+        self._loss: np.ndarray | None = None  # predicted loss per row (Learning Loss models)
 
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
@@ -81,6 +82,7 @@ class ShardWorker:
         self.state = None
         self._log_probs = self._embeddings = None
         self._base: np.ndarray | None = None
+        self._loss = None
         if not will_score and stream is None:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
         return {"rows": float(self.data.n_rows), "seconds": time.perf_counter() - t0}
@@ -101,10 +103,16 @@ class ShardWorker:
         start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n)
         if start >= stop:
             return 0
-        log_probs_B_K_C, emb_B_E = self._chunk_outputs(start, stop)
+        log_probs_B_K_C, emb_B_E, loss_B = self._chunk_outputs(start, stop)
         self._keep(start, stop, log_probs_B_K_C, emb_B_E)
+        if loss_B is not None:  # a Learning Loss module's predicted loss: the learning_loss score
+            if self._loss is None:
+                self._loss = np.empty(n, dtype=np.float64)
+            self._loss[start:stop] = loss_B
         if stop == n:
             base = {} if self._base is None else {self._stream.base_score: self._base}
+            if self._loss is not None:
+                base["learning_loss"] = self._loss
             self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings, base)
         return stop - start
 
@@ -112,7 +120,8 @@ class ShardWorker:
         assert self.spec is not None
         return ShardSpec(self.spec.pool, self.spec.index, self.spec.start + start, self.spec.start + stop)
 
-    def _chunk_outputs(self, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _chunk_outputs(self, start: int, stop: int
+                       ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """The model outputs of rows ``[start, stop)`` (from the cache when it holds them),
         or, streaming without a model, the pool's log-probs / embeddings of those rows."""
         assert self.data is not None
@@ -120,7 +129,7 @@ class ShardWorker:
             cols = [c for c in self._stream.columns if c not in MEDIA_COLUMNS]
             part = read_shard(self._chunk_spec(start, stop), cols, check_finite=self._check_finite,
                               check_normalised=self._check_finite)
-            return part.log_probs_N_K_C, part.embeddings_N_D
+            return part.log_probs_N_K_C, part.embeddings_N_D, None
         cached = None
         if self._cache is not None:
             assert self.spec is not None
@@ -131,16 +140,18 @@ class ShardWorker:
         if cached is not None:
             return cached
         if self._media is not None:
-            out = self._score_media(start, stop)
-        elif self._stream is not None:
-            part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
-            out = self._scorer.score(part.features_N_D)
+            lp, emb, loss = self._score_media(start, stop)
         else:
-            assert self.data.features_N_D is not None
-            out = self._scorer.score(self.data.features_N_D[start:stop])
+            if self._stream is not None:
+                part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
+                lp, emb = self._scorer.score(part.features_N_D)
+            else:
+                assert self.data.features_N_D is not None
+                lp, emb = self._scorer.score(self.data.features_N_D[start:stop])
+            loss = self._scorer.last_loss_N
         if self._cache is not None:
-            self._cache.store(lo, hi, self.data.row_ids_N[start:stop], out[0], out[1], device_type)
-        return out
+            self._cache.store(lo, hi, self.data.row_ids_N[start:stop], lp, emb, device_type, loss)
+        return lp, emb, loss
 
     def _keep(self, start: int, stop: int, log_probs_B_K_C: np.ndarray | None, emb_B_E: np.ndarray | None) -> None:
         """Store what the selection needs of rows ``[start, stop)``: everything, or (streaming)
@@ -165,7 +176,7 @@ class ShardWorker:
                 self._embeddings = np.empty((n, emb_B_E.shape[1]), dtype=np.float32)
             self._embeddings[start:stop] = emb_B_E
 
-    def _score_media(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _score_media(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Decode rows ``[start, stop)`` batch by batch (the next batch decodes on other threads
         while the model runs on this one) and score them."""
         assert self.spec is not None and self._media is not None and self.data is not None
@@ -177,13 +188,15 @@ class ShardWorker:
             if self._decoder is None:
                 self._decoder = media_decoder(self.spec, self._media, self._scorer.spec, self.data.row_ids_N)
             decoder = self._decoder
-        lps, embs = [], []
+        lps, embs, losses = [], [], []
         for _, x_B_D in decoder.batches(start, stop, self._scorer.spec.batch_size):
             lp, emb = self._scorer.score(x_B_D)
             lps.append(lp)
             embs.append(emb)
+            losses.append(self._scorer.last_loss_N)
         emb_all = None if embs[0] is None else np.concatenate(embs)
-        return np.concatenate(lps), emb_all
+        loss_all = None if losses[0] is None else np.concatenate(losses)
+        return np.concatenate(lps), emb_all, loss_all
 
     def use_cache(self, out_dir: str, record: dict[str, Any], reuse: bool) -> None:
         """Keep each scored chunk in ``out_dir``'s cache (and, with ``reuse``, read valid caches

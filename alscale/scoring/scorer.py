@@ -79,6 +79,10 @@ class Scorer:
         self._n_classes: int | None = None
         self._embedding_dim: int | None = None
         self._returns_embedding: bool | None = None
+        self._batch_loss: torch.Tensor | None = None  # predicted loss of the last checked batch
+        #: Per-row predicted loss of the last :meth:`score` call (float32 ``[N]``), when the model
+        #: returns one as a third output (a Learning Loss module, Yoo & Kweon, CVPR 2019).
+        self.last_loss_N: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "in_features": self.in_features, "seed": self.seed}
@@ -160,10 +164,16 @@ class Scorer:
         log_probs_N_K_C: np.ndarray | None = None
         embeddings_N_E: np.ndarray | None = None
         start = time.perf_counter()
+        loss_N: np.ndarray | None = None
         with torch.inference_mode():
             for lo in range(0, n_rows, batch):
                 hi = min(lo + batch, n_rows)
+                self._batch_loss = None
                 log_probs_B_K_C, embeddings_B_E = self._score_batch(features_N_D[lo:hi], lo)
+                if self._batch_loss is not None:
+                    if loss_N is None:
+                        loss_N = np.empty(n_rows, dtype=np.float32)
+                    loss_N[lo:hi] = self._batch_loss.float().cpu().numpy()
                 if log_probs_N_K_C is None:
                     log_probs_N_K_C = np.empty((n_rows, *log_probs_B_K_C.shape[1:]), dtype=np.float32)
                     if embeddings_B_E is not None:
@@ -171,6 +181,7 @@ class Scorer:
                 log_probs_N_K_C[lo:hi] = log_probs_B_K_C.cpu().numpy()
                 if embeddings_N_E is not None and embeddings_B_E is not None:
                     embeddings_N_E[lo:hi] = embeddings_B_E.cpu().numpy()
+        self.last_loss_N = loss_N
         seconds = time.perf_counter() - start
         log.debug("scored %d rows in %.3f s (%.0f rows/s)", n_rows, seconds, n_rows / max(seconds, 1e-9))
         assert log_probs_N_K_C is not None
@@ -218,11 +229,13 @@ class Scorer:
             if self._returns_embedding is not False:
                 set_mc_sample(self._layers, None)
                 _, embeddings_B_E = self._check_output(run(), padded, rows)
+            deterministic_loss = self._batch_loss  # a predicted loss comes from the deterministic pass
             samples = []
             for k in range(mc_samples):
                 set_mc_sample(self._layers, k)
                 logits_B_C, _ = self._check_output(run(), padded, rows)
                 samples.append(self._log_softmax(logits_B_C, offset))
+            self._batch_loss = deterministic_loss
         finally:
             forbid_mc_dropout(self._layers, False)
             set_mc_sample(self._layers, None)
@@ -231,17 +244,26 @@ class Scorer:
     def _check_output(self, output: object, padded: int, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Check a forward output of ``padded`` rows against the protocol; keep the first ``rows``."""
         name = self.spec.factory
+        loss = None
         if isinstance(output, torch.Tensor):
             logits, embedding = output, None
-        elif isinstance(output, (tuple, list)) and len(output) == 2 and all(
+        elif isinstance(output, (tuple, list)) and len(output) in (2, 3) and all(
             isinstance(part, torch.Tensor) for part in output
         ):
-            logits, embedding = output
+            logits, embedding = output[0], output[1]
+            loss = output[2] if len(output) == 3 else None
         else:
             raise AlscaleError(
-                f"model {name!r} must return logits [N, C] or a tuple (logits [N, C], embedding [N, E]),"
-                f" got {type(output).__name__}"
+                f"model {name!r} must return logits [N, C], a tuple (logits [N, C], embedding [N, E]) or"
+                f" (logits, embedding, predicted loss [N]), got {type(output).__name__}"
             )
+        if loss is not None:
+            if loss.dim() == 2 and loss.shape[1] == 1:
+                loss = loss[:, 0]
+            if loss.dim() != 1 or loss.shape[0] != padded:
+                raise AlscaleError(f"model {name!r} returned a predicted loss of shape {list(loss.shape)} for "
+                                   f"{padded} rows; expected [{padded}]")
+            self._batch_loss = loss[:rows]
         if logits.dim() != 2 or logits.shape[0] != padded:
             raise AlscaleError(
                 f"model {name!r} returned logits of shape {list(logits.shape)} for {padded} rows;"

@@ -287,6 +287,16 @@ _STRATEGIES: dict[str, StrategyInfo] = {
             check_fn="alscale.strategies.cluster_margin:check_options",
         ),
         StrategyInfo(
+            "learning_loss",
+            "loop",
+            None,
+            1,
+            True,
+            _NO_OPTIONS,
+            "largest loss predicted by the model's loss-prediction module (Yoo & Kweon, CVPR 2019)",
+            select_fn="alscale.strategies.learning_loss:select_learning_loss",
+        ),
+        StrategyInfo(
             "egl",
             "loop",
             None,
