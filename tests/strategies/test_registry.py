@@ -28,6 +28,7 @@ NAMES = [
     "kcenter_approx",
     "kmeans_parallel",
     "kmeanspp",
+    "learning_loss",
     "least_confidence",
     "margin",
     "mean_std",
