@@ -249,7 +249,12 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                 if cache_record is not None:
                     cache_info = _cache_summary(executor.map("cache_stats", [()] * len(plan)), cache_record)
         shards = FanoutShards(executor)
-        with _phase(timings, "select"):
+        from tqdm import tqdm
+
+        from alscale.strategies.progress import reporting
+
+        bar = tqdm(total=job.strategy.budget, unit="picks", desc="selecting", disable=not progress, file=sys.stderr)
+        with _phase(timings, "select"), bar, reporting(bar.update):
             n_labeled_in_pool = shards.exclude(labeled)
             candidates = None
             if job.strategy.seals:

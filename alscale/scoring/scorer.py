@@ -261,8 +261,9 @@ class Scorer:
             if loss.dim() == 2 and loss.shape[1] == 1:
                 loss = loss[:, 0]
             if loss.dim() != 1 or loss.shape[0] != padded:
-                raise AlscaleError(f"model {name!r} returned a predicted loss of shape {list(loss.shape)} for "
-                                   f"{padded} rows; expected [{padded}]")
+                raise AlscaleError(f"model {name!r} returned a third output of shape {list(loss.shape)} for "
+                                   f"{padded} rows; a model must return logits [N, C], (logits, embedding) or "
+                                   f"(logits, embedding, predicted loss [{padded}])")
             self._batch_loss = loss[:rows]
         if logits.dim() != 2 or logits.shape[0] != padded:
             raise AlscaleError(

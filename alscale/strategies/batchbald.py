@@ -83,6 +83,7 @@ from alscale.strategies.joint_entropy import (
     row_conditional_entropy,
     row_expected_entropy,
 )
+from alscale.strategies import progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_budget
@@ -565,6 +566,7 @@ def batchbald_loop(
         assert best is not None  # n_cand > i rows are left
         picks.append(best.row_id)
         scores.append(joint.entropy - sum_eh + best.gain)
+        progress.advance()
         stats.steps.append(
             {
                 "mode": joint.mode,

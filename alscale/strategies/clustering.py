@@ -167,8 +167,10 @@ def km_members(state: ShardState, cluster: int) -> tuple[np.ndarray, np.ndarray,
 def initial_centers(shards: Shards, k: int, *, seed: int, round: int) -> np.ndarray:
     """``k`` k-means++ seeds (exact D² sampling over the unlabelled rows), as embeddings ``[k, D]``."""
     from alscale.strategies.kmeanspp import seed_exact
+    from alscale.strategies.progress import reporting
 
-    sel, _ = seed_exact(shards, k, space="embedding", seed=seed, round=round, strategy="kmeans")
+    with reporting(lambda n: None):  # seeds are not picks of the selection
+        sel, _ = seed_exact(shards, k, space="embedding", seed=seed, round=round, strategy="kmeans")
     ids = np.asarray(sel.indices_B, dtype=np.int64)
     parts = shards.call(_OP + "km_take", ids)
     got_ids = np.concatenate([p[0] for p in parts])

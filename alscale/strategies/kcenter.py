@@ -62,6 +62,7 @@ from alscale.index.exact import (
     sq_dist_rows,
     sq_dist_to_point,
 )
+from alscale.strategies import progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op, topk_order
 from alscale.types import Selection
 
@@ -618,6 +619,7 @@ def _greedy(
         picks_emb[0] = emb
         pending_c.append(picks_emb[:1].copy())
         pending_ids.append(row)
+        progress.advance()
     stats.seconds["init"] = time.perf_counter() - t0
 
     m_s = _initial_offer(k, n_cand_s, offer_rows)
@@ -658,6 +660,7 @@ def _greedy(
             cands.take(j)
             got += 1
         stats.picks_per_round.append(got)
+        progress.advance(got)
         t_pick += time.perf_counter() - ts
         if len(picks_ids) < k:
             m_s = _adapt_offer(m_s, bounds, stop_value, got, k, offer_rows)

@@ -105,6 +105,7 @@ from alscale.strategies.kmeanspp_kernels import (
     trial_bits,
     trial_uniforms,
 )
+from alscale.strategies import progress
 from alscale.strategies.shards import ShardState, Shards, shard_op
 from alscale.types import Selection
 
@@ -573,6 +574,7 @@ def seed_exact(
     row0 = pending.row_ids[0]
     picks, scores = [row0], [math.inf]
     chosen = {row0}
+    progress.advance()
     bound = _FIRST_BOUND * max_n  # d² <= (|g_i| + |g_c|)² <= 4 max |g|², u <= (1 + 2^-5) d²
     trial = syncs = accepted = exact_rows = 0
     alpha = 1.0
@@ -610,6 +612,7 @@ def seed_exact(
                 picks.append(row)
                 scores.append(w)
                 chosen.add(row)
+                progress.advance()
                 period_acc += 1
         accepted += period_acc
         alpha = min(1.0, max(0.02, period_acc / max(period_trials, 1)))

@@ -32,7 +32,7 @@ import numpy as np
 
 from alscale.errors import AlscaleError
 from alscale.index.exact import sq_dist_rows
-from alscale.strategies import noise
+from alscale.strategies import noise, progress
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
@@ -262,6 +262,7 @@ def select_probcover(shards: Shards, budget: int, *, options: dict[str, Any], se
             break
         ids_B.append(row)
         scores_B.append(float(deg))
+        progress.advance()
         ball = np.unique(np.concatenate(shards.call(_OP + "pc_ball", np.array([row], np.int64))))
         new = np.array([r for r in ball.tolist() if r not in covered_set], dtype=np.int64)
         covered_set.update(new.tolist())

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from alscale.errors import AlscaleError
+from alscale.strategies import progress
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
@@ -139,4 +140,5 @@ def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], se
             picked.add(row)
             ids_B.append(row)
             scores_B.append(float(typ[best]))
+            progress.advance()
     return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "typiclust")

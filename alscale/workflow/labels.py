@@ -78,7 +78,11 @@ def _media_refs(pool: str, row_ids: np.ndarray) -> list[str] | None:
     pos = order[np.searchsorted(ids[order], row_ids)]
     base = media_base(info.path)
     out = []
-    for p in pos.tolist():
+    import sys
+
+    from tqdm import tqdm
+
+    for p in tqdm(pos.tolist(), desc="exporting", unit="rows", disable=not sys.stderr.isatty(), file=sys.stderr):
         value = read_media(ShardSpec(info.path, 0, p, p + 1), info.media)[0].as_py()
         if info.media == "path":
             is_abs = "://" in value or os.path.isabs(value)

@@ -433,3 +433,15 @@ def test_quotas_errors_and_job(data, tmp_path):
     res = run_job(job, out_dir=tmp_path / "out", progress=False)
     assert res.manifest["quotas"]["max"] == 4 and max(res.manifest["quotas"]["picks_per_class"]) == 4
     assert sum(res.manifest["quotas"]["picks_per_class"]) == 20
+
+
+def test_selection_loops_report_their_progress(data):
+    from alscale.strategies.progress import reporting
+
+    ids, emb, lp = data
+    for name in ("kcenter", "badge", "typiclust", "probcover"):
+        shards, _ = make_shards(ids, emb, lp, n_shards=2)
+        seen: list[int] = []
+        with reporting(seen.append):
+            sel = run_strategy(shards, name, 15, options={"delta": 0.3} if name == "probcover" else None)
+        assert sum(seen) == len(sel) == 15, name
