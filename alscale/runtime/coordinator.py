@@ -68,7 +68,7 @@ def uses_model(job: JobSpec) -> bool:
     if job.model is None:
         return False
     needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
-    return needs.needs_log_probs or embedding_source(job) == "model"  # (SEALS counts as needing embeddings)
+    return needs.needs_log_probs or embedding_source(job) == "model"
 
 
 def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
@@ -444,7 +444,7 @@ def _stream_plan(job: JobSpec, info: PoolInfo, in_features: int, dims: tuple) ->
         largest = (where, rows * (per_row + 8))
     shard_rows = [s.n_rows for s in plan_shards(job.pool, info.n_rows, job.runtime.shards)]
     return plan_stream(budget=int(job.runtime.memory_budget), shard_rows=shard_rows, columns=columns,
-                       extra_embeddings=bool(job.strategy.seals),
+                       extra_embeddings=bool(job.strategy.seals), extra_log_probs=bool(job.strategy.quotas),
                        strategy=job.strategy.name, options=job.strategy.options, input_bytes_per_row=per_row,
                        n_samples=int(n_samples), n_classes=n_classes, embedding_dim=emb_dim,
                        job_chunk_rows=job.runtime.chunk_rows, largest_piece=largest, pool=info.path)

@@ -83,7 +83,7 @@ class StreamPlan:
 
 
 def plan_stream(*, budget: int, shard_rows: Sequence[int], columns: Sequence[str], strategy: str,
-                extra_embeddings: bool = False,
+                extra_embeddings: bool = False, extra_log_probs: bool = False,
                 options: dict[str, Any], input_bytes_per_row: int, n_samples: int, n_classes: int | None,
                 embedding_dim: int | None, job_chunk_rows: int, largest_piece: tuple[str, int] | None,
                 pool: str) -> StreamPlan:
@@ -100,7 +100,7 @@ def plan_stream(*, budget: int, shard_rows: Sequence[int], columns: Sequence[str
     base = None
     if info.kind in ("score", "stochastic"):
         base = score_strategy(info.name, options).name
-    keep_lp = needs.needs_log_probs and base is None
+    keep_lp = (needs.needs_log_probs and base is None) or extra_log_probs  # e.g. class quotas (predicted class)
     keep_emb = needs.needs_embeddings or extra_embeddings  # e.g. the SEALS candidate filter
     lp_bytes = 4 * n_samples * (n_classes or 0)
     emb_bytes = 4 * (embedding_dim or 0)

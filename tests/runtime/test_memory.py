@@ -148,3 +148,18 @@ def test_memory_budget_values():
     with pytest.raises(JobError, match=r"runtime.memory_budget must be a size per worker such as 4GiB"):
         validate_job({"pool": {"path": "p.arrow"}, "strategy": {"name": "entropy", "budget": 1},
                       "runtime": {"memory_budget": "lots"}})
+
+
+def test_streamed_quotas_and_seals_equal_the_resident_selection(small, tmp_path):
+    lp, _ = small
+    lab = tmp_path / "labeled.csv"
+    lab.write_text("row_id\n" + "\n".join(str(i * 5 + 1) for i in range(0, 3000, 97)) + "\n")
+    runs = []
+    for mem in (None, "512KiB"):
+        raw = {"pool": {"path": str(lp)}, "labeled": {"path": str(lab)},
+               "strategy": {"name": "bald", "budget": 30, "quotas": {"max": 8}, "seals": 40},
+               "runtime": {"executor": "local", "shards": 3, "memory_budget": mem}, "seed": 5}
+        runs.append(run_job(validate_job(raw), out_dir=tmp_path / str(mem), progress=False))
+    assert runs[1].manifest["memory"]["kept"]["log_probs"] is True
+    assert runs[1].selection.indices_B.tolist() == runs[0].selection.indices_B.tolist()
+    assert max(runs[0].manifest["quotas"]["picks_per_class"]) <= 8
