@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--quick", action="store_true", help="100k rows and a few peers: under 3 minutes")
     bn.add_argument("--no-peers", action="store_true", help="alscale only")
     bn.add_argument("--make-peers", action="store_true", help="create .venv-peers (the peers' virtualenv) if missing")
+    bn.add_argument("--slow-peers", action="store_true", help="also the peers that take minutes per run")
     bn.add_argument("--only", nargs="*", metavar="SCENARIO", help="entropy bald power kcenter badge batchbald ...")
     bn.add_argument("--timeout", type=float, help="seconds per run")
     bn.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
@@ -227,7 +228,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise AlscaleError(f"alscale bench runs {suite}, which this installation lacks; clone the alscale "
                            "repository and install it with `make setup` (an editable install)")
     cmd = [sys.executable, str(suite)]
-    for flag in ("quick", "no_peers", "make_peers", "no_markdown"):
+    for flag in ("quick", "no_peers", "make_peers", "slow_peers", "no_markdown"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     if args.only:

@@ -66,7 +66,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "egl": {"strategy": "egl", "k": 1, "c": 10, "e": 32, "budget": 1000},
     # Cold start: 100 labels, nothing labelled yet.
     "typiclust": {"strategy": "typiclust", "k": 1, "c": 10, "e": 32, "budget": 100, "max_rows": 1_000_000},
-    "probcover": {"strategy": "probcover", "k": 1, "c": 10, "e": 32, "budget": 100, "max_rows": 100_000},
+    # ProbCover's δ-graph costs N²·E (258 s at 100k here): 20k in the default sizes.
+    "probcover": {"strategy": "probcover", "k": 1, "c": 10, "e": 32, "budget": 100, "max_rows": 20_000},
     # Huge batches: 10% of the pool.
     "cluster_margin": {"strategy": "cluster_margin", "k": 1, "c": 10, "e": 32, "budget_frac": 0.1,
                        "max_rows": 1_000_000},
@@ -80,13 +81,16 @@ PEERS: dict[str, dict[str, Any]] = {
     "scikit-activeml": {"scenarios": ["entropy", "kcenter", "badge", "batchbald", "typiclust", "probcover"]},
     "baal": {"scenarios": ["entropy", "bald", "batchbald"]},
     "batchbald_redux": {"scenarios": ["bald", "batchbald"]},
-    "small-text": {"scenarios": ["kcenter"]},
+    # 330 s at 20k rows (a full distance pass per pick): only with --slow-peers.
+    "small-text": {"scenarios": ["kcenter"], "max_rows": 20_000, "slow": True},
 }
 PEER_ROWS = {"entropy": [100_000, 1_000_000], "bald": [100_000, 1_000_000], "kcenter": [20_000, 100_000],
              "badge": [20_000, 100_000], "batchbald": [2_000, 10_000], "typiclust": [20_000, 100_000],
              "probcover": [20_000]}
-PEER_ROWS_QUICK = {"entropy": [100_000], "bald": [100_000], "kcenter": [20_000], "batchbald": [2_000],
-                   "typiclust": [20_000]}
+#: --quick: the peers that answer in seconds.
+QUICK_PEERS = {("modAL", "entropy", 100_000), ("scikit-activeml", "entropy", 100_000), ("baal", "entropy", 100_000),
+               ("baal", "bald", 100_000), ("batchbald_redux", "batchbald", 2_000), ("baal", "batchbald", 2_000),
+               ("scikit-activeml", "typiclust", 20_000)}
 
 
 def budget_for(s: dict[str, Any], rows: int) -> int:
@@ -337,7 +341,7 @@ def git_revision() -> str | None:
         return None
 
 
-def plan(quick: bool, only: list[str] | None, peers: bool) -> list[dict[str, Any]]:
+def plan(quick: bool, only: list[str] | None, peers: bool, slow_peers: bool = False) -> list[dict[str, Any]]:
     """Every run of this invocation, engine runs first."""
     runs: list[dict[str, Any]] = []
 
@@ -369,11 +373,14 @@ def plan(quick: bool, only: list[str] | None, peers: bool) -> list[dict[str, Any
         engine("batchbald", 10_000, sweep="size")
         engine("probcover", 20_000, sweep="size")
     if peers:
-        table = PEER_ROWS_QUICK if quick else PEER_ROWS
         for peer, p in PEERS.items():
+            if p.get("slow") and not slow_peers:
+                continue
             for scenario in p["scenarios"]:
-                for rows in table.get(scenario, []):
-                    if only and scenario not in only:
+                for rows in PEER_ROWS.get(scenario, []):
+                    if only and scenario not in only or rows > p.get("max_rows", 10**12):
+                        continue
+                    if quick and (peer, scenario, rows) not in QUICK_PEERS:
                         continue
                     runs.append({"kind": "peer", "peer": peer, "scenario": scenario, "rows": rows,
                                  "budget": budget_for(SCENARIOS[scenario], rows), "sweep": "peers"})
@@ -753,8 +760,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="100k rows, few runs: under 3 minutes")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--make-peers", action="store_true", help="create .venv-peers first when it is missing")
+    ap.add_argument("--slow-peers", action="store_true", help="also the peers that take minutes (small-text k-center)")
     ap.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="only these scenarios")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per run (default 600, quick 120)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per run (default 300, quick 120)")
     ap.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     ap.add_argument("--report-only", action="store_true",
                     help="redo the tables, plots and BENCHMARKS.md from runs.jsonl (no runs): the latest run of "
@@ -776,8 +784,8 @@ def main() -> int:
         return report(recs, meta, not args.no_markdown)
     if args.make_peers and not args.no_peers:
         make_peers_venv()
-    timeout = args.timeout or (120.0 if args.quick else 600.0)
-    runs = plan(args.quick, args.only, not args.no_peers)
+    timeout = args.timeout or (120.0 if args.quick else 300.0)
+    runs = plan(args.quick, args.only, not args.no_peers, args.slow_peers)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision(), "machine": machine(),
             "quick": args.quick}
@@ -793,6 +801,7 @@ def main() -> int:
             print(f"    {'%.3f s' % t if t is not None else rec.get('error')}", flush=True)
             recs.append(rec)
             log.write(json.dumps(rec) + "\n")
+            log.flush()  # a killed suite keeps every finished run
     meta["suite_seconds"] = time.perf_counter() - t0
     (RESULTS / "summary.json").write_text(json.dumps({"meta": meta, "runs": recs}, indent=1) + "\n")
     return report(recs, meta, not args.no_markdown)

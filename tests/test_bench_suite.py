@@ -26,7 +26,7 @@ def suite():
 
 
 def test_the_plan_covers_every_scenario_size_and_axis(suite):
-    full = suite.plan(quick=False, only=None, peers=True)
+    full = suite.plan(quick=False, only=None, peers=True, slow_peers=True)
     engine = [r for r in full if r["kind"] == "engine"]
     for name, s in suite.SCENARIOS.items():
         sizes = {r["rows"] for r in engine if r["scenario"] == name and r["sweep"] == "size"}
