@@ -640,12 +640,17 @@ def cluster_model(recs: list[dict[str, Any]]) -> list[list[str]]:
 
     score  = N / (G * r_resnet)                       (assumed throughput, embarrassingly parallel)
     entropy select = measured per-row CPU cost here * N / G + B-row merge
-    k-center select = B greedy steps, each N/G * E multiply-adds per shard on the GPU + one fan-out
-    BADGE select    = B steps of k-means++ (one sampled center per step), the same distance work
-                      on the factored gradient embedding (E * C terms via the factorisation: 2 dot
-                      products per row) + one fan-out
+    k-center select = at most B * N/G * E multiply-adds per shard on the GPU (the eager bound; the
+                      lazy updates do far fewer) + the round trips measured here at B = 10,000
+    BADGE select    = the same distance work on the factored gradient embedding (E + C terms per
+                      row: two dot products) + its measured round trips
     """
     n, e, b = IMAGENET["rows"], IMAGENET["emb"], IMAGENET["budget"]
+
+    def trips(scenario: str) -> int:
+        got = [r["round_trips"] for r in recs if r["kind"] == "engine" and r["scenario"] == scenario
+               and r["budget"] == 10_000 and seconds(r)]
+        return int(max(got)) if got else b  # unmeasured: one fan-out per pick
     ent = [r for r in engine_rows(recs, "size") if r["scenario"] == "entropy" and seconds(r)]
     per_row_select = None
     if ent:
@@ -655,11 +660,23 @@ def cluster_model(recs: list[dict[str, Any]]) -> list[list[str]]:
     for g in (8, 16, 64):
         score = n / (g * ASSUME["resnet50_img_per_s_per_gpu"])
         ent_s = (per_row_select or 0) * n / g + ASSUME["rpc_s"] * 3
-        kc = b * (2 * (n / g) * e / ASSUME["gpu_flops"] + ASSUME["rpc_s"])
-        bd = b * (2 * (n / g) * (e + 1000) / ASSUME["gpu_flops"] + 2 * ASSUME["rpc_s"])
-        out.append([str(g), f"{ASSUME['startup_s']:.0f}", f"{score:.0f}", f"{ent_s:.2f}", f"{kc:.1f}", f"{bd:.1f}",
+        kc = b * 2 * (n / g) * e / ASSUME["gpu_flops"] + trips("kcenter") * ASSUME["rpc_s"]
+        bd = b * 2 * (n / g) * (e + 1000) / ASSUME["gpu_flops"] + trips("badge") * ASSUME["rpc_s"]
+        out.append([str(g), f"{ASSUME['startup_s']:.0f}", f"{score:.0f}", f"{ent_s:.2f}", f"{kc:.2f}", f"{bd:.2f}",
                     f"{ASSUME['startup_s'] + score + kc:.0f}"])
     return out
+
+
+def per_pick_note(recs: list[dict[str, Any]]) -> str:
+    """The CPU cost of an extra k-center pick at 1M rows, from the budget sweep."""
+    pts = {r["budget"]: r["phase_seconds"]["select"] for r in recs if r["kind"] == "engine"
+           and r["scenario"] == "kcenter" and r["rows"] == 1_000_000 and r["workers"] == 2
+           and r["executor"] == "local" and not r.get("options") and seconds(r)}
+    if 1_000 in pts and 10_000 in pts:
+        ms = (pts[10_000] - pts[1_000]) / 9_000 * 1e3
+        return (f"on this CPU an extra k-center pick at 1M rows cost {ms:.1f} ms (all of it: shards and "
+                f"coordinator), which would bound it at ~{ms * 10:.0f} s for B = 10,000.")
+    return "it was not measured in these runs."
 
 
 CLUSTER_HEAD = ["GPUs", "start-up s", "ResNet-50 scoring s", "entropy select s", "k-center select s (B=10k)",
@@ -731,9 +748,11 @@ def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[
     ]
     pr = peer_rows(recs)
     if pr:
-        parts += ["## Peers side by side (same pool values, same invocation)", "",
+        parts += ["## Peers side by side (same pool values)", "",
                   "Peers get the arrays in memory and are timed on their selection call; alscale runs the whole "
-                  "job from the pool file (read, select, write), so its column is conservative.", "",
+                  "job from the pool file (read, select, write), so its column is conservative. small-text's "
+                  "k-center runs only with `--slow-peers` (330 s at 20,000 rows here: a full distance pass per "
+                  "pick).", "",
                   md_table(PEER_HEAD, pr), ""]
     gr = growth(recs)
     if gr:
@@ -749,8 +768,10 @@ def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[
               f"One acquisition over ImageNet-1k train ({IMAGENET['rows']:,} rows, ResNet-50, "
               f"{IMAGENET['emb']}-d embeddings, {IMAGENET['classes']} classes, B = {IMAGENET['budget']:,}), one shard "
               "per GPU. Assumptions: " + "; ".join(f"{k} = {v:g}" for k, v in ASSUME.items()) +
-              ". Entropy's selection cost per row is this machine's measured read+select cost. No GPU was "
-              "available to check the model; its scoring term dominates and is the assumption to verify first.", "",
+              ". Entropy's selection cost per row is this machine's measured read+select cost. The k-center and "
+              "BADGE terms count GPU distance work (the eager upper bound) and the round trips measured here at "
+              "B = 10,000, not the coordinator's per-pick work: " + per_pick_note(recs) + " No GPU was available "
+              "to check the model; its scoring term dominates and is the assumption to verify first.", "",
               md_table(CLUSTER_HEAD, cluster_model(recs)), ""]
     return "\n".join(parts)
 
