@@ -118,3 +118,31 @@ def read_labeled(path: str) -> np.ndarray:
         raise PoolError(f"labelled set {loc.display}: unknown format; use a .parquet or .csv "
                         "file with a 'row_id' column")
     return np.unique(ids.astype(np.int64, copy=False))
+
+
+def read_labels(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(row_ids, labels)`` of a labelled set that carries labels — a ledger directory, or a
+    Parquet/CSV file with a ``label`` column — else None."""
+    loc = resolve(path)
+    if loc.is_local and os.path.isdir(loc.path):
+        files = sorted(f for f in os.listdir(loc.path) if f.startswith("round-") and f.endswith(".parquet"))
+        tables = [pq.read_table(os.path.join(loc.path, f), columns=[ROW_ID, "label"]) for f in files]
+    elif loc.path.lower().endswith(".parquet"):
+        with _open(loc) as f:
+            pf = pq.ParquetFile(f)
+            if "label" not in pf.schema_arrow.names:
+                return None
+            tables = [pf.read(columns=[ROW_ID, "label"])]
+    elif loc.path.lower().endswith(".csv"):
+        with _open(loc) as f:
+            t = pacsv.read_csv(f)
+        if "label" not in t.column_names:
+            return None
+        tables = [t.select([ROW_ID, "label"])]
+    else:
+        return None
+    if not tables:
+        return None
+    ids = np.concatenate([t.column(ROW_ID).to_numpy().astype(np.int64) for t in tables])
+    labels = np.concatenate([t.column("label").to_numpy().astype(np.int64) for t in tables])
+    return ids, labels

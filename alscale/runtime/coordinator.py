@@ -278,7 +278,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                     shards,
                     job.strategy.name,
                     job.strategy.budget,
-                    options=job.strategy.options,
+                    options=_strategy_options(job, info, labeled, model_spec, in_features),
                     seed=job.seed,
                     round=job.strategy.round,
                 )
@@ -329,6 +329,37 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
     _add_throughput(manifest, timings, info.n_rows)
     logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
     return RunResult(selection=selection, out_dir=out_path, manifest=manifest)
+
+
+def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int
+                      ) -> dict[str, Any]:
+    """The job's strategy options, plus what ALFA-Mix takes from the job rather than the file:
+    the model's last linear layer and the labelled rows' labels."""
+    opts = dict(job.strategy.options)
+    if get_strategy(job.strategy.name).name != "alfamix":
+        return opts
+    if model_spec is not None:
+        import torch
+
+        from alscale.scoring import Scorer
+
+        head = getattr(Scorer(model_spec, in_features=in_features, seed=job.seed).model, "head", None)
+        if not isinstance(head, torch.nn.Linear):
+            raise AlscaleError(f"strategy alfamix needs the model's last linear layer as an attribute 'head' "
+                               f"(nn.Linear); model {model_spec.factory} has none")
+        opts["head"] = (head.weight.detach().double().cpu().numpy(), head.bias.detach().double().cpu().numpy())
+    from alscale.pool.labeled import read_labels
+
+    got = read_labels(job.labeled) if job.labeled else None
+    if got is None and info.has_label and labeled.size:
+        from alscale.pool import read_shard
+        from alscale.types import ShardSpec
+
+        d = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["label"])
+        hit = np.isin(d.row_ids_N, labeled)
+        got = (d.row_ids_N[hit], d.labels_N[hit])
+    opts["labels"] = got
+    return opts
 
 
 def _cache_summary(per_worker: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:

@@ -287,6 +287,19 @@ _STRATEGIES: dict[str, StrategyInfo] = {
             check_fn="alscale.strategies.cluster_margin:check_options",
         ),
         StrategyInfo(
+            "alfamix",
+            "loop",
+            None,
+            1,
+            True,
+            MappingProxyType({"eps": 0.2, "head": None, "labels": None}),
+            "feature mixing toward labelled class anchors, then k-means over the changed rows "
+            "(Parvaneh et al., CVPR 2022)",
+            select_fn="alscale.strategies.alfamix:select_alfamix",
+            needs_embeddings=True,
+            check_fn="alscale.strategies.alfamix:check_options",
+        ),
+        StrategyInfo(
             "learning_loss",
             "loop",
             None,

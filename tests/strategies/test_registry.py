@@ -15,6 +15,7 @@ from alscale.strategies import registry, scores
 from alscale.strategies.registry import check_options, get_strategy, score_strategy, strategy_names
 
 NAMES = [
+    "alfamix",
     "badge",
     "badge_parallel",
     "bald",

@@ -1,0 +1,177 @@
+"""ALFA-Mix (Parvaneh et al., "Active Learning by Feature Mixing", CVPR 2022).
+
+For an unlabelled row with embedding ``z`` and the classifier's last linear layer
+``logits = W z + b`` predicting ``ŷ``, and for every class ``y`` with labelled rows, the
+*anchor* ``z*_y`` is the mean embedding of the labelled rows of class ``y``. The row is
+mixed toward each anchor, ``z̃ = α ⊙ z*_y + (1 − α) ⊙ z``, with the paper's closed-form
+interpolation (its eq. 5; the reference code's ``calculate_optimum_alpha``)
+
+    α = ε · (‖z*_y − z‖ / ‖∇_z ℓ‖) · ∇_z ℓ / (z*_y − z),   clipped to [0, ε] elementwise,
+
+where ``∇_z ℓ = Wᵀ(softmax(W z + b) − e_ŷ)`` is the gradient of the cross-entropy at the
+row's own prediction. A row is a *candidate* when the head's prediction of any mixture
+differs from ``ŷ``. The candidates are clustered into B clusters by k-means (on
+L2-normalised embeddings, as the reference code) and the candidate nearest each centroid is
+picked; with fewer than B candidates, all are picked and the rest of the budget is uniformly
+random (keyed by ``(seed, round, row_id)``).
+
+Inputs beyond the shards: the head ``(W [C, E], b [C])`` and the labels of the labelled rows
+(options ``head`` and ``labels``; a job fills them from its model's ``head`` layer and its
+labelled set's ``label`` column / ledger). Candidates are flagged on the shards; their
+embeddings (at most the candidate set) are gathered for the k-means, which runs in one
+process on the rows in ``row_id`` order, so the picks are the same for any sharding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.index.exact import sq_dist_rows
+from alscale.strategies import noise, progress
+from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
+from alscale.types import Selection
+
+logger = logging.getLogger(__name__)
+
+_OP = "alscale.strategies.alfamix."
+_ROWS = 16384
+
+
+def mix_flags(z_N_E: np.ndarray, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C: np.ndarray, eps: float
+              ) -> np.ndarray:
+    """True for rows whose prediction changes under a closed-form mix toward some anchor."""
+    z = np.asarray(z_N_E, dtype=np.float64)
+    w = np.asarray(w_C_E, dtype=np.float64)
+    b = np.asarray(b_C, dtype=np.float64)
+    logits = z @ w.T + b
+    pred = logits.argmax(axis=1)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(z.shape[0]), pred] -= 1.0
+    grad = p @ w  # [N, E]
+    gnorm = np.linalg.norm(grad, axis=1, keepdims=True)
+    flags = np.zeros(z.shape[0], dtype=bool)
+    for anchor in np.asarray(anchors_Y_E, dtype=np.float64):
+        d = anchor[None, :] - z
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = eps * np.linalg.norm(d, axis=1, keepdims=True) / gnorm * grad / (d + 1e-8)
+        alpha = np.clip(np.nan_to_num(alpha, nan=0.0, posinf=eps, neginf=0.0), 0.0, eps)
+        mixed = alpha * anchor[None, :] + (1.0 - alpha) * z
+        flags |= (mixed @ w.T + b).argmax(axis=1) != pred
+    return flags
+
+
+@shard_op
+def alfa_labeled(state: ShardState) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ids, embeddings) of this shard's labelled rows."""
+    pos = np.flatnonzero(state.labeled_N)
+    return state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+
+
+@shard_op
+def alfa_candidates(state: ShardState, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C: np.ndarray,
+                    eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ids, embeddings) of this shard's candidate rows (module docstring)."""
+    if state.embeddings_N_D is None:
+        raise AlscaleError("strategy alfamix needs embeddings, but this shard has none")
+    cand = np.flatnonzero(state.candidates_N)
+    keep = []
+    for r0 in range(0, cand.shape[0], _ROWS):
+        rows = cand[r0:r0 + _ROWS]
+        keep.append(rows[mix_flags(state.embeddings_N_D[rows], anchors_Y_E, w_C_E, b_C, eps)])
+    pos = np.concatenate(keep) if keep else np.empty(0, np.int64)
+    return state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+
+
+@shard_op
+def alfa_random(state: ShardState, seed: int, round: int, k: int, exclude: np.ndarray) -> tuple:
+    cand = np.flatnonzero(state.candidates_N & ~np.isin(state.row_ids_N, exclude))
+    u = noise.keyed_uniform(seed, round, state.row_ids_N[cand])
+    o = np.lexsort((state.row_ids_N[cand], -u))[:k]
+    return u[o], state.row_ids_N[cand][o]
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    eps = options["eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+        raise AlscaleError(f"option eps of strategy alfamix must be in (0, 1]; got {eps!r}")
+    for key in ("head", "labels"):
+        if options[key] is not None and isinstance(options[key], (str, int, float, bool)):
+            raise AlscaleError(f"option {key} of strategy alfamix is filled by the job (the model's head layer, "
+                               "the labelled set's labels); do not set it in the job file")
+    return options
+
+
+def select_alfamix(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,
+                   round: int = 0) -> Selection:
+    """Registry entry ``alfamix`` (module docstring)."""
+    head, labels = options.get("head"), options.get("labels")
+    if head is None or labels is None:
+        raise AlscaleError("strategy alfamix needs the classifier head (W, b) and the labelled rows' labels: in a "
+                           "job, a model with a linear 'head' layer and a labelled set with labels (a ledger or a "
+                           "'label' column); in alscale.select, head=(W, b) and labels=")
+    w, b = (np.asarray(x, dtype=np.float64) for x in head)
+    lab_ids = np.asarray(labels[0], dtype=np.int64)
+    lab_y = np.asarray(labels[1], dtype=np.int64)
+    n_cand = shards.n_candidates()
+    budget = min(budget, n_cand)
+    if budget == 0:
+        return Selection(np.empty(0, np.int64), np.empty(0), "alfamix")
+    parts = shards.call(_OP + "alfa_labeled")
+    ids = np.concatenate([p[0] for p in parts])
+    emb = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    order = np.argsort(ids)
+    ids, emb = ids[order], emb[order]
+    srt = np.argsort(lab_ids)
+    lab_ids, lab_y = lab_ids[srt], lab_y[srt]
+    pos = np.searchsorted(lab_ids, ids)
+    known = (pos < lab_ids.size) & (lab_ids[np.minimum(pos, lab_ids.size - 1)] == ids) if lab_ids.size else \
+        np.zeros(ids.size, bool)
+    if known.any():
+        y = lab_y[pos[known]]
+        anchors = np.stack([emb[known][y == c].mean(axis=0) for c in np.unique(y)])
+        parts = shards.call(_OP + "alfa_candidates", anchors, w, b, float(options["eps"]))
+        c_ids = np.concatenate([p[0] for p in parts])
+        c_emb = np.concatenate([p[1] for p in parts])
+    else:  # cold start: no anchors, no candidates; the whole budget is random, as the reference's fill
+        logger.warning("alfamix: no labelled row has a label, so there are no anchors; selecting at random")
+        c_ids, c_emb = np.empty(0, np.int64), np.empty((0, 1), np.float32)
+    o = np.argsort(c_ids)
+    c_ids, c_emb = c_ids[o], c_emb[o]
+    picks: list[int] = []
+    scores: list[float] = []
+    if c_ids.size <= budget:
+        picks, scores = c_ids.tolist(), [1.0] * c_ids.size
+        progress.advance(len(picks))
+    else:
+        from alscale.strategies.clustering import kmeans
+        from alscale.strategies.progress import reporting
+
+        x = c_emb.astype(np.float64)
+        x = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        local = FanoutShards(InProcessFanout([ShardState(c_ids, None, x)]))
+        with reporting(lambda n: None):
+            km = kmeans(local, budget, seed=seed, round=round)
+        centers = km["centers"].astype(np.float32)
+        taken = np.zeros(c_ids.size, dtype=bool)
+        for j in range(budget):  # the candidate nearest each centroid, each row once
+            d = sq_dist_rows(x, centers[j])
+            d[taken] = np.inf
+            best = int(np.lexsort((c_ids, d))[0])
+            taken[best] = True
+            picks.append(int(c_ids[best]))
+            scores.append(float(-np.sqrt(d[best])))
+            progress.advance()
+    if len(picks) < budget:  # fewer candidates than the budget: the rest at random, as the reference
+        parts = shards.call(_OP + "alfa_random", seed, round, budget - len(picks), np.asarray(picks, np.int64))
+        u = np.concatenate([p[0] for p in parts])
+        r = np.concatenate([p[1] for p in parts])
+        o = np.lexsort((r, -u))[:budget - len(picks)]
+        picks += r[o].tolist()
+        scores += [0.0] * o.shape[0]
+        progress.advance(int(o.shape[0]))
+    return Selection(np.asarray(picks, np.int64), np.asarray(scores, np.float64), "alfamix")
