@@ -275,9 +275,11 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
         try:
             quotas = check_quotas(quotas)
-            if info is not None and (info.kind not in ("score", "random", "stochastic") or info.name == "softrank"):
-                errors.append(f"strategy.quotas work with the score-based strategies, not {info.name} (k-center, "
-                              "BADGE and the other loops do not take quotas yet)")
+            from alscale.strategies.quotas import quotas_supported
+
+            if info is not None and not quotas_supported(info.name):
+                errors.append(f"strategy.quotas work with the score-based strategies and kcenter, not {info.name} "
+                              "(BADGE and the other loops do not take quotas yet)")
         except AlscaleError as exc:
             errors.append(str(exc))
 

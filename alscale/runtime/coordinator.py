@@ -406,8 +406,8 @@ def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
         return ["features"] if info.feature_dim is not None else [str(info.media)]
     needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
     cols = []
-    if info.n_classes is not None and (needs.needs_log_probs or not needs.needs_embeddings):
-        cols.append("log_probs")
+    if info.n_classes is not None and (needs.needs_log_probs or not needs.needs_embeddings or job.strategy.quotas):
+        cols.append("log_probs")  # (class quotas need predicted classes)
     if info.embedding_dim is not None:
         cols.append("embedding")
     return cols

@@ -15,7 +15,15 @@ Sharded and exact: each shard sorts its candidates per class once; the coordinat
 the classes' streams lazily, fetching pages of ``page`` rows per (shard, class) only when a
 stream runs dry, so a batch costs a few fan-outs and moves O(B + C·page) rows. Quotas apply
 to the score-based strategies (uncertainty, committee, random, Power/Softmax — not SoftRank,
-whose keys need global ranks); k-center and BADGE with quotas are not implemented.
+whose keys need global ranks) and to k-center.
+
+k-center with quotas runs the exact greedy in *phases*: within a phase the allowed classes
+cannot change (its length is the fewest picks after which a class could reach its maximum,
+or the reserve for minimums could begin or end), so the sharded greedy over the allowed rows,
+with the labelled rows and all earlier picks as centers, makes exactly the constrained
+greedy's picks; then the classes are counted and the next phase starts. Tight quotas mean
+more phases (each a fresh greedy start). BADGE with quotas is not implemented (its D²
+sampling would need a restartable seeding).
 """
 
 from __future__ import annotations
@@ -73,6 +81,70 @@ def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -
         pos = by_class[c][start:start + page]
         out.append((state._scores_N[pos].astype(np.float64), state.row_ids_N[pos]))
     return out
+
+
+@shard_op
+def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
+    """Only rows of predicted classes not in ``disallowed`` (and eligible before) stay pickable."""
+    if state.log_probs_N_K_C is None:
+        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
+    if "_predicted_class" not in state.base_scores:  # kept apart from scratch, which picks clear
+        state.base_scores["_predicted_class"] = predicted_class(state.log_probs_N_K_C)
+        state.base_scores["_eligible_before_quotas"] = state.eligible_N.copy()
+    cls = state.base_scores["_predicted_class"]
+    state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
+    state.scratch.clear()
+    return int(np.count_nonzero(state.candidates_N))
+
+
+@shard_op
+def quota_class_counts(state: ShardState) -> np.ndarray:
+    """Candidates per predicted class (before any restriction)."""
+    if state.log_probs_N_K_C is None:
+        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
+    cls = predicted_class(state.log_probs_N_K_C)
+    return np.bincount(cls[state.candidates_N], minlength=state.log_probs_N_K_C.shape[2]).astype(np.int64)
+
+
+@shard_op
+def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
+    return state.row_ids_N[pos], predicted_class(state.log_probs_N_K_C[pos])
+
+
+def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, options: Mapping[str, Any]
+                         ) -> tuple[Selection, np.ndarray]:
+    from alscale.strategies.kcenter import select_kcenter
+
+    c = lo.shape[0]
+    counts = np.zeros(c, dtype=np.int64)
+    ids_B: list[int] = []
+    scores_B: list[float] = []
+    while len(ids_B) < budget:
+        slots = budget - len(ids_B)
+        need = np.maximum(lo - counts, 0)
+        owed = int(need.sum())
+        reserve = slots <= owed
+        allowed = (counts < hi) & ((need > 0) if reserve else True)
+        if not allowed.any():
+            break
+        room = hi[allowed] - counts[allowed]
+        length = int(min(room.min(), need[allowed].min() if reserve else slots - owed))
+        length = max(1, min(length, slots))
+        shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist())
+        if shards.n_candidates() == 0:
+            break
+        sel = select_kcenter(shards, length, options=options)
+        if len(sel) == 0:
+            break
+        parts = shards.call(_OP + "quota_class_of", sel.indices_B)
+        cls = {int(r): int(k) for p in parts for r, k in zip(p[0], p[1])}
+        for r, s in zip(sel.indices_B.tolist(), sel.scores_B.tolist()):
+            ids_B.append(r)
+            scores_B.append(s)
+            counts[cls[r]] += 1
+        shards.exclude(sel.indices_B)  # earlier picks are centers of the next phase
+    return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "kcenter"), counts
 
 
 @dataclass
@@ -137,6 +209,12 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray | None:
     raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
 
 
+def quotas_supported(name: str) -> bool:
+    """Whether strategy ``name`` takes class quotas."""
+    info = registry.get_strategy(name)
+    return (info.kind in ("score", "random", "stochastic") and info.name != "softrank") or info.name == "kcenter"
+
+
 def check_quotas(quotas: Any) -> dict[str, Any]:
     """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later)."""
     if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max"}:
@@ -156,14 +234,17 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                        page: int | None = None) -> QuotaResult:
     """The constrained greedy of the module docstring over a score-based strategy."""
     info = registry.get_strategy(strategy)
-    if info.kind not in ("score", "random", "stochastic") or info.name == "softrank":
-        raise AlscaleError(f"class quotas work with the score-based strategies (not {info.name}); k-center, BADGE "
-                           "and the other loops do not take quotas yet")
+    if not quotas_supported(info.name):
+        raise AlscaleError(f"class quotas work with the score-based strategies and kcenter (not {info.name}); "
+                           "BADGE and the other loops do not take quotas yet")
     quotas = check_quotas(quotas)
     opts = registry.check_options(info.name, options or {})
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
-    prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round))
+    if info.name == "kcenter":
+        prepared = shards.call(_OP + "quota_class_counts")
+    else:
+        prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round))
     avail = np.sum(prepared, axis=0)
     c, n_shards = int(avail.shape[0]), len(prepared)
     lo = _bounds(quotas.get("min"), c, "min")
@@ -182,6 +263,9 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     if lo.sum() > budget:
         raise AlscaleError(f"strategy.quotas: the minimums add up to {int(lo.sum())}, more than the budget {budget}; "
                            "lower them or raise strategy.budget")
+    if info.name == "kcenter":
+        sel, counts_k = _kcenter_with_quotas(shards, budget, lo, hi, opts)
+        return QuotaResult(sel, counts_k.tolist(), unmet)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
     streams = [_Stream(n_shards) for _ in range(c)]
 

@@ -422,8 +422,8 @@ def test_quotas_errors_and_job(data, tmp_path):
         alscale.select("entropy", budget=20, log_probs=lp, quotas={"min": 10})
     with pytest.raises(AlscaleError, match="class 7 is outside the model's 5 classes"):
         alscale.select("entropy", budget=20, log_probs=lp, quotas={"max": {7: 1}})
-    with pytest.raises(JobError, match="strategy.quotas work with the score-based strategies, not kcenter"):
-        validate_job({"pool": {"path": "p.arrow"}, "strategy": {"name": "kcenter", "budget": 5,
+    with pytest.raises(JobError, match="strategy.quotas work with the score-based strategies and kcenter, not badge"):
+        validate_job({"pool": {"path": "p.arrow"}, "strategy": {"name": "badge", "budget": 5,
                                                                 "quotas": {"max": 1}}})
     pool = tmp_path / "pool.arrow"
     write_table(pool_table(ids, log_probs_N_K_C=lp, embeddings_N_D=emb), str(pool))
@@ -524,3 +524,67 @@ def test_alfamix_in_a_job_takes_the_model_head_and_the_ledger_labels(tmp_path):
     bad = dict(job, model={"factory": "linear", "kwargs": {"num_classes": 10}})
     with pytest.raises(AlscaleError, match="needs the model's last linear layer as an attribute 'head'"):
         run_job(validate_job(bad), out_dir=tmp_path / "o2", progress=False)
+
+
+def kcenter_quota_reference(ids, emb, cls, labeled, budget, lo, hi):
+    """The constrained greedy, step by step: the farthest allowed row from every center."""
+    lab = np.isin(ids, labeled)
+    mind = np.full(ids.size, np.inf)
+    for i in np.flatnonzero(lab):
+        mind = np.minimum(mind, sq_dist_rows(emb, emb[i]))
+    avail = np.bincount(cls[~lab], minlength=lo.size)
+    lo = np.minimum(lo, avail)
+    counts = np.zeros(lo.size, int)
+    taken = lab.copy()
+    picks = []
+    for _ in range(budget):
+        need = np.maximum(lo - counts, 0)
+        slots = budget - len(picks)
+        ok = ~taken & (counts[cls] < hi[cls])
+        if slots <= need.sum():
+            ok &= need[cls] > 0
+        cand = np.flatnonzero(ok)
+        if cand.size == 0:
+            break
+        best = cand[np.lexsort((ids[cand], -mind[cand]))[0]]
+        picks.append(int(ids[best]))
+        taken[best] = True
+        counts[cls[best]] += 1
+        mind = np.minimum(mind, sq_dist_rows(emb, emb[best]))
+    return picks
+
+
+@pytest.mark.parametrize("quotas", [{"max": 2}, {"min": {1: 6}, "max": {0: 1}}, {"min": 3, "max": 6}])
+def test_kcenter_quotas_are_the_constrained_greedy(data, quotas):
+    from alscale.strategies.quotas import _bounds, predicted_class, select_with_quotas
+
+    ids, emb, lp = data
+    labeled = ids[::50]
+    budget = 20
+    cls = predicted_class(lp)
+    lo = _bounds(quotas.get("min"), 5, "min")
+    lo = np.zeros(5, np.int64) if lo is None else lo
+    hi = _bounds(quotas.get("max"), 5, "max")
+    hi = np.full(5, 10**9) if hi is None else hi
+    want = kcenter_quota_reference(ids, emb, cls, labeled, budget, lo, hi)
+    for n_shards in (1, 3):
+        shards, _ = make_shards(ids, emb, lp, n_shards=n_shards, labeled=labeled)
+        res = select_with_quotas(shards, "kcenter", budget, quotas)
+        assert res.selection.indices_B.tolist() == want, n_shards
+    counts = np.bincount(cls[np.isin(ids, want)], minlength=5)
+    assert (counts <= hi).all() and (counts >= np.minimum(lo, 10**9)).all()
+
+
+def test_kcenter_quotas_in_a_job(data, tmp_path):
+    from alscale.jobspec import validate_job
+    from alscale.pool import pool_table, write_table
+    from alscale.runtime.coordinator import run_job
+
+    ids, emb, lp = data
+    pool = tmp_path / "pool.arrow"
+    write_table(pool_table(ids, log_probs_N_K_C=lp, embeddings_N_D=emb), str(pool))
+    job = validate_job({"pool": {"path": str(pool)}, "strategy": {"name": "kcenter", "budget": 15,
+                                                                 "quotas": {"max": 3}},
+                        "runtime": {"executor": "local", "shards": 2}})
+    res = run_job(job, out_dir=tmp_path / "out", progress=False)
+    assert len(res.selection) == 15 and max(res.manifest["quotas"]["picks_per_class"]) == 3
