@@ -278,8 +278,8 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             from alscale.strategies.quotas import quotas_supported
 
             if info is not None and not quotas_supported(info.name):
-                errors.append(f"strategy.quotas work with the score-based strategies and kcenter, not {info.name} "
-                              "(BADGE and the other loops do not take quotas yet)")
+                errors.append(f"strategy.quotas work with the score-based strategies, kcenter and badge, not "
+                              f"{info.name} (the other loops do not take quotas yet)")
         except AlscaleError as exc:
             errors.append(str(exc))
 

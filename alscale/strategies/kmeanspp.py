@@ -536,6 +536,11 @@ def _filter_ok(filtered: bool, max_n: float) -> bool:
     return bool(filtered) and max_n < 2.0**100
 
 
+#: Consecutive proposals a quota gate may refuse before the rest is filled in keyed random
+#: order among the allowed rows (their D² mass is then negligible or zero).
+_MAX_REFUSED = 20_000
+
+
 def seed_exact(
     shards: Shards,
     budget: int,
@@ -547,8 +552,14 @@ def seed_exact(
     min_pending: int = 16,
     max_pending: int = 1024,
     filtered: bool = True,
+    allow: Any = None,
 ) -> tuple[Selection, SeedingStats]:
     """Exact k-means++ seeding (D² sampling) of ``min(budget, candidates)`` rows over shards.
+
+    ``allow``: an object with ``prefetch(row_ids)`` (called with every batch of proposals),
+    ``ok(row_id) -> bool`` and ``picked(row_id)``: a proposal it refuses is rejected, which
+    samples D² restricted to the rows it allows at that step (class quotas). The first
+    center must be allowed (restrict the shards to the initially allowed rows).
 
     Labelled rows must already be excluded. Between two syncs at most
     ``clamp(picks so far, min_pending, max_pending)`` new centers are picked;
@@ -575,19 +586,34 @@ def seed_exact(
     picks, scores = [row0], [math.inf]
     chosen = {row0}
     progress.advance()
+    if allow is not None:
+        allow.prefetch(np.array([row0], np.int64))
+        allow.picked(row0)
     bound = _FIRST_BOUND * max_n  # d² <= (|g_i| + |g_c|)² <= 4 max |g|², u <= (1 + 2^-5) d²
     trial = syncs = accepted = exact_rows = 0
     alpha = 1.0
+    refused = 0  # proposals the gate refused since the last accepted pick
     while len(picks) < k:
+        if allow is not None and allow.done():
+            break  # no allowed row is left (quotas full)
         e = scale_exponent(bound, n_cand)
         masses, bound, _, exact_rows = _sync(shards, pending, e, filtered)
         syncs += 1
         synced.extend(pending)
         pending.clear()
-        if sum(masses) == 0:
-            rest = _rest(shards, k - len(picks), seed, round)
-            picks.extend(int(r) for r in rest)
-            scores.extend([0.0] * rest.shape[0])
+        if sum(masses) == 0 or refused > _MAX_REFUSED:  # no D² mass left (among the allowed rows)
+            rest = _rest(shards, k - len(picks) if allow is None else n_cand, seed, round)
+            if allow is not None:
+                allow.prefetch(np.asarray(rest, np.int64))
+            for r in (int(r) for r in rest):
+                if len(picks) >= k or (allow is not None and allow.done()):
+                    break
+                if allow is not None:
+                    if r in chosen or not allow.ok(r):
+                        continue
+                    allow.picked(r)
+                picks.append(r)
+                scores.append(0.0)
             logger.info("%s: D² mass is 0 after %d picks; the rest in keyed random order", name, k - len(rest))
             break
         cap = min(max(min_pending, len(picks)), max_pending, k - len(picks))
@@ -599,11 +625,18 @@ def seed_exact(
                 if pending.m:
                     break  # out of proposals: sync what we have, then draw afresh
                 batch = _fetch(shards, masses, synced, seed, round, trial, size)
+                if allow is not None:
+                    allow.prefetch(batch.row_ids)
             i = trial - batch.first
             trial += 1
             period_trials += 1
             row = int(batch.row_ids[i])
             if row in chosen:
+                continue
+            if allow is not None and not allow.ok(row):
+                refused += 1
+                if refused > _MAX_REFUSED:
+                    break
                 continue
             a = None if batch.a is None else batch.a[i : i + 1]
             w = min(float(batch.w[i]), float(pending.min_dist(a, batch.h[i : i + 1], batch.n[i : i + 1])[0]))
@@ -613,6 +646,11 @@ def seed_exact(
                 scores.append(w)
                 chosen.add(row)
                 progress.advance()
+                refused = 0
+                if allow is not None:
+                    allow.picked(row)
+                    if allow.done():
+                        break
                 period_acc += 1
         accepted += period_acc
         alpha = min(1.0, max(0.02, period_acc / max(period_trials, 1)))

@@ -22,8 +22,11 @@ cannot change (its length is the fewest picks after which a class could reach it
 or the reserve for minimums could begin or end), so the sharded greedy over the allowed rows,
 with the labelled rows and all earlier picks as centers, makes exactly the constrained
 greedy's picks; then the classes are counted and the next phase starts. Tight quotas mean
-more phases (each a fresh greedy start). BADGE with quotas is not implemented (its D²
-sampling would need a restartable seeding).
+more phases (each a fresh greedy start). BADGE samples each pick from D² restricted to the
+rows allowed at that step: the shards are restricted to the initially allowed classes (so
+the first center, the largest gradient norm, is allowed), and later proposals of classes
+that have become disallowed are rejected, which leaves the law of each accepted pick D²
+over the allowed rows.
 """
 
 from __future__ import annotations
@@ -147,6 +150,52 @@ def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.nda
     return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "kcenter"), counts
 
 
+class _QuotaGate:
+    """The constrained step's rule for a sampler (BADGE): which rows it may accept now."""
+
+    def __init__(self, shards: Shards, lo: np.ndarray, hi: np.ndarray, budget: int, avail: np.ndarray) -> None:
+        self.shards, self.lo, self.hi, self.budget, self.avail = shards, lo, hi, budget, avail
+        self.counts = np.zeros(lo.shape[0], dtype=np.int64)
+        self.n = 0
+        self.cls: dict[int, int] = {}
+
+    def prefetch(self, row_ids: np.ndarray) -> None:
+        missing = np.array([r for r in np.asarray(row_ids).tolist() if r not in self.cls], dtype=np.int64)
+        if missing.size:
+            for p in self.shards.call(_OP + "quota_class_of", missing):
+                self.cls.update(zip(p[0].tolist(), p[1].tolist()))
+
+    def ok(self, row: int) -> bool:
+        c = self.cls[row]
+        need = np.maximum(self.lo - self.counts, 0)
+        reserve = self.budget - self.n <= int(need.sum())
+        return bool(self.counts[c] < self.hi[c] and (not reserve or need[c] > 0))
+
+    def done(self) -> bool:
+        """No row may be accepted any more (every allowed class is full or out of rows)."""
+        need = np.maximum(self.lo - self.counts, 0)
+        reserve = self.budget - self.n <= int(need.sum())
+        allowed = (self.counts < self.hi) & ((need > 0) if reserve else True) & (self.counts < self.avail)
+        return self.n >= self.budget or not allowed.any()
+
+    def picked(self, row: int) -> None:
+        self.counts[self.cls[row]] += 1
+        self.n += 1
+
+
+def _badge_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, seed: int, round: int,
+                       avail: np.ndarray) -> tuple[Selection, np.ndarray]:
+    """BADGE's D² sampling restricted, at each step, to the allowed rows (by rejection)."""
+    from alscale.strategies.kmeanspp import seed_exact
+
+    need = lo.copy()
+    allowed0 = (hi > 0) & ((need > 0) if budget <= int(need.sum()) else True)
+    shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed0).tolist())  # the first center is allowed
+    gate = _QuotaGate(shards, lo, hi, budget, avail)
+    sel, _ = seed_exact(shards, budget, space="badge", seed=seed, round=round, strategy="badge", allow=gate)
+    return sel, gate.counts
+
+
 @dataclass
 class _Stream:
     """One class over all shards: per shard, a buffer of fetched rows and the next rank."""
@@ -212,7 +261,8 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray | None:
 def quotas_supported(name: str) -> bool:
     """Whether strategy ``name`` takes class quotas."""
     info = registry.get_strategy(name)
-    return (info.kind in ("score", "random", "stochastic") and info.name != "softrank") or info.name == "kcenter"
+    return (info.kind in ("score", "random", "stochastic") and info.name != "softrank") or \
+        info.name in ("kcenter", "badge")
 
 
 def check_quotas(quotas: Any) -> dict[str, Any]:
@@ -235,13 +285,13 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     """The constrained greedy of the module docstring over a score-based strategy."""
     info = registry.get_strategy(strategy)
     if not quotas_supported(info.name):
-        raise AlscaleError(f"class quotas work with the score-based strategies and kcenter (not {info.name}); "
-                           "BADGE and the other loops do not take quotas yet")
+        raise AlscaleError(f"class quotas work with the score-based strategies, kcenter and badge (not "
+                           f"{info.name}); the other loops do not take quotas yet")
     quotas = check_quotas(quotas)
     opts = registry.check_options(info.name, options or {})
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
-    if info.name == "kcenter":
+    if info.name in ("kcenter", "badge"):
         prepared = shards.call(_OP + "quota_class_counts")
     else:
         prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round))
@@ -265,6 +315,9 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                            "lower them or raise strategy.budget")
     if info.name == "kcenter":
         sel, counts_k = _kcenter_with_quotas(shards, budget, lo, hi, opts)
+        return QuotaResult(sel, counts_k.tolist(), unmet)
+    if info.name == "badge":
+        sel, counts_k = _badge_with_quotas(shards, budget, lo, hi, int(seed), int(round), avail)
         return QuotaResult(sel, counts_k.tolist(), unmet)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
     streams = [_Stream(n_shards) for _ in range(c)]

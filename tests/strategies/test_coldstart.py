@@ -422,8 +422,9 @@ def test_quotas_errors_and_job(data, tmp_path):
         alscale.select("entropy", budget=20, log_probs=lp, quotas={"min": 10})
     with pytest.raises(AlscaleError, match="class 7 is outside the model's 5 classes"):
         alscale.select("entropy", budget=20, log_probs=lp, quotas={"max": {7: 1}})
-    with pytest.raises(JobError, match="strategy.quotas work with the score-based strategies and kcenter, not badge"):
-        validate_job({"pool": {"path": "p.arrow"}, "strategy": {"name": "badge", "budget": 5,
+    with pytest.raises(JobError, match="strategy.quotas work with the score-based strategies, kcenter and badge, "
+                                       "not typiclust"):
+        validate_job({"pool": {"path": "p.arrow"}, "strategy": {"name": "typiclust", "budget": 5,
                                                                 "quotas": {"max": 1}}})
     pool = tmp_path / "pool.arrow"
     write_table(pool_table(ids, log_probs_N_K_C=lp, embeddings_N_D=emb), str(pool))
@@ -588,3 +589,34 @@ def test_kcenter_quotas_in_a_job(data, tmp_path):
                         "runtime": {"executor": "local", "shards": 2}})
     res = run_job(job, out_dir=tmp_path / "out", progress=False)
     assert len(res.selection) == 15 and max(res.manifest["quotas"]["picks_per_class"]) == 3
+
+
+@pytest.mark.parametrize("quotas", [{"max": 3}, {"min": {2: 5}, "max": {0: 0}}])
+def test_badge_quotas_sample_only_allowed_rows_the_same_for_every_sharding(data, quotas):
+    from alscale.strategies.quotas import predicted_class, select_with_quotas
+
+    ids, emb, lp = data
+    lp1 = lp  # K = 1 log-probs, as BADGE uses
+    cls = dict(zip(ids.tolist(), predicted_class(lp1).tolist()))
+    sels = []
+    for n_shards in (1, 3):
+        shards, _ = make_shards(ids, emb, lp1, n_shards=n_shards, labeled=ids[:20])
+        sels.append(select_with_quotas(shards, "badge", 18, quotas, seed=4))
+    assert sels[0].selection.indices_B.tolist() == sels[1].selection.indices_B.tolist()
+    counts = np.bincount([cls[r] for r in sels[0].selection.indices_B.tolist()], minlength=5)
+    assert counts.tolist() == sels[0].counts
+    assert counts.sum() == (15 if quotas == {"max": 3} else 18)  # 5 classes x max 3: the quotas fill first
+    assert (counts <= quotas.get("max", 10**9) if isinstance(quotas.get("max"), int) else counts[0] == 0).all()
+    if "min" in quotas:
+        assert counts[2] >= min(5, sum(1 for r in ids[20:].tolist() if cls[r] == 2))
+
+
+def test_badge_quotas_that_never_bind_give_plain_badge(data):
+    from alscale.strategies.quotas import select_with_quotas
+
+    ids, emb, lp = data
+    shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
+    plain = run_strategy(shards, "badge", 15, seed=9)
+    shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
+    quota = select_with_quotas(shards, "badge", 15, {"max": 100}, seed=9)
+    assert quota.selection.indices_B.tolist() == plain.indices_B.tolist()
