@@ -68,12 +68,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "typiclust": {"strategy": "typiclust", "k": 1, "c": 10, "e": 32, "budget": 100, "max_rows": 1_000_000},
     # ProbCover's δ-graph costs N²·E (258 s at 100k here): 20k in the default sizes.
     "probcover": {"strategy": "probcover", "k": 1, "c": 10, "e": 32, "budget": 100, "max_rows": 20_000},
+    # ALFA-Mix: an MLP's head and the pool's labels of the labelled rows (every 200th).
+    "alfamix": {"strategy": "alfamix", "k": 0, "c": 10, "e": 0, "d": 64, "budget": 100,
+                "model": {"factory": "mlp", "kwargs": {"num_classes": 10, "hidden": 128}}, "max_rows": 1_000_000},
+    # SEALS: entropy over the 10 nearest unlabelled neighbours of every labelled row.
+    "entropy_seals": {"strategy": "entropy", "k": 1, "c": 10, "e": 32, "budget": 1000, "seals": 10,
+                      "max_rows": 1_000_000},  # exact kNN of L = N/200 labelled rows: L·N·E
     # Huge batches: 10% of the pool.
     "cluster_margin": {"strategy": "cluster_margin", "k": 1, "c": 10, "e": 32, "budget_frac": 0.1,
                        "max_rows": 1_000_000},
 }
 #: Diversity scenarios start from a labelled set (every 200th row), as their peers require.
-LABELED_EVERY = {"kcenter": 200, "badge": 200}
+LABELED_EVERY = {"kcenter": 200, "badge": 200, "alfamix": 200, "entropy_seals": 200}
 
 # peer name -> (scenario, function in peer_run); sizes they are tried at
 PEERS: dict[str, dict[str, Any]] = {
@@ -187,7 +193,8 @@ def one_engine_run(cfg: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "pool": {"path": cfg["pool"]},
         "strategy": {"name": s["strategy"], "budget": cfg["budget"], "options": {**s.get("options", {}),
-                                                                                 **cfg.get("options", {})}},
+                                                                                 **cfg.get("options", {})},
+                     **({"seals": s["seals"]} if s.get("seals") else {})},
         "runtime": {"executor": cfg["executor"], "shards": cfg["workers"]},
         "seed": 0,
     }
@@ -469,6 +476,7 @@ def fit_growth(points: list[tuple[float, float]]) -> float | None:
 
 EXPECTED = {"entropy": "N", "bald": "N·K·C", "power": "N·K·C", "kcenter": "N·B·E", "badge": "N·B·(E+C)",
             "batchbald": "N·b·M·C", "entropy_model": "N·(model FLOPs)", "egl": "N·(C+E)",
+            "alfamix": "N·C·E (mixing) + candidates·B·E·iters", "entropy_seals": "L·N·E (exact kNN)",
             "typiclust": "N·(L+B)·E·iters + cluster²", "probcover": "N²·E", "cluster_margin": "N·k·E·iters + N log N"}
 
 

@@ -620,3 +620,24 @@ def test_badge_quotas_that_never_bind_give_plain_badge(data):
     shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
     quota = select_with_quotas(shards, "badge", 15, {"max": 100}, seed=9)
     assert quota.selection.indices_B.tolist() == plain.indices_B.tolist()
+
+
+@pytest.mark.parametrize("name, options", [
+    ("typiclust", {}), ("probcover", {"delta": 0.3}), ("cluster_margin", {"n_clusters": 6}), ("egl", {}),
+])
+def test_new_strategies_on_ray_equal_local(data, tmp_path, ray_session, name, options):
+    from alscale.jobspec import validate_job
+    from alscale.pool import pool_table, write_table
+    from alscale.runtime.coordinator import run_job
+
+    ids, emb, lp = data
+    pool = tmp_path / "pool.arrow"
+    write_table(pool_table(ids, log_probs_N_K_C=lp, embeddings_N_D=emb), str(pool))
+    out = {}
+    for executor in ("local", "ray"):
+        job = validate_job({"pool": {"path": str(pool)},
+                            "strategy": {"name": name, "budget": 12, "options": options, "quotas": None},
+                            "runtime": {"executor": executor, "shards": 2}, "seed": 3})
+        out[executor] = run_job(job, out_dir=tmp_path / executor, progress=False).selection
+    assert out["ray"].indices_B.tolist() == out["local"].indices_B.tolist()
+    np.testing.assert_array_equal(out["ray"].scores_B, out["local"].scores_B)
