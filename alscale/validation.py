@@ -85,3 +85,13 @@ def check_labeled_positions(labeled: Any, n_rows: int, name: str = "labeled") ->
     if bad.size:
         raise AlscaleError(f"{name}[{bad[0]}] = {arr[bad[0]]} is outside the pool of {n_rows} rows")
     return np.unique(arr)
+
+
+def check_int_options(options: dict[str, Any], keys: tuple[str, ...], *, minimum: int = 1,
+                      strategy: str | None = None) -> None:
+    """Each of ``options[key]`` must be an integer (not a bool) >= ``minimum``."""
+    where = f" of strategy {strategy}" if strategy else ""
+    for key in keys:
+        v = options[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise AlscaleError(f"option {key}{where} must be an integer >= {minimum}; got {v!r}")

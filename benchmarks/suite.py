@@ -28,6 +28,7 @@ Outputs: ``benchmarks/results/suite/runs.jsonl`` (one line per run, appended),
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -43,8 +44,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:  # the sibling modules (peakmem, selection, ...) under any interpreter
+    sys.path.insert(0, str(BENCH))
+
+from peakmem import reset_peak, status_bytes  # noqa: E402
 DATA = ROOT / "data" / "bench"
 RESULTS = BENCH / "results" / "suite"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
@@ -110,7 +117,6 @@ def labeled_path(scenario: str, rows: int) -> Path | None:
         return None
     path = DATA / f"labeled-every{every}-{rows}.parquet"
     if not path.exists():
-        import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -143,7 +149,6 @@ def ensure_pool(s: dict[str, Any], rows: int) -> Path:
 
 def ensure_npy(s: dict[str, Any], rows: int) -> dict[str, str]:
     """The pool's log-probs / embeddings as ``.npy`` files for the peers (same values)."""
-    import numpy as np
 
     pool = ensure_pool(s, rows)
     out = {}
@@ -164,22 +169,6 @@ def ensure_npy(s: dict[str, Any], rows: int) -> dict[str, str]:
 # --------------------------------------------------------------------------------------
 # Subprocess side: one engine run / one peer run
 # --------------------------------------------------------------------------------------
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
 
 def one_engine_run(cfg: dict[str, Any]) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -204,8 +193,8 @@ def one_engine_run(cfg: dict[str, Any]) -> dict[str, Any]:
         raw["labeled"] = {"path": cfg["labeled"]}
     job = validate_job(raw)
     out = tempfile.mkdtemp(prefix="alscale-bench-")
-    base = _status_bytes("VmRSS:")
-    _reset_peak()
+    base = status_bytes("VmRSS:")
+    reset_peak()
     t0 = time.perf_counter()
     try:
         result = run_job(job, out_dir=Path(out) / "out", progress=False)
@@ -214,13 +203,12 @@ def one_engine_run(cfg: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     m = result.manifest
     return {"phase_seconds": m["phase_seconds"], "rows_per_s": m["rows_per_s"], "round_trips": m["round_trips"],
-            "wall_s": wall, "peak_growth_mb": (_status_bytes("VmHWM:") - base) / 2**20,
+            "wall_s": wall, "peak_growth_mb": (status_bytes("VmHWM:") - base) / 2**20,
             "picks": result.selection.indices_B.tolist()}
 
 
 def one_peer_run(peer: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """Runs under the peers' interpreter: numpy and the peer only."""
-    import numpy as np
 
     s = SCENARIOS[cfg["scenario"]]
     lp = np.load(cfg["npy"]["log_probs"])
@@ -228,18 +216,17 @@ def one_peer_run(peer: str, cfg: dict[str, Any]) -> dict[str, Any]:
     b = cfg["budget"]
     labeled = np.asarray(cfg.get("labeled_ids", []), dtype=np.int64)
     fn = _peer_fn(peer, s["strategy"], lp, emb, b, labeled)
-    base = _status_bytes("VmRSS:")
-    _reset_peak()
+    base = status_bytes("VmRSS:")
+    reset_peak()
     t0 = time.perf_counter()
     picks = fn()
     sec = time.perf_counter() - t0
-    return {"select_s": sec, "peak_growth_mb": (_status_bytes("VmHWM:") - base) / 2**20,
+    return {"select_s": sec, "peak_growth_mb": (status_bytes("VmHWM:") - base) / 2**20,
             "picks": [int(i) for i in list(picks)]}
 
 
 def _peer_fn(peer: str, strategy: str, lp, emb, b: int, labeled=None):
     """The peer's own call for ``strategy`` on the pool's arrays; returns picks (pool positions)."""
-    import numpy as np
 
     probs_N_C = np.exp(lp.mean(axis=1) if lp.shape[1] > 1 else lp[:, 0])
     if peer == "modAL" and strategy == "entropy":
@@ -281,7 +268,6 @@ def _peer_fn(peer: str, strategy: str, lp, emb, b: int, labeled=None):
 
         probas = np.exp(lp.astype(np.float64)).transpose(1, 0, 2).copy()
         return lambda: [int(np.nanargmax(r)) for r in batch_bald(probas, b, n_MC_samples=1000, random_state=0)]
-    sys.path.insert(0, str(BENCH))
     if peer == "scikit-activeml" and strategy == "kcenter":
         import selection
 
@@ -340,14 +326,6 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "gpu": None}
 
 
-def git_revision() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def plan(quick: bool, only: list[str] | None, peers: bool, slow_peers: bool = False) -> list[dict[str, Any]]:
     """Every run of this invocation, engine runs first."""
     runs: list[dict[str, Any]] = []
@@ -401,6 +379,25 @@ def plan(quick: bool, only: list[str] | None, peers: bool, slow_peers: bool = Fa
     return unique
 
 
+def batch_key(r: dict[str, Any]) -> str:
+    """Identity of a run's batch as a set (sha256 of its sorted row ids)."""
+    if "batch_sha256" in r:
+        return r["batch_sha256"]
+    ids = np.sort(np.asarray(r["picks"], dtype=np.int64))
+    return hashlib.sha256(ids.tobytes()).hexdigest()
+
+
+def compact(rec: dict[str, Any]) -> dict[str, Any]:
+    """A run's record as kept in runs.jsonl: its batch as a hash and its first 20 picks, not
+    every row id (a 100k-row batch would be 1 MB a line)."""
+    if "picks" not in rec:
+        return rec
+    out = {k: v for k, v in rec.items() if k != "picks"}
+    out["batch_sha256"] = batch_key(rec)
+    out["picks_head"] = list(rec["picks"][:20])
+    return out
+
+
 def execute(run: dict[str, Any], timeout: float) -> dict[str, Any]:
     s = SCENARIOS[run["scenario"]]
     rec = {**run, "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -419,7 +416,7 @@ def execute(run: dict[str, Any], timeout: float) -> dict[str, Any]:
         ids = list(range(0, run["rows"], every)) if every else []
         rec.update(spawn(["--peer", run["peer"], json.dumps({**run, "npy": npy, "labeled_ids": ids})],
                          PEERS_PYTHON, timeout))
-    return rec
+    return compact(rec)
 
 
 def make_peers_venv() -> None:
@@ -517,7 +514,7 @@ def peer_rows(recs: list[dict[str, Any]]) -> list[list[str]]:
         sel = eng["phase_seconds"]["select"] if eng and not eng.get("error") else None
         same = "–"
         if eng and not r.get("error") and not eng.get("error") and r["scenario"] in ("entropy", "bald", "egl"):
-            same = "yes" if set(r["picks"]) == set(eng["picks"]) else "no"
+            same = "yes" if batch_key(r) == batch_key(eng) else "no"
         out.append([r["scenario"], f"{r['rows']:,}", r["peer"],
                     f"{tp:.3f}" if tp is not None else r.get("error", "")[:60],
                     f"{te:.3f}" if te is not None else "–", f"{sel:.3f}" if sel is not None else "–",
@@ -806,18 +803,21 @@ def main() -> int:
         print(json.dumps(one_peer_run(args.peer[0], json.loads(args.peer[1]))))
         return 0
     sys.path.insert(0, str(ROOT))
+    from alscale.runtime import output
+
+    def meta_now(quick: bool) -> dict[str, Any]:
+        return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": output.git_revision(),
+                "machine": machine(), "quick": quick}
+
     if args.report_only:
-        recs = latest_runs(RESULTS / "runs.jsonl")
-        meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision(), "machine": machine(),
-                "quick": False, "runs_from": "runs.jsonl (the latest run of each configuration)"}
-        return report(recs, meta, not args.no_markdown)
+        meta = {**meta_now(False), "runs_from": "runs.jsonl (the latest run of each configuration)"}
+        return report(latest_runs(RESULTS / "runs.jsonl"), meta, not args.no_markdown)
     if args.make_peers and not args.no_peers:
         make_peers_venv()
     timeout = args.timeout or (120.0 if args.quick else 300.0)
     runs = plan(args.quick, args.only, not args.no_peers, args.slow_peers)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git": git_revision(), "machine": machine(),
-            "quick": args.quick}
+    meta = meta_now(args.quick)
     recs = []
     t0 = time.perf_counter()
     with open(RESULTS / "runs.jsonl", "a") as log:

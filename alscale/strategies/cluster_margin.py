@@ -27,6 +27,7 @@ from alscale.strategies import noise
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
+from alscale.validation import check_int_options
 
 _OP = "alscale.strategies.clustering."
 
@@ -50,10 +51,7 @@ def round_robin(cluster_Q: np.ndarray, key_Q: np.ndarray, row_ids_Q: np.ndarray,
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    for key in ("n_clusters", "kmeans_iters"):
-        v = options[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise AlscaleError(f"option {key} of strategy cluster_margin must be an integer >= 1; got {v!r}")
+    check_int_options(options, ("n_clusters", "kmeans_iters"), strategy="cluster_margin")
     r = options["margin_ratio"]
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 1:
         raise AlscaleError(f"option margin_ratio of strategy cluster_margin must be a number >= 1; got {r!r}")

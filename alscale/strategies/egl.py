@@ -44,9 +44,7 @@ def egl_prepare(state: ShardState, bias: bool) -> None:
     """Set this shard's ranking key to EGL (then ``topk`` merges as for any score)."""
     if state.log_probs_N_K_C is None or state.embeddings_N_D is None:
         raise ValueError("EGL needs log-probs and embeddings, but this shard lacks one of them")
-    scores = egl_scores(state.log_probs_N_K_C, state.embeddings_N_D, bias=bias)
-    state._base_N = state._scores_N = scores
-    state._base_order = None
+    state.use_scores(egl_scores(state.log_probs_N_K_C, state.embeddings_N_D, bias=bias))
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,7 @@ def ll_prepare(state: ShardState) -> None:
     if loss is None:
         raise AlscaleError("strategy learning_loss needs the model's predicted loss: return (logits, embedding, "
                          "predicted_loss [N]) from forward (a Learning Loss module)")
-    state._base_N = state._scores_N = np.asarray(loss, dtype=np.float64)
-    state._base_order = None
+    state.use_scores(loss)
 
 
 def select_learning_loss(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,

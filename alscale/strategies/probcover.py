@@ -36,6 +36,7 @@ from alscale.strategies import noise, progress
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
+from alscale.validation import check_int_options
 
 _OP = "alscale.strategies.probcover."
 _PAIRS = 1 << 22  # row pairs per block of canonical distances
@@ -199,7 +200,7 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
                  seed: int, round: int, kmeans_iters: int) -> float:
     """The largest δ at which at least ``purity`` of the δ-balls are pure (module docstring)."""
     kmeans(shards, int(min(n_classes, shards.n_rows())), seed=seed, round=round, max_iters=kmeans_iters)
-    sizes = [int(v) for v in shards.call("alscale.strategies.probcover.pc_size")]
+    sizes = [int(v) for v in shards.call(_OP + "pc_size")]
     for ids, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
         shards.call(_OP + "pc_other_label_dist", x, lab, normalize)
     r_sq = np.sort(np.concatenate(shards.call(_OP + "pc_other_label_values")))[::-1]
@@ -219,10 +220,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     p = options["purity"]
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {p!r}")
-    for key in ("n_classes", "chunk_rows", "max_edges", "kmeans_iters"):
-        v = options[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise AlscaleError(f"option {key} of strategy probcover must be an integer >= 1; got {v!r}")
+    check_int_options(options, ("n_classes", "chunk_rows", "max_edges", "kmeans_iters"), strategy="probcover")
     if not isinstance(options["normalize"], bool):
         raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {options['normalize']!r}")
     return options

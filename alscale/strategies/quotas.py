@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,14 @@ def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, 
     return state.row_ids_N[pos], predicted_class(state.log_probs_N_K_C[pos])
 
 
+def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> np.ndarray:
+    """The classes a next pick may have (bool ``[C]``): below their maximum and — when every
+    one of the ``slots`` left is owed to minimums — below their minimum."""
+    need = np.maximum(lo - counts, 0)
+    reserve = slots <= int(need.sum())
+    return (counts < hi) & ((need > 0) if reserve else True)
+
+
 def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, options: Mapping[str, Any]
                          ) -> tuple[Selection, np.ndarray]:
     from alscale.strategies.kcenter import select_kcenter
@@ -127,16 +135,14 @@ def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.nda
         slots = budget - len(ids_B)
         need = np.maximum(lo - counts, 0)
         owed = int(need.sum())
-        reserve = slots <= owed
-        allowed = (counts < hi) & ((need > 0) if reserve else True)
+        allowed = allowed_classes(counts, lo, hi, slots)
         if not allowed.any():
             break
         room = hi[allowed] - counts[allowed]
-        length = int(min(room.min(), need[allowed].min() if reserve else slots - owed))
+        length = int(min(room.min(), need[allowed].min() if slots <= owed else slots - owed))
         length = max(1, min(length, slots))
-        shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist())
-        if shards.n_candidates() == 0:
-            break
+        if sum(shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist())) == 0:
+            break  # no candidate row of an allowed class is left
         sel = select_kcenter(shards, length, options=options)
         if len(sel) == 0:
             break
@@ -165,18 +171,15 @@ class _QuotaGate:
             for p in self.shards.call(_OP + "quota_class_of", missing):
                 self.cls.update(zip(p[0].tolist(), p[1].tolist()))
 
+    def _allowed(self) -> np.ndarray:
+        return allowed_classes(self.counts, self.lo, self.hi, self.budget - self.n)
+
     def ok(self, row: int) -> bool:
-        c = self.cls[row]
-        need = np.maximum(self.lo - self.counts, 0)
-        reserve = self.budget - self.n <= int(need.sum())
-        return bool(self.counts[c] < self.hi[c] and (not reserve or need[c] > 0))
+        return bool(self._allowed()[self.cls[row]])
 
     def done(self) -> bool:
         """No row may be accepted any more (every allowed class is full or out of rows)."""
-        need = np.maximum(self.lo - self.counts, 0)
-        reserve = self.budget - self.n <= int(need.sum())
-        allowed = (self.counts < self.hi) & ((need > 0) if reserve else True) & (self.counts < self.avail)
-        return self.n >= self.budget or not allowed.any()
+        return self.n >= self.budget or not (self._allowed() & (self.counts < self.avail)).any()
 
     def picked(self, row: int) -> None:
         self.counts[self.cls[row]] += 1
@@ -196,21 +199,15 @@ def _badge_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarr
     return sel, gate.counts
 
 
-@dataclass
 class _Stream:
     """One class over all shards: per shard, a buffer of fetched rows and the next rank."""
 
-    n_shards: int
-    bufs: list[list[tuple[float, int]]] = field(default_factory=list)
-    at: list[int] = field(default_factory=list)  # read position in each buffer
-    next_rank: list[int] = field(default_factory=list)
-    done: list[bool] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.bufs = [[] for _ in range(self.n_shards)]
-        self.at = [0] * self.n_shards
-        self.next_rank = [0] * self.n_shards
-        self.done = [False] * self.n_shards
+    def __init__(self, n_shards: int) -> None:
+        self.n_shards = n_shards
+        self.bufs: list[list[tuple[float, int]]] = [[] for _ in range(n_shards)]
+        self.at = [0] * n_shards  # read position in each buffer
+        self.next_rank = [0] * n_shards
+        self.done = [False] * n_shards
 
     def dry(self) -> list[int]:
         """Shards whose buffer is used up but which may hold more rows of this class."""
@@ -233,9 +230,10 @@ class _Stream:
         return best
 
 
-def _bounds(spec: Any, c: int, name: str) -> np.ndarray | None:
+def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
+    """Per-class counts ``[C]`` from a quota spec; absent: 0 for ``min``, unbounded for ``max``."""
     if spec is None:
-        return None
+        return np.full(c, 0 if name == "min" else np.iinfo(np.int64).max, dtype=np.int64)
     if isinstance(spec, bool):
         raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
     if isinstance(spec, (int, np.integer)):
@@ -299,8 +297,6 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     c, n_shards = int(avail.shape[0]), len(prepared)
     lo = _bounds(quotas.get("min"), c, "min")
     hi = _bounds(quotas.get("max"), c, "max")
-    lo = np.zeros(c, np.int64) if lo is None else lo
-    hi = np.full(c, np.iinfo(np.int64).max, np.int64) if hi is None else hi
     if (lo > hi).any():
         j = int(np.flatnonzero(lo > hi)[0])
         raise AlscaleError(f"strategy.quotas: class {j} has min {lo[j]} above its max {hi[j]}")

@@ -199,6 +199,12 @@ class ShardState:
         if self._scores_N is not None and np.isnan(self._scores_N).any():
             raise ValueError(f"strategy {info.name} produced NaN scores")  # kernels assume valid input
 
+    def use_scores(self, scores_N: np.ndarray) -> None:
+        """Rank this partition by ``scores_N`` (float64 ``[N]``, higher first) computed elsewhere —
+        by a loop's own shard op (EGL, Learning Loss) — for :meth:`topk`."""
+        self._base_N = self._scores_N = np.asarray(scores_N, dtype=np.float64)
+        self._base_order = None
+
     def _score(self, score_name: str, strategy: str) -> np.ndarray:
         """The score ``score_name`` of every row: computed ahead, or from the log-probs."""
         if score_name in self.base_scores:

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
 from alscale.strategies import progress
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
+from alscale.validation import check_int_options
 
 _OP = "alscale.strategies.clustering."
 _BLOCK = 2048
@@ -80,13 +80,8 @@ def typicality(x_N_D: np.ndarray, knn: int) -> np.ndarray:
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    for key in ("max_clusters", "knn", "kmeans_iters"):
-        v = options[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise AlscaleError(f"option {key} must be an integer >= 1; got {v!r}")
-    v = options["min_cluster_size"]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise AlscaleError(f"option min_cluster_size must be an integer >= 0; got {v!r}")
+    check_int_options(options, ("max_clusters", "knn", "kmeans_iters"))
+    check_int_options(options, ("min_cluster_size",), minimum=0)
     return options
 
 

@@ -63,35 +63,55 @@ def _pool_row_ids(pool: str) -> np.ndarray:
     return read_shard(ShardSpec(info.path, 0, 0, info.n_rows), []).row_ids_N
 
 
-def _media_refs(pool: str, row_ids: np.ndarray) -> list[str] | None:
-    """The media reference of each row (None when the pool has no image/path column)."""
-    from alscale.pool import open_pool
-    from alscale.pool.read import read_media
-    from alscale.pool.location import media_base
-    from alscale.types import ShardSpec
+class MediaRefs:
+    """The media reference of pool rows: the ``path`` value (absolute, or the URI) or, for an
+    ``image`` column, a ``data:`` URI. The pool's row-id order is read once; media are read
+    chunk by chunk (``_CHUNK`` rows), only for chunks holding requested rows."""
 
-    info = open_pool(pool)
-    if info.media is None:
-        return None
-    ids = _pool_row_ids(pool)
-    order = np.argsort(ids, kind="stable")
-    pos = order[np.searchsorted(ids[order], row_ids)]
-    base = media_base(info.path)
-    out = []
-    import sys
+    _CHUNK = 65536
 
-    from tqdm import tqdm
+    def __init__(self, pool: str) -> None:
+        from alscale.pool import open_pool, read_shard
+        from alscale.pool.location import media_base
+        from alscale.types import ShardSpec
 
-    for p in tqdm(pos.tolist(), desc="exporting", unit="rows", disable=not sys.stderr.isatty(), file=sys.stderr):
-        value = read_media(ShardSpec(info.path, 0, p, p + 1), info.media)[0].as_py()
-        if info.media == "path":
-            is_abs = "://" in value or os.path.isabs(value)
-            out.append(value if is_abs else (base.rstrip("/") + "/" + value))
-        else:
-            kind = "png" if value[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg" if value[:2] == b"\xff\xd8" else "octet-stream"
-            mime = f"image/{kind}" if kind != "octet-stream" else "application/octet-stream"
-            out.append(f"data:{mime};base64," + base64.b64encode(value).decode())
-    return out
+        self.info = open_pool(pool)
+        self.enabled = self.info.media is not None
+        if self.enabled:
+            ids = read_shard(ShardSpec(self.info.path, 0, 0, self.info.n_rows), []).row_ids_N
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted = ids[self._order]
+            self._base = media_base(self.info.path)
+
+    def __call__(self, row_ids: np.ndarray) -> list[str] | None:
+        """References of ``row_ids`` in their order (None when the pool has no image/path column)."""
+        import sys
+
+        from tqdm import tqdm
+
+        from alscale.pool.read import read_media
+        from alscale.types import ShardSpec
+
+        if not self.enabled:
+            return None
+        pos = self._order[np.searchsorted(self._sorted, np.asarray(row_ids, np.int64))]
+        out: list[str] = [""] * pos.shape[0]
+        chunks = np.unique(pos // self._CHUNK)
+        for c in tqdm(chunks.tolist(), desc="exporting", unit="chunks", disable=not sys.stderr.isatty(),
+                      file=sys.stderr):
+            lo = c * self._CHUNK
+            values = read_media(ShardSpec(self.info.path, 0, lo, min(self.info.n_rows, lo + self._CHUNK)),
+                                self.info.media)
+            for i in np.flatnonzero(pos // self._CHUNK == c).tolist():
+                out[i] = self._ref(values[int(pos[i]) - lo].as_py())
+        return out
+
+    def _ref(self, value: Any) -> str:
+        if self.info.media == "path":
+            return value if ("://" in value or os.path.isabs(value)) else (self._base.rstrip("/") + "/" + value)
+        kind = "png" if value[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg" if value[:2] == b"\xff\xd8" else None
+        mime = f"image/{kind}" if kind else "application/octet-stream"
+        return f"data:{mime};base64," + base64.b64encode(value).decode()
 
 
 def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = None) -> int:
@@ -106,7 +126,7 @@ def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = No
                            "`alscale run` first")
     manifest = json.loads(man_file.read_text())
     sel = pq.read_table(sel_file).to_pylist()
-    refs = _media_refs(manifest["pool"]["path"], np.array([r["row_id"] for r in sel], np.int64))
+    refs = MediaRefs(manifest["pool"]["path"])(np.array([r["row_id"] for r in sel], np.int64))
     records = []
     for i, r in enumerate(sel):
         rec = {k: r[k] for k in ("row_id", "rank", "score", "strategy", "round")}

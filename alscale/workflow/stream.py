@@ -157,12 +157,14 @@ def run_stream(job: JobSpec, *, out_dir: str | Path | None = None, force: bool =
         d = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["label"])
         return SimulatedOracle(d.row_ids_N, d.labels_N, source=info.path)
 
-    def describe(row_ids: np.ndarray) -> list[dict[str, Any]]:
-        if info.media is None:
-            return [{} for _ in range(row_ids.size)]
-        from alscale.workflow.labels import _media_refs
+    from alscale.workflow.labels import MediaRefs
 
-        return [{"image": ref} for ref in (_media_refs(info.path, row_ids) or [])]
+    refs = MediaRefs(info.path) if info.media is not None else None
+
+    def describe(row_ids: np.ndarray) -> list[dict[str, Any]]:
+        if refs is None:
+            return [{} for _ in range(row_ids.size)]
+        return [{"image": ref} for ref in refs(row_ids)]
     score_fn = get_strategy(job.strategy.name).score_fn
     use_model = job.model is not None
     if not use_model and info.n_classes is None:

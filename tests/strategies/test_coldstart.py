@@ -135,7 +135,6 @@ def test_typiclust_matches_the_reference_and_every_sharding(data, n_labeled):
 
 def probcover_reference(ids, x, labeled, delta, budget):
     """The reference code: directed edges within δ (self included), cover, greedy by degree."""
-    xn = x.astype(np.float64)
     d2 = np.stack([sq_dist_rows(x, x[j]) for j in range(x.shape[0])], axis=1)
     src, dst = np.nonzero(d2 < delta ** 2)
     order = np.argsort(ids)  # ties to the lower row_id: work in row_id order
@@ -156,7 +155,6 @@ def probcover_reference(ids, x, labeled, delta, budget):
         keep = ~np.isin(dst, new)
         src, dst = src[keep], dst[keep]
         picks.append(int(ids[order[cur]]))
-    del xn
     return picks
 
 
@@ -397,9 +395,7 @@ def test_class_quotas_are_the_constrained_greedy(data, quotas):
     cls = predicted_class(lp)
     keep = ~np.isin(ids, labeled)
     lo = _bounds(quotas.get("min"), 5, "min")
-    lo = np.zeros(5, np.int64) if lo is None else lo
     hi = _bounds(quotas.get("max"), 5, "max")
-    hi = np.full(5, 10**9) if hi is None else hi
     want, want_counts = quota_reference(scores.entropy(lp)[keep], ids[keep], cls[keep], budget, lo, hi)
     for n_shards in (1, 3):
         shards, _ = make_shards(ids, emb, lp, n_shards=n_shards, labeled=labeled)
@@ -564,9 +560,7 @@ def test_kcenter_quotas_are_the_constrained_greedy(data, quotas):
     budget = 20
     cls = predicted_class(lp)
     lo = _bounds(quotas.get("min"), 5, "min")
-    lo = np.zeros(5, np.int64) if lo is None else lo
     hi = _bounds(quotas.get("max"), 5, "max")
-    hi = np.full(5, 10**9) if hi is None else hi
     want = kcenter_quota_reference(ids, emb, cls, labeled, budget, lo, hi)
     for n_shards in (1, 3):
         shards, _ = make_shards(ids, emb, lp, n_shards=n_shards, labeled=labeled)
