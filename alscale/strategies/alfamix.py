@@ -34,6 +34,8 @@ from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +177,26 @@ def select_alfamix(shards: Shards, budget: int, *, options: dict[str, Any], seed
         scores += [0.0] * o.shape[0]
         progress.advance(int(o.shape[0]))
     return Selection(np.asarray(picks, np.int64), np.asarray(scores, np.float64), "alfamix")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class AlfaMixOptions(_spec.StrategyOptions):
+    """Options of ``alfamix``: ``eps``; ``head`` and ``labels`` are filled in by the caller
+    (the model's last linear layer, the labelled rows' labels: ``needs.head``/``needs.labels``)."""
+
+    eps: float = 0.2
+    head: Any = None
+    labels: Any = None
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "alfamix", "loop",
+    "feature mixing toward labelled class anchors, then k-means over the changed rows (Parvaneh et al., CVPR 2022)",
+    options_type=AlfaMixOptions, needs=_spec.Needs(log_probs=True, embeddings=True, head=True, labels=True),
+    supports=_spec.Supports(keeps=("log_probs", "embeddings")), select=select_alfamix)
+

@@ -87,6 +87,7 @@ from alscale.strategies import progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_budget
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -638,3 +639,41 @@ def select_batchbald_prefilter(
 ) -> Selection:
     """The registry's ``batchbald_prefilter``: BatchBALD on the top rows by BALD."""
     return prefilter_loop(shards, budget, options=options, seed=seed, round=round)[0]
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchBALDOptions(_spec.StrategyOptions):
+    """Options of ``batchbald`` (documented in :func:`check_options`)."""
+
+    num_samples: int = 1000
+    max_configs: int | None = None
+    device: str = "auto"
+    chunk_rows: int | None = None
+    prune: bool = True
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+@dataclass(frozen=True)
+class PrefilterOptions(BatchBALDOptions):
+    """Options of ``batchbald_prefilter``: BatchBALD's, and ``prefilter`` (rows kept by BALD)."""
+
+    prefilter: int | None = None
+
+
+_NEEDS = _spec.Needs(log_probs=True, min_samples=2)
+_SUPPORTS = _spec.Supports(keeps=("log_probs",))
+SPECS = (
+    _spec.StrategySpec(
+        "batchbald", "loop",
+        "greedy joint mutual information of the batch's labels and the weights (Kirsch et al., NeurIPS 2019)",
+        options_type=BatchBALDOptions, needs=_NEEDS, supports=_SUPPORTS, select=select_batchbald),
+    _spec.StrategySpec(
+        "batchbald_prefilter", "loop",
+        "BatchBALD on the top-`prefilter` rows by BALD (approximate; Kirsch et al., NeurIPS 2019)",
+        options_type=PrefilterOptions, needs=_NEEDS, supports=_SUPPORTS, select=select_batchbald_prefilter),
+)
+

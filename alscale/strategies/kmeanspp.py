@@ -108,6 +108,7 @@ from alscale.strategies.kmeanspp_kernels import (
 from alscale.strategies import progress
 from alscale.strategies.shards import ShardState, Shards, shard_op
 from alscale.types import Selection
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -835,3 +836,31 @@ def select_kmeans_parallel(
         shards, budget, space="embedding", oversampling=opts.get("oversampling", 0.5),
         rounds=opts.get("rounds", 5), seed=seed, round=round, strategy="kmeans_parallel",
     )[0]
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParallelOptions(_spec.StrategyOptions):
+    """k-means‖ options: ``oversampling`` (ℓ = oversampling · B) and ``rounds``."""
+
+    oversampling: float = 0.5
+    rounds: int = 5
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_parallel_options(options)
+
+
+_NEEDS = _spec.Needs(log_probs=False, embeddings=True)
+_SUPPORTS = _spec.Supports(keeps=("embeddings",))
+SPECS = (
+    _spec.StrategySpec(
+        "kmeanspp", "loop",
+        "k-means++ seeding of the embeddings, exact D² sampling (Arthur & Vassilvitskii, SODA 2007)",
+        needs=_NEEDS, supports=_SUPPORTS, aliases=("kmeans++", "k_means++", "k_means_pp"), select=select_kmeanspp),
+    _spec.StrategySpec(
+        "kmeans_parallel", "loop", "k-means|| seeding of the embeddings (approximate; Bahmani et al., VLDB 2012)",
+        options_type=ParallelOptions, needs=_NEEDS, supports=_SUPPORTS, aliases=("kmeans||", "k_means||"),
+        select=select_kmeans_parallel),
+)
+

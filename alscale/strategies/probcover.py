@@ -37,6 +37,8 @@ from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_int_options
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.probcover."
 _PAIRS = 1 << 22  # row pairs per block of canonical distances
@@ -278,3 +280,28 @@ def select_probcover(shards: Shards, budget: int, *, options: dict[str, Any], se
 @shard_op
 def pc_labeled_ids(state: ShardState) -> np.ndarray:
     return state.row_ids_N[state.labeled_N]
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbCoverOptions(_spec.StrategyOptions):
+    """Options of ``probcover`` (checked by :func:`check_options`)."""
+
+    delta: Any = "auto"
+    purity: float = 0.95
+    n_classes: int = 10
+    normalize: bool = True
+    chunk_rows: int = 8192
+    max_edges: int = 200_000_000
+    kmeans_iters: int = 100
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "probcover", "loop", "greedy max coverage of δ-balls, δ by the purity rule (Yehuda et al., NeurIPS 2022)",
+    options_type=ProbCoverOptions, needs=_spec.Needs(log_probs=False, embeddings=True),
+    supports=_spec.Supports(keeps=("embeddings",)), select=select_probcover)
+

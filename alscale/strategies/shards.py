@@ -70,7 +70,7 @@ class Shards(Protocol):
 
     def restrict(self, row_ids: np.ndarray) -> int: ...
 
-    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None: ...
+    def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None: ...
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -123,6 +123,8 @@ class ShardState:
         base_scores: score-strategy name -> its scores ``[N]`` computed ahead (a worker that
             streams its shard keeps these instead of the log-probs); used in place of the
             log-probs for that score.
+        model_outputs: further per-row model outputs by name (``StrategySpec.needs.model_output``),
+            e.g. ``"loss"``: a Learning Loss module's predicted loss ``[N]``.
     """
 
     def __init__(
@@ -131,11 +133,13 @@ class ShardState:
         log_probs_N_K_C: np.ndarray | None = None,
         embeddings_N_D: np.ndarray | None = None,
         base_scores: Mapping[str, np.ndarray] | None = None,
+        model_outputs: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.row_ids_N = np.asarray(row_ids_N, dtype=np.int64)
         self.log_probs_N_K_C = log_probs_N_K_C
         self.embeddings_N_D = embeddings_N_D
         self.base_scores = dict(base_scores or {})
+        self.model_outputs = dict(model_outputs or {})  # further per-row model outputs, e.g. "loss"
         self.labeled_N = np.zeros(self.row_ids_N.shape[0], dtype=bool)
         self.eligible_N = np.ones(self.row_ids_N.shape[0], dtype=bool)  # candidate filter (e.g. SEALS)
         self._scores_N: np.ndarray | None = None  # ranking key per row
@@ -176,25 +180,25 @@ class ShardState:
         return _lookup_op(op)(self, *args)
 
     # -- scores ----------------------------------------------------------------------
-    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
-        """Compute this partition's ranking key for ``strategy`` (higher = picked first)."""
+    def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
+        """Compute this partition's ranking key for ``strategy`` (a name or a
+        :class:`~alscale.strategies.spec.StrategySpec`; higher = picked first)."""
         info = registry.get_strategy(strategy)
-        opts = registry.check_options(info.name, options)
+        opts = registry.check_options(info, options)
         if info.kind == "random":
             self._base_N = noise.keyed_uniform(seed, round, self.row_ids_N)
             self._scores_N = self._base_N
         elif info.kind == "score":
-            self._base_N = self._score(info.name, info.name)
+            self._base_N = self._score(info, info.name)
             self._scores_N = self._base_N
-        else:  # stochastic: Gumbel-top-k over a transform of a base score
-            self._base_N = self._score(registry.get_strategy(opts["base"]).name, info.name)
-            gumbel_N = noise.keyed_gumbel(seed, round, self.row_ids_N)
-            if info.name == "power":
-                self._scores_N = scores.power_keys(self._base_N, gumbel_N, opts["beta"])
-            elif info.name == "softmax":
-                self._scores_N = scores.softmax_keys(self._base_N, gumbel_N, opts["beta"])
-            else:  # softrank: the key needs global ranks, see softrank_candidates
+        elif info.kind == "stochastic":  # Gumbel-top-k over a transform of a base score
+            self._base_N = self._score(registry.get_strategy(opts["base"]), info.name)
+            if info.keys is not None:
+                self._scores_N = info.keys(self._base_N, noise.keyed_gumbel(seed, round, self.row_ids_N), opts["beta"])
+            else:  # the key needs global ranks (SoftRank), see softrank_candidates
                 self._scores_N = None
+        else:
+            raise ValueError(f"strategy {info.name} is a selection loop, not a per-row score")
         self._base_order = None
         if self._scores_N is not None and np.isnan(self._scores_N).any():
             raise ValueError(f"strategy {info.name} produced NaN scores")  # kernels assume valid input
@@ -205,11 +209,12 @@ class ShardState:
         self._base_N = self._scores_N = np.asarray(scores_N, dtype=np.float64)
         self._base_order = None
 
-    def _score(self, score_name: str, strategy: str) -> np.ndarray:
-        """The score ``score_name`` of every row: computed ahead, or from the log-probs."""
-        if score_name in self.base_scores:
-            return self.base_scores[score_name]
-        return registry.get_strategy(score_name).score_fn(self._need_log_probs(strategy))
+    def _score(self, score: Any, strategy: str) -> np.ndarray:
+        """The score of ``score`` (a score strategy's spec) for every row: computed ahead,
+        or from the log-probs."""
+        if score.name in self.base_scores:
+            return self.base_scores[score.name]
+        return score.score_fn(self._need_log_probs(strategy))
 
     def _need_log_probs(self, name: str) -> np.ndarray:
         if self.log_probs_N_K_C is None:
@@ -303,7 +308,7 @@ class FanoutShards:
         """Keep only ``row_ids`` pickable (a candidate filter); returns how many exist."""
         return int(sum(self._all("restrict", np.asarray(row_ids, dtype=np.int64))))
 
-    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
+    def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._all("compute_scores", strategy, dict(options), int(seed), int(round))
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
