@@ -132,6 +132,7 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
 
         return LocalExecutor(n_workers)
     from alscale.runtime.ray_executor import RayExecutor
+    from alscale.runtime.shipping import strategy_sources
 
     return RayExecutor(
         n_workers,
@@ -139,6 +140,7 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
         cpus_per_worker=job.runtime.cpus_per_worker,
         gpus_per_worker=job.runtime.gpus_per_worker,
         startup_timeout_s=job.runtime.startup_timeout_s,
+        py_modules=strategy_sources(get_strategy(job.strategy.name)),
     )
 
 

@@ -184,7 +184,7 @@ def _load_path(path: str) -> StrategySpec:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise AlscaleError(f"cannot import module {module_name!r} of strategy {path!r} ({exc}); the module must "
-                           "be importable (installed, on PYTHONPATH, or next to the job file)") from exc
+                           "be importable (installed, or its directory on PYTHONPATH)") from exc
     except Exception as exc:
         raise AlscaleError(f"importing module {module_name!r} of strategy {path!r} raised "
                            f"{type(exc).__name__}: {str(exc)[:200]}") from exc

@@ -41,19 +41,49 @@ class Fanout(Protocol):
 
 
 _SHARD_OPS: dict[str, Callable[..., Any]] = {}
+_READ_ONLY: set[str] = set()  # ops declared mutates=False
 
 
-def shard_op(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Register ``fn(state, *args)`` as the shard op ``"<its module>.<its name>"``."""
-    _SHARD_OPS[f"{fn.__module__}.{fn.__name__}"] = fn
-    return fn
+def shard_op(fn: Callable[..., Any] | None = None, *, mutates: bool = True) -> Any:
+    """Register ``fn(state, *args)`` as the shard op ``"<its module>.<its name>"``.
+
+    ``@shard_op`` or ``@shard_op(mutates=False)``: an op that only reads the shard's state
+    says so (``mutates=False``); one that changes it (its scores, its strategy state, its
+    candidates) keeps the default. An executor that rebuilds a lost worker by replaying its
+    state-changing calls asks :func:`op_mutates`.
+    """
+
+    def register(f: Callable[..., Any]) -> Callable[..., Any]:
+        name = f"{f.__module__}.{f.__name__}"
+        _SHARD_OPS[name] = f
+        if mutates:
+            _READ_ONLY.discard(name)
+        else:
+            _READ_ONLY.add(name)
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+def op_mutates(op: str) -> bool:
+    """Whether shard op ``op`` may change the shard's state (True unless declared read-only)."""
+    _lookup_op(op)
+    return op not in _READ_ONLY
 
 
 def _lookup_op(op: str) -> Callable[..., Any]:
-    if op not in _SHARD_OPS:
-        module = op.rpartition(".")[0]
-        if module.startswith("alscale."):
+    """The shard op ``op``, importing its module by the op's declared path first (a user's
+    strategy module too: it must be importable where the shard lives)."""
+    fn = _SHARD_OPS.get(op)
+    if fn is not None:
+        return fn
+    module = op.rpartition(".")[0]
+    if module and module != "__main__":
+        try:
             importlib.import_module(module)
+        except ImportError as exc:
+            raise KeyError(f"no shard op {op!r}: its module {module!r} does not import here ({exc}); install it on "
+                           "every worker or ship it (Ray runtime_env py_modules)") from exc
     if op not in _SHARD_OPS:
         raise KeyError(f"no shard op {op!r} is registered")
     return _SHARD_OPS[op]
