@@ -68,13 +68,6 @@ def mix_flags(z_N_E: np.ndarray, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C
 
 
 @shard_op
-def alfa_labeled(state: ShardState) -> tuple[np.ndarray, np.ndarray]:
-    """(row_ids, embeddings) of this shard's labelled rows."""
-    pos = np.flatnonzero(state.labeled_N)
-    return state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
-
-
-@shard_op
 def alfa_candidates(state: ShardState, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C: np.ndarray,
                     eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(row_ids, embeddings) of this shard's candidate rows (module docstring)."""
@@ -123,9 +116,9 @@ def select_alfamix(shards: Shards, budget: int, *, options: dict[str, Any], seed
     budget = min(budget, n_cand)
     if budget == 0:
         return Selection(np.empty(0, np.int64), np.empty(0), "alfamix")
-    parts = shards.call(_OP + "alfa_labeled")
-    ids = np.concatenate([p[0] for p in parts])
-    emb = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    parts = shards.take(None, ("embeddings",), where="labeled")
+    ids = np.concatenate([p.row_ids_R for p in parts])
+    emb = np.concatenate([p.embeddings_R_D for p in parts]).astype(np.float64)
     order = np.argsort(ids)
     ids, emb = ids[order], emb[order]
     srt = np.argsort(lab_ids)

@@ -115,7 +115,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class _ShardKC:
-    """One shard's k-center state (kept in ``ShardState.scratch["kcenter"]``).
+    """One shard's k-center state (kept in ``ShardState.strategy_state["kcenter"]``).
 
     ``mind[i]`` is an approximate squared min-distance of row i to the centers
     ``C[:seen[i]]`` it has been compared with (``+inf`` before any, ``-inf`` for rows that
@@ -297,13 +297,13 @@ class _ShardKC:
 
 
 def _kc(state: ShardState) -> _ShardKC:
-    kc = state.scratch.get("kcenter")
+    kc = state.strategy_state.get("kcenter")
     if kc is None:
         raise RuntimeError("kcenter shard state missing: run the init op first")
     return kc
 
 
-@shard_op
+@shard_op(mutates=False)
 def sizes(state: ShardState) -> dict[str, int]:
     """Row counts and embedding size of this shard (builds nothing)."""
     emb = state.embeddings_N_D
@@ -323,7 +323,7 @@ def init(state: ShardState, backend: str, device: str | None, want_sums: bool, l
     rows (ids and embeddings, in row_id order) and, if asked and nothing here is labelled,
     the exact column sums of the embeddings (for the mean; see ``exact_column_sums``)."""
     kc = _ShardKC(state, backend, device)
-    state.scratch["kcenter"] = kc
+    state.strategy_state["kcenter"] = kc
     n_lab = int(np.count_nonzero(state.labeled_N))
     sums = exact_column_sums(kc.x_np) if want_sums and n_lab == 0 else None
     lab_ids, lab_emb, _ = take_labeled(state, 0, labeled_rows) if n_lab and labeled_rows > 0 else (
@@ -340,7 +340,7 @@ def init(state: ShardState, backend: str, device: str | None, want_sums: bool, l
     }
 
 
-@shard_op
+@shard_op(mutates=False)
 def take_labeled(state: ShardState, start: int, count: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Labelled rows ``[start, start + count)`` of this shard in ``row_id`` order: (ids, embeddings, total)."""
     kc = _kc(state)
@@ -392,7 +392,7 @@ def sync(
     return kc.row_ids[top], kc.x_np[top], bound, {"pairs": kc.processed}
 
 
-@shard_op
+@shard_op(mutates=False)
 def gather(state: ShardState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All rows of this shard: (row_ids, float32 embeddings, labelled mask)."""
     if state.embeddings_N_D is None:

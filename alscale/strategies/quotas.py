@@ -68,14 +68,14 @@ def quota_prepare(state: ShardState, strategy: Any, options: Mapping[str, Any], 
     order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
     c = int(state.log_probs_N_K_C.shape[2])
     by_class = [order[cls[order] == j] for j in range(c)]
-    state.scratch["quotas"] = by_class
+    state.strategy_state["quotas"] = by_class
     return np.array([b.shape[0] for b in by_class], dtype=np.int64)
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each (class, start rank): this shard's ranks [start, start + page) of that class."""
-    by_class = state.scratch["quotas"]
+    by_class = state.strategy_state["quotas"]
     out = []
     for c, start in requests:
         pos = by_class[c][start:start + page]
@@ -93,11 +93,11 @@ def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
         state.base_scores["_eligible_before_quotas"] = state.eligible_N.copy()
     cls = state.base_scores["_predicted_class"]
     state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
-    state.scratch.clear()
+    state.strategy_state.clear()
     return int(np.count_nonzero(state.candidates_N))
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_class_counts(state: ShardState) -> np.ndarray:
     """Candidates per predicted class (before any restriction)."""
     if state.log_probs_N_K_C is None:
@@ -106,7 +106,7 @@ def quota_class_counts(state: ShardState) -> np.ndarray:
     return np.bincount(cls[state.candidates_N], minlength=state.log_probs_N_K_C.shape[2]).astype(np.int64)
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
     return state.row_ids_N[pos], predicted_class(state.log_probs_N_K_C[pos])

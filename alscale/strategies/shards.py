@@ -11,7 +11,8 @@ Row order everywhere: higher score first, ties to the lower ``row_id``.
 
 Selection loops with shard-side state of their own (k-center min-distances, k-means++
 masses, BatchBALD scoring) register *shard ops* with :func:`shard_op`: plain functions
-``fn(state: ShardState, *args)`` that keep their state in ``state.scratch``. A loop calls
+``fn(state: ShardState, *args)`` that keep their state in ``state.strategy_state`` (one
+typed object per strategy module, under its key). A loop calls
 them on every shard with ``FanoutShards.call(op, *args)`` (one fan-out). The op's module
 must be imported where the shard lives; ``ShardState.call`` imports it from the op name
 (``"alscale.strategies.kcenter.offer"`` lives in ``alscale.strategies.kcenter``).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -110,6 +111,8 @@ class Shards(Protocol):
         self, m: int, beta: float, seed: int, round: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]: ...
 
+    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ..., where: str = ...) -> list[Rows]: ...
+
     def call(self, op: str, *args: Any) -> list: ...
 
     def call_each(self, op: str, args_per_shard: Sequence[tuple]) -> list: ...
@@ -141,6 +144,40 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
     row_ids_M = np.concatenate([np.asarray(r, np.int64) for _, r in parts])
     pos = topk_order(scores_M, row_ids_M, k)
     return scores_M[pos], row_ids_M[pos]
+
+
+class Rows(NamedTuple):
+    """Rows fetched from one shard by :func:`take`: their ids and the requested columns
+    (None when not requested or not held). Embeddings are float32; log-probs as held."""
+
+    row_ids_R: np.ndarray
+    embeddings_R_D: np.ndarray | None
+    log_probs_R_K_C: np.ndarray | None
+
+
+#: What :func:`take` may restrict to: every row, the labelled rows, or the candidates.
+TAKE_WHERE = ("all", "labeled", "candidates")
+
+
+def _take(state: "ShardState", row_ids: np.ndarray | None, columns: Sequence[str], where: str) -> Rows:
+    """The one "fetch these rows" op (see :meth:`FanoutShards.take`)."""
+    if where not in TAKE_WHERE:
+        raise ValueError(f"take: where must be one of {', '.join(TAKE_WHERE)}; got {where!r}")
+    mask = {"all": None, "labeled": state.labeled_N, "candidates": None}[where]
+    if where == "candidates":
+        mask = state.candidates_N
+    if row_ids is not None:
+        hit = np.isin(state.row_ids_N, np.asarray(row_ids, dtype=np.int64))
+        mask = hit if mask is None else hit & mask
+    pos = np.arange(state.n_rows()) if mask is None else np.flatnonzero(mask)
+    emb = lp = None
+    if "embeddings" in columns:
+        if state.embeddings_N_D is None:
+            raise ValueError("take: this shard holds no embeddings")
+        emb = np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+    if "log_probs" in columns and state.log_probs_N_K_C is not None:
+        lp = np.ascontiguousarray(state.log_probs_N_K_C[pos])
+    return Rows(state.row_ids_N[pos], emb, lp)
 
 
 class ShardState:
@@ -175,7 +212,15 @@ class ShardState:
         self._scores_N: np.ndarray | None = None  # ranking key per row
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
         self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
-        self.scratch: dict[str, Any] = {}  # state of the selection loops' shard ops
+        # Per-strategy shard state: each strategy module keeps its own typed state object
+        # here under its key (e.g. k-center's min-distances); cleared when the candidates
+        # change. The one place a worker's selection state lives besides the arrays above.
+        self.strategy_state: dict[str, Any] = {}
+
+    @property
+    def scratch(self) -> dict[str, Any]:
+        """The former name of :attr:`strategy_state` (the same dict)."""
+        return self.strategy_state
 
     # -- bookkeeping -------------------------------------------------------------------
     def n_rows(self) -> int:
@@ -194,7 +239,7 @@ class ShardState:
         e.g. as k-center centers); returns how many of them are here."""
         self.eligible_N = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         self._base_order = None
-        self.scratch.clear()
+        self.strategy_state.clear()
         return int(np.count_nonzero(self.eligible_N))
 
     def exclude(self, row_ids: np.ndarray) -> int:
@@ -202,7 +247,7 @@ class ShardState:
         hit = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         self.labeled_N |= hit
         self._base_order = None
-        self.scratch.clear()
+        self.strategy_state.clear()
         return int(np.count_nonzero(hit))
 
     def call(self, op: str, *args: Any) -> Any:
@@ -359,6 +404,13 @@ class FanoutShards:
         bound = max((p[3] for p in parts), default=-np.inf)
         return upper, base, ids, float(bound)
 
+    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ("embeddings",), where: str = "all"
+             ) -> list[Rows]:
+        """One fan-out fetching rows to the coordinator: per shard (in shard order) its
+        :class:`Rows` among ``row_ids`` (None: all) that are ``where``."""
+        ids = None if row_ids is None else np.asarray(row_ids, dtype=np.int64)
+        return self.call(TAKE_OP, ids, tuple(columns), where)
+
     def call(self, op: str, *args: Any) -> list:
         """Run shard op ``op`` with the same arguments on every shard; results in shard order."""
         return self._all("call", op, *args)
@@ -367,3 +419,14 @@ class FanoutShards:
         """Run shard op ``op`` with per-shard arguments; results in shard order."""
         self.round_trips += 1
         return self.fanout.map("call", [(op, *args) for args in args_per_shard])
+
+
+@shard_op(mutates=False)
+def take(state: ShardState, row_ids: np.ndarray | None, columns: Sequence[str], where: str = "all") -> Rows:
+    """Shard op: this shard's rows among ``row_ids`` (None: every row) that are ``where``
+    (``"all"``, ``"labeled"``, ``"candidates"``), with ``columns`` (``"embeddings"``,
+    ``"log_probs"``), in shard order."""
+    return _take(state, row_ids, columns, where)
+
+
+TAKE_OP = f"{__name__}.take"
