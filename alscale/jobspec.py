@@ -316,7 +316,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     budget_raw = rt.get("memory_budget")
     memory_budget = None
     if budget_raw is not None:
-        from alscale.runtime.memory import parse_bytes
+        from alscale.units import parse_bytes
 
         memory_budget = parse_bytes(budget_raw)
         if memory_budget is None:
