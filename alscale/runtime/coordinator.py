@@ -336,6 +336,8 @@ def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_s
     """The job's strategy options, plus what ALFA-Mix takes from the job rather than the file:
     the model's last linear layer and the labelled rows' labels."""
     opts = dict(job.strategy.options)
+    if get_strategy(job.strategy.name).name == "base_balanced":
+        return _base_options(opts, model_spec, in_features, job.seed)
     if get_strategy(job.strategy.name).name != "alfamix":
         return opts
     if model_spec is not None:
@@ -359,6 +361,25 @@ def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_s
         hit = np.isin(d.row_ids_N, labeled)
         got = (d.row_ids_N[hit], d.labels_N[hit])
     opts["labels"] = got
+    return opts
+
+
+def _base_options(opts: dict[str, Any], model_spec: Any, in_features: int, seed: int) -> dict[str, Any]:
+    """BASE's options plus the weights of the model's linear ``head`` layer (its feature-space
+    distance); without a model or a head, ``distance: auto`` falls back to logit space."""
+    if model_spec is None or opts.get("distance") == "logit":
+        return opts
+    import torch
+
+    from alscale.scoring import Scorer
+
+    head = getattr(Scorer(model_spec, in_features=in_features, seed=seed).model, "head", None)
+    if isinstance(head, torch.nn.Linear):
+        opts["head"] = (head.weight.detach().double().cpu().numpy(), head.bias.detach().double().cpu().numpy())
+    elif opts.get("distance") == "feature":
+        raise AlscaleError(f"strategy base_balanced with distance: feature needs the model's last linear layer as "
+                           f"an attribute 'head' (nn.Linear); model {model_spec.factory} has none; use distance: "
+                           "logit")
     return opts
 
 

@@ -299,6 +299,19 @@ _STRATEGIES: dict[str, StrategyInfo] = {
             needs_embeddings=True,
             check_fn="alscale.strategies.alfamix:check_options",
         ),
+        # Balance at scale (issue 19): alscale.strategies.base.
+        StrategyInfo(
+            "base_balanced",
+            "loop",
+            None,
+            1,
+            True,
+            MappingProxyType({"distance": "auto", "order": "round_robin", "head": None}),
+            "per class, the rows closest to its decision boundary, balanced over classes (BASE; Emam et al., "
+            "arXiv 2111.12880)",
+            select_fn="alscale.strategies.base:select_base",
+            check_fn="alscale.strategies.base:check_options",
+        ),
         StrategyInfo(
             "learning_loss",
             "loop",
@@ -344,6 +357,8 @@ _ALIASES: dict[str, str] = {
     "core_set": "kcenter",
     "k_center": "kcenter",
     "k_center_greedy": "kcenter",
+    "balanced_selection": "base_balanced",
+    "base_al": "base_balanced",
 }
 
 
