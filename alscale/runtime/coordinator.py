@@ -89,6 +89,7 @@ def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
             "log-probs and the pool's embedding column in one job); use strategy.embedding: model, or drop the "
             "model and give the pool 'log_probs' and 'embedding' columns"
         )
+    problems += _group_column_problems(job, info)
     if uses_model(job):
         if info.feature_dim is None and info.media is None:
             problems.append(
@@ -235,7 +236,8 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
             if model_spec is not None:
                 executor.map("prepare_model", [(model_spec, job.seed, in_features)] * len(plan))
         with _phase(timings, "read"):
-            executor.map("load", [(spec, columns, model_spec is not None, True, stream) for spec in plan])
+            groups = _group_columns(job)
+            executor.map("load", [(spec, columns, model_spec is not None, True, stream, groups) for spec in plan])
         chunk_rows = stream.chunk_rows if stream is not None else job.runtime.chunk_rows
         if model_spec is None and stream is not None:  # stream the pool's outputs through the workers
             with _phase(timings, "read"):
@@ -273,6 +275,8 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                 selection = qr.selection
                 quota_info = {**job.strategy.quotas, "picks_per_class": qr.counts,
                               "unmet": {str(k): v for k, v in qr.unmet.items()}}
+                if qr.groups is not None:  # by a pool column: the picks of each of its values
+                    quota_info["picks_per_group"] = {str(v): n for v, n in zip(qr.groups, qr.counts)}
             else:
                 selection = run_strategy(
                     shards,
@@ -366,15 +370,19 @@ def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_s
 
 def _base_options(opts: dict[str, Any], model_spec: Any, in_features: int, seed: int) -> dict[str, Any]:
     """BASE's options plus the weights of the model's linear ``head`` layer (its feature-space
-    distance); without a model or a head, ``distance: auto`` falls back to logit space."""
+    distance; the builtin ``linear`` model is its own head); without a model or a head,
+    ``distance: auto`` falls back to logit space."""
     if model_spec is None or opts.get("distance") == "logit":
         return opts
     import torch
 
     from alscale.scoring import Scorer
 
-    head = getattr(Scorer(model_spec, in_features=in_features, seed=seed).model, "head", None)
-    if isinstance(head, torch.nn.Linear):
+    from alscale.scoring.builtins import LinearClassifier
+
+    model = Scorer(model_spec, in_features=in_features, seed=seed).model
+    head = model.fc if isinstance(model, LinearClassifier) else getattr(model, "head", None)  # linear: its feature
+    if isinstance(head, torch.nn.Linear):                                                        # space is the input
         opts["head"] = (head.weight.detach().double().cpu().numpy(), head.bias.detach().double().cpu().numpy())
     elif opts.get("distance") == "feature":
         raise AlscaleError(f"strategy base_balanced with distance: feature needs the model's last linear layer as "
@@ -420,6 +428,27 @@ def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo
             f"labelled set {path}: {absent.size} of its {labeled.size} row_ids are not in pool {info.path} (first: "
             f"{int(absent[0])}); give the labelled set of this pool, or drop those ids"
         )
+
+
+def _group_columns(job: JobSpec) -> list[str]:
+    """Pool metadata columns the workers read for the selection (``strategy.quotas.by``)."""
+    from alscale.strategies.quotas import quota_column
+
+    by = quota_column(job.strategy.quotas)
+    return [] if by is None else [by]
+
+
+def _group_column_problems(job: JobSpec, info: PoolInfo) -> list[str]:
+    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group."""
+    from alscale.pool.columns import check_group_column
+
+    problems = []
+    for column in _group_columns(job):
+        try:
+            check_group_column(info.path, column, "strategy.quotas.by")
+        except AlscaleError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:

@@ -63,12 +63,6 @@ class LinearClassifier(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_features, num_classes)
 
-    @property
-    def head(self) -> nn.Linear:
-        """The last linear layer (the whole model), as ALFA-Mix and BASE look it up; not a second
-        registered module, so the state dict keeps only ``fc.*``."""
-        return self.fc
-
     def forward(self, x_B_D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.fc(x_B_D), x_B_D
 

@@ -58,18 +58,30 @@ def predicted_class(log_probs_N_K_C: np.ndarray) -> np.ndarray:
     return out
 
 
-@shard_op
-def quota_prepare(state: ShardState, strategy: str, options: Mapping[str, Any], seed: int, round: int
-                  ) -> np.ndarray:
-    """Score this shard, sort its candidates per predicted class; returns the candidates per class ``[C]``."""
+def _groups(state: ShardState, by: str | None, positions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Group of each row (at ``positions``; all rows: None) and the number of groups: the
+    predicted class (``by`` None), or the installed codes of pool column ``by``
+    (:mod:`alscale.strategies.groups`)."""
+    if by is not None:
+        from alscale.strategies.groups import group_codes
+
+        return group_codes(state, by, positions)
     if state.log_probs_N_K_C is None:
         raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
+    lp = state.log_probs_N_K_C if positions is None else state.log_probs_N_K_C[positions]
+    return predicted_class(lp), int(state.log_probs_N_K_C.shape[2])
+
+
+@shard_op
+def quota_prepare(state: ShardState, strategy: str, options: Mapping[str, Any], seed: int, round: int,
+                  by: str | None = None) -> np.ndarray:
+    """Score this shard, sort its candidates per group (predicted class, or pool column ``by``);
+    returns the candidates per group ``[C]``."""
+    cls, c = _groups(state, by)
     state.compute_scores(strategy, options, seed, round)
-    cls = predicted_class(state.log_probs_N_K_C)
     cand = np.flatnonzero(state.candidates_N)
     keys = state._scores_N
     order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
-    c = int(state.log_probs_N_K_C.shape[2])
     by_class = [order[cls[order] == j] for j in range(c)]
     state.scratch["quotas"] = by_class
     return np.array([b.shape[0] for b in by_class], dtype=np.int64)
@@ -87,32 +99,29 @@ def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -
 
 
 @shard_op
-def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
-    """Only rows of predicted classes not in ``disallowed`` (and eligible before) stay pickable."""
-    if state.log_probs_N_K_C is None:
-        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
-    if "_predicted_class" not in state.base_scores:  # kept apart from scratch, which picks clear
-        state.base_scores["_predicted_class"] = predicted_class(state.log_probs_N_K_C)
-        state.base_scores["_eligible_before_quotas"] = state.eligible_N.copy()
-    cls = state.base_scores["_predicted_class"]
+def quota_restrict(state: ShardState, disallowed: list[int], by: str | None = None) -> int:
+    """Only rows of groups (predicted classes) not in ``disallowed`` (and eligible before) stay pickable."""
+    key = "_predicted_class" if by is None else f"_group:{by}"
+    if key not in state.base_scores:  # kept apart from scratch, which picks clear
+        state.base_scores[key] = _groups(state, by)[0]
+        state.base_scores.setdefault("_eligible_before_quotas", state.eligible_N.copy())
+    cls = state.base_scores[key]
     state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
     state.scratch.clear()
     return int(np.count_nonzero(state.candidates_N))
 
 
 @shard_op
-def quota_class_counts(state: ShardState) -> np.ndarray:
-    """Candidates per predicted class (before any restriction)."""
-    if state.log_probs_N_K_C is None:
-        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
-    cls = predicted_class(state.log_probs_N_K_C)
-    return np.bincount(cls[state.candidates_N], minlength=state.log_probs_N_K_C.shape[2]).astype(np.int64)
+def quota_class_counts(state: ShardState, by: str | None = None) -> np.ndarray:
+    """Candidates per group (predicted class, or pool column ``by``), before any restriction."""
+    cls, c = _groups(state, by)
+    return np.bincount(cls[state.candidates_N], minlength=c).astype(np.int64)
 
 
 @shard_op
-def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quota_class_of(state: ShardState, row_ids: np.ndarray, by: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    return state.row_ids_N[pos], predicted_class(state.log_probs_N_K_C[pos])
+    return state.row_ids_N[pos], _groups(state, by, pos)[0]
 
 
 def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> np.ndarray:
@@ -123,8 +132,8 @@ def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: i
     return (counts < hi) & ((need > 0) if reserve else True)
 
 
-def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, options: Mapping[str, Any]
-                         ) -> tuple[Selection, np.ndarray]:
+def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, options: Mapping[str, Any],
+                         by: str | None = None) -> tuple[Selection, np.ndarray]:
     from alscale.strategies.kcenter import select_kcenter
 
     c = lo.shape[0]
@@ -141,12 +150,12 @@ def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.nda
         room = hi[allowed] - counts[allowed]
         length = int(min(room.min(), need[allowed].min() if slots <= owed else slots - owed))
         length = max(1, min(length, slots))
-        if sum(shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist())) == 0:
+        if sum(shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist(), by)) == 0:
             break  # no candidate row of an allowed class is left
         sel = select_kcenter(shards, length, options=options)
         if len(sel) == 0:
             break
-        parts = shards.call(_OP + "quota_class_of", sel.indices_B)
+        parts = shards.call(_OP + "quota_class_of", sel.indices_B, by)
         cls = {int(r): int(k) for p in parts for r, k in zip(p[0], p[1])}
         for r, s in zip(sel.indices_B.tolist(), sel.scores_B.tolist()):
             ids_B.append(r)
@@ -159,8 +168,9 @@ def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.nda
 class _QuotaGate:
     """The constrained step's rule for a sampler (BADGE): which rows it may accept now."""
 
-    def __init__(self, shards: Shards, lo: np.ndarray, hi: np.ndarray, budget: int, avail: np.ndarray) -> None:
-        self.shards, self.lo, self.hi, self.budget, self.avail = shards, lo, hi, budget, avail
+    def __init__(self, shards: Shards, lo: np.ndarray, hi: np.ndarray, budget: int, avail: np.ndarray,
+                 by: str | None = None) -> None:
+        self.shards, self.lo, self.hi, self.budget, self.avail, self.by = shards, lo, hi, budget, avail, by
         self.counts = np.zeros(lo.shape[0], dtype=np.int64)
         self.n = 0
         self.cls: dict[int, int] = {}
@@ -168,7 +178,7 @@ class _QuotaGate:
     def prefetch(self, row_ids: np.ndarray) -> None:
         missing = np.array([r for r in np.asarray(row_ids).tolist() if r not in self.cls], dtype=np.int64)
         if missing.size:
-            for p in self.shards.call(_OP + "quota_class_of", missing):
+            for p in self.shards.call(_OP + "quota_class_of", missing, self.by):
                 self.cls.update(zip(p[0].tolist(), p[1].tolist()))
 
     def _allowed(self) -> np.ndarray:
@@ -187,14 +197,14 @@ class _QuotaGate:
 
 
 def _badge_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, seed: int, round: int,
-                       avail: np.ndarray) -> tuple[Selection, np.ndarray]:
+                       avail: np.ndarray, by: str | None = None) -> tuple[Selection, np.ndarray]:
     """BADGE's D² sampling restricted, at each step, to the allowed rows (by rejection)."""
     from alscale.strategies.kmeanspp import seed_exact
 
     need = lo.copy()
     allowed0 = (hi > 0) & ((need > 0) if budget <= int(need.sum()) else True)
-    shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed0).tolist())  # the first center is allowed
-    gate = _QuotaGate(shards, lo, hi, budget, avail)
+    shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed0).tolist(), by)  # the first center is allowed
+    gate = _QuotaGate(shards, lo, hi, budget, avail, by)
     sel, _ = seed_exact(shards, budget, space="badge", seed=seed, round=round, strategy="badge", allow=gate)
     return sel, gate.counts
 
@@ -264,17 +274,60 @@ def quotas_supported(name: str) -> bool:
 
 
 def check_quotas(quotas: Any) -> dict[str, Any]:
-    """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later)."""
-    if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max"}:
-        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max'; got {quotas!r}")
+    """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later).
+
+    Keys: ``min``, ``max``; ``by`` (a pool column to group by instead of the predicted class,
+    default ``predicted_class``); ``max_groups`` (the most distinct values ``by`` may have)."""
+    if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max", "by", "max_groups"} or \
+            not set(quotas) & {"min", "max"}:
+        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max' (and optionally 'by', "
+                           f"'max_groups'); got {quotas!r}")
+    by = quotas.get("by", "predicted_class")
+    if not isinstance(by, str) or not by:
+        raise AlscaleError(f"strategy.quotas.by must name a pool column (integer or string) or be predicted_class; "
+                           f"got {by!r}")
+    mg = quotas.get("max_groups")
+    if mg is not None and (isinstance(mg, bool) or not isinstance(mg, int) or mg < 1):
+        raise AlscaleError(f"strategy.quotas.max_groups must be a positive integer; got {mg!r}")
     return dict(quotas)
+
+
+def quota_column(quotas: Mapping[str, Any] | None) -> str | None:
+    """The pool column a job's quotas group by (None: the predicted class, or no quotas)."""
+    if not quotas:
+        return None
+    by = quotas.get("by", "predicted_class")
+    return None if by == "predicted_class" else str(by)
+
+
+def _group_bounds(spec: Any, values: list[Any], name: str, by: str) -> np.ndarray:
+    """Per-group counts from a quota spec whose mapping keys are values of column ``by``."""
+    if not isinstance(spec, Mapping):
+        return _bounds(spec, len(values), name)
+    index = {v: g for g, v in enumerate(values)}
+    numeric = bool(values) and isinstance(values[0], int)
+    by_index: dict[int, Any] = {}
+    for k, v in spec.items():
+        key = k
+        if numeric and isinstance(k, str):
+            try:
+                key = int(k)
+            except ValueError:
+                pass
+        if key not in index:
+            shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+            raise AlscaleError(f"strategy.quotas.{name}: {k!r} is not a value of column '{by}' (values: {shown}); "
+                               "use the column's values as keys")
+        by_index[index[key]] = v
+    return _bounds(by_index, len(values), name)
 
 
 @dataclass
 class QuotaResult:
     selection: Selection
     counts: list[int]  # picks per class
-    unmet: dict[int, int]  # class -> picks short of its minimum
+    unmet: dict[Any, int]  # class (or group value) -> picks short of its minimum
+    groups: list[Any] | None = None  # by a pool column: the value of each group index (counts[g] is values[g]'s)
 
 
 def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mapping[str, Any], *,
@@ -289,14 +342,24 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     opts = registry.check_options(info.name, options or {})
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
+    by = quota_column(quotas)
+    values = None
+    if by is not None:
+        from alscale.strategies.groups import MAX_GROUPS, install_groups
+
+        values = install_groups(shards, by, int(quotas.get("max_groups") or MAX_GROUPS))
     if info.name in ("kcenter", "badge"):
-        prepared = shards.call(_OP + "quota_class_counts")
+        prepared = shards.call(_OP + "quota_class_counts", by)
     else:
-        prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round))
+        prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round), by)
     avail = np.sum(prepared, axis=0)
     c, n_shards = int(avail.shape[0]), len(prepared)
-    lo = _bounds(quotas.get("min"), c, "min")
-    hi = _bounds(quotas.get("max"), c, "max")
+    if values is None:
+        lo = _bounds(quotas.get("min"), c, "min")
+        hi = _bounds(quotas.get("max"), c, "max")
+    else:
+        lo = _group_bounds(quotas.get("min"), values, "min", by)
+        hi = _group_bounds(quotas.get("max"), values, "max", by)
     if (lo > hi).any():
         j = int(np.flatnonzero(lo > hi)[0])
         raise AlscaleError(f"strategy.quotas: class {j} has min {lo[j]} above its max {hi[j]}")
@@ -309,12 +372,14 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     if lo.sum() > budget:
         raise AlscaleError(f"strategy.quotas: the minimums add up to {int(lo.sum())}, more than the budget {budget}; "
                            "lower them or raise strategy.budget")
+    if values is not None:
+        unmet = {values[j]: v for j, v in unmet.items()}
     if info.name == "kcenter":
-        sel, counts_k = _kcenter_with_quotas(shards, budget, lo, hi, opts)
-        return QuotaResult(sel, counts_k.tolist(), unmet)
+        sel, counts_k = _kcenter_with_quotas(shards, budget, lo, hi, opts, by)
+        return QuotaResult(sel, counts_k.tolist(), unmet, values)
     if info.name == "badge":
-        sel, counts_k = _badge_with_quotas(shards, budget, lo, hi, int(seed), int(round), avail)
-        return QuotaResult(sel, counts_k.tolist(), unmet)
+        sel, counts_k = _badge_with_quotas(shards, budget, lo, hi, int(seed), int(round), avail, by)
+        return QuotaResult(sel, counts_k.tolist(), unmet, values)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
     streams = [_Stream(n_shards) for _ in range(c)]
 
@@ -369,4 +434,4 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
             push(j)  # its next row, or the class is exhausted
 
     sel = Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), info.name)
-    return QuotaResult(sel, counts.tolist(), unmet)
+    return QuotaResult(sel, counts.tolist(), unmet, values)

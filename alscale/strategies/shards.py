@@ -142,6 +142,7 @@ class ShardState:
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
         self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
         self.scratch: dict[str, Any] = {}  # state of the selection loops' shard ops
+        self.columns: dict[str, np.ndarray] = {}  # pool metadata columns by name (e.g. a quota group column)
 
     # -- bookkeeping -------------------------------------------------------------------
     def n_rows(self) -> int:

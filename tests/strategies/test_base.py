@@ -187,7 +187,7 @@ def test_base_job_takes_the_models_head_and_ray_equals_local(tmp_path, ray_sessi
     # the same as the in-memory strategy on the model's log-probs with its head's weights
     scorer = Scorer(ModelSpec(factory="linear", kwargs={"num_classes": 4}, device="cpu"), in_features=8, seed=3)
     lp, _ = scorer.score(x)
-    w = scorer.model.head.weight.detach().double().numpy()
+    w = scorer.model.fc.weight.detach().double().numpy()
     mem = select("base_balanced", budget=22, log_probs=lp, head=(w, None))
     assert ids[mem.indices].tolist() == ref.indices_B.tolist()
     assert mem.indices.tolist() != select("base_balanced", budget=22, log_probs=lp).indices.tolist()
