@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from alscale.errors import AlscaleError
 from alscale.strategies import progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.quotas import _Stream, predicted_class
 from alscale.strategies.shards import Shards, ShardState, shard_op, topk_order
 from alscale.types import Selection
@@ -126,7 +128,7 @@ def base_prepare(state: ShardState, norms_C_C: np.ndarray | None) -> int:
     if norms is not None and norms.shape[0] != m.shape[1]:
         raise AlscaleError(f"strategy base_balanced: the head has {norms.shape[0]} classes but the log-probs "
                            f"{m.shape[1]}; give the head of the model that produced them")
-    state.scratch["base"] = {"m": m, "pred": pred, "top": m[np.arange(m.shape[0]), pred],
+    state.strategy_state["base"] = {"m": m, "pred": pred, "top": m[np.arange(m.shape[0]), pred],
                              "own": _own_distance(m, pred, norms), "norms": norms, "order": {}}
     return int(m.shape[1])
 
@@ -148,7 +150,7 @@ def base_pages(state: ShardState, requests: list[tuple[int, int]], page: int
     A class's order is kept as a sorted prefix, extended (doubled) only when a request reaches
     past it, so a batch costs O(N) per class touched, not a full sort.
     """
-    st = state.scratch["base"]
+    st = state.strategy_state["base"]
     cand = np.flatnonzero(state.candidates_N)
     out = []
     for c, start in requests:
@@ -255,3 +257,27 @@ def select_base(shards: Shards, budget: int, *, options: Mapping[str, Any], seed
         while len(ids_B) < budget:
             take(len(ids_B) % c)
     return Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), "base_balanced")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaseOptions(_spec.StrategyOptions):
+    """Options of ``base_balanced`` (module docstring); ``head`` is filled in by a job from its
+    model (``needs.head = "optional"``)."""
+
+    distance: str = "auto"
+    order: str = "round_robin"
+    head: Any = None
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "base_balanced", "loop",
+    "per class, the rows closest to its decision boundary, balanced over classes (BASE; Emam et al., "
+    "arXiv 2111.12880)",
+    options_type=BaseOptions, needs=_spec.Needs(log_probs=True, head="optional"),
+    supports=_spec.Supports(keeps=("log_probs",)), aliases=("balanced_selection", "base_al"), select=select_base,
+    citation="Emam et al., Active Learning at the ImageNet Scale, arXiv 2111.12880")

@@ -30,7 +30,7 @@ def _values(state: ShardState, column: str) -> np.ndarray:
     return state.columns[column]
 
 
-@shard_op
+@shard_op(mutates=False)
 def group_distinct(state: ShardState, column: str, limit: int) -> tuple[list[Any], bool]:
     """The distinct values of ``column`` on this shard (sorted; at most ``limit + 1``), and
     whether there were more than ``limit``."""

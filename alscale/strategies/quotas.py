@@ -13,20 +13,17 @@ still add up to more than the budget are an error (before any pick).
 
 Sharded and exact: each shard sorts its candidates per class once; the coordinator merges
 the classes' streams lazily, fetching pages of ``page`` rows per (shard, class) only when a
-stream runs dry, so a batch costs a few fan-outs and moves O(B + C·page) rows. Quotas apply
-to the score-based strategies (uncertainty, committee, random, Power/Softmax — not SoftRank,
-whose keys need global ranks) and to k-center.
+stream runs dry, so a batch costs a few fan-outs and moves O(B + C·page) rows. The greedy
+applies to every strategy whose spec ranks rows by a per-row key (``StrategySpec.ranks_by_score``:
+scores, random, per-row stochastic keys) and supports quotas.
 
-k-center with quotas runs the exact greedy in *phases*: within a phase the allowed classes
-cannot change (its length is the fewest picks after which a class could reach its maximum,
-or the reserve for minimums could begin or end), so the sharded greedy over the allowed rows,
-with the labelled rows and all earlier picks as centers, makes exactly the constrained
-greedy's picks; then the classes are counted and the next phase starts. Tight quotas mean
-more phases (each a fresh greedy start). BADGE samples each pick from D² restricted to the
-rows allowed at that step: the shards are restricted to the initially allowed classes (so
-the first center, the largest gradient norm, is allowed), and later proposals of classes
-that have become disallowed are rejected, which leaves the law of each accepted pick D²
-over the allowed rows.
+A selection loop that supports quotas brings its own constrained loop
+(``StrategySpec.quota_select``, ``(shards, budget, lo, hi, *, options, seed, round, avail)
+-> (Selection, picks per class)``) built from the helpers here: :func:`allowed_classes`
+(which classes the next pick may have), :func:`restrict_classes` (a candidate filter by
+predicted class), :func:`classes_of` and :class:`QuotaGate` (accept/reject rule for a
+sampler). E.g. k-center runs its exact greedy in phases within which the allowed classes
+cannot change; BADGE rejects D² proposals of classes that have become disallowed.
 """
 
 from __future__ import annotations
@@ -58,14 +55,26 @@ def predicted_class(log_probs_N_K_C: np.ndarray) -> np.ndarray:
     return out
 
 
-def _groups(state: ShardState, by: str | None, positions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+_BY = "_quota_by"  # ShardState.columns key: the pool column this selection's quotas group by
+
+
+def _set_grouping(state: ShardState, by: str | None) -> None:
+    """Group rows by pool column ``by`` (its codes installed by
+    :func:`alscale.strategies.groups.install_groups`), or by predicted class (None), for the
+    quota ops that follow."""
+    if by is None:
+        state.columns.pop(_BY, None)
+    else:
+        state.columns[_BY] = np.array(by, dtype=object)
+
+
+def _groups(state: ShardState, positions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Group of each row (at ``positions``; all rows: None) and the number of groups: the
-    predicted class (``by`` None), or the installed codes of pool column ``by``
-    (:mod:`alscale.strategies.groups`)."""
-    if by is not None:
+    predicted class, or the installed codes of the pool column set by :func:`_set_grouping`."""
+    if _BY in state.columns:
         from alscale.strategies.groups import group_codes
 
-        return group_codes(state, by, positions)
+        return group_codes(state, str(state.columns[_BY]), positions)
     if state.log_probs_N_K_C is None:
         raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
     lp = state.log_probs_N_K_C if positions is None else state.log_probs_N_K_C[positions]
@@ -73,24 +82,25 @@ def _groups(state: ShardState, by: str | None, positions: np.ndarray | None = No
 
 
 @shard_op
-def quota_prepare(state: ShardState, strategy: str, options: Mapping[str, Any], seed: int, round: int,
+def quota_prepare(state: ShardState, strategy: Any, options: Mapping[str, Any], seed: int, round: int,
                   by: str | None = None) -> np.ndarray:
     """Score this shard, sort its candidates per group (predicted class, or pool column ``by``);
     returns the candidates per group ``[C]``."""
-    cls, c = _groups(state, by)
+    _set_grouping(state, by)
+    cls, c = _groups(state)
     state.compute_scores(strategy, options, seed, round)
     cand = np.flatnonzero(state.candidates_N)
     keys = state._scores_N
     order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
     by_class = [order[cls[order] == j] for j in range(c)]
-    state.scratch["quotas"] = by_class
+    state.strategy_state["quotas"] = by_class
     return np.array([b.shape[0] for b in by_class], dtype=np.int64)
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each (class, start rank): this shard's ranks [start, start + page) of that class."""
-    by_class = state.scratch["quotas"]
+    by_class = state.strategy_state["quotas"]
     out = []
     for c, start in requests:
         pos = by_class[c][start:start + page]
@@ -99,29 +109,30 @@ def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -
 
 
 @shard_op
-def quota_restrict(state: ShardState, disallowed: list[int], by: str | None = None) -> int:
+def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
     """Only rows of groups (predicted classes) not in ``disallowed`` (and eligible before) stay pickable."""
-    key = "_predicted_class" if by is None else f"_group:{by}"
+    key = "_predicted_class" if _BY not in state.columns else f"_group:{state.columns[_BY]}"
     if key not in state.base_scores:  # kept apart from scratch, which picks clear
-        state.base_scores[key] = _groups(state, by)[0]
+        state.base_scores[key] = _groups(state)[0]
         state.base_scores.setdefault("_eligible_before_quotas", state.eligible_N.copy())
     cls = state.base_scores[key]
     state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
-    state.scratch.clear()
+    state.strategy_state.clear()
     return int(np.count_nonzero(state.candidates_N))
 
 
-@shard_op
+@shard_op  # sets the grouping for the quota ops that follow: a state change
 def quota_class_counts(state: ShardState, by: str | None = None) -> np.ndarray:
     """Candidates per group (predicted class, or pool column ``by``), before any restriction."""
-    cls, c = _groups(state, by)
+    _set_grouping(state, by)
+    cls, c = _groups(state)
     return np.bincount(cls[state.candidates_N], minlength=c).astype(np.int64)
 
 
-@shard_op
-def quota_class_of(state: ShardState, row_ids: np.ndarray, by: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+@shard_op(mutates=False)
+def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    return state.row_ids_N[pos], _groups(state, by, pos)[0]
+    return state.row_ids_N[pos], _groups(state, pos)[0]
 
 
 def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> np.ndarray:
@@ -132,45 +143,24 @@ def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: i
     return (counts < hi) & ((need > 0) if reserve else True)
 
 
-def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, options: Mapping[str, Any],
-                         by: str | None = None) -> tuple[Selection, np.ndarray]:
-    from alscale.strategies.kcenter import select_kcenter
-
-    c = lo.shape[0]
-    counts = np.zeros(c, dtype=np.int64)
-    ids_B: list[int] = []
-    scores_B: list[float] = []
-    while len(ids_B) < budget:
-        slots = budget - len(ids_B)
-        need = np.maximum(lo - counts, 0)
-        owed = int(need.sum())
-        allowed = allowed_classes(counts, lo, hi, slots)
-        if not allowed.any():
-            break
-        room = hi[allowed] - counts[allowed]
-        length = int(min(room.min(), need[allowed].min() if slots <= owed else slots - owed))
-        length = max(1, min(length, slots))
-        if sum(shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist(), by)) == 0:
-            break  # no candidate row of an allowed class is left
-        sel = select_kcenter(shards, length, options=options)
-        if len(sel) == 0:
-            break
-        parts = shards.call(_OP + "quota_class_of", sel.indices_B, by)
-        cls = {int(r): int(k) for p in parts for r, k in zip(p[0], p[1])}
-        for r, s in zip(sel.indices_B.tolist(), sel.scores_B.tolist()):
-            ids_B.append(r)
-            scores_B.append(s)
-            counts[cls[r]] += 1
-        shards.exclude(sel.indices_B)  # earlier picks are centers of the next phase
-    return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "kcenter"), counts
+def restrict_classes(shards: Shards, disallowed_C: np.ndarray) -> int:
+    """Only candidates whose predicted class is not disallowed (bool ``[C]``) stay pickable;
+    returns how many candidates are left."""
+    return int(sum(shards.call(_OP + "quota_restrict", np.flatnonzero(disallowed_C).tolist())))
 
 
-class _QuotaGate:
-    """The constrained step's rule for a sampler (BADGE): which rows it may accept now."""
+def classes_of(shards: Shards, row_ids: np.ndarray) -> dict[int, int]:
+    """row_id -> predicted class of the given rows."""
+    parts = shards.call(_OP + "quota_class_of", np.asarray(row_ids, np.int64))
+    return {int(r): int(k) for p in parts for r, k in zip(p[0].tolist(), p[1].tolist())}
 
-    def __init__(self, shards: Shards, lo: np.ndarray, hi: np.ndarray, budget: int, avail: np.ndarray,
-                 by: str | None = None) -> None:
-        self.shards, self.lo, self.hi, self.budget, self.avail, self.by = shards, lo, hi, budget, avail, by
+
+class QuotaGate:
+    """The constrained step's rule for a sampler (e.g. BADGE's D² draws): which rows it may
+    accept now (``prefetch`` their classes, ``ok``, ``picked``, ``done``)."""
+
+    def __init__(self, shards: Shards, lo: np.ndarray, hi: np.ndarray, budget: int, avail: np.ndarray) -> None:
+        self.shards, self.lo, self.hi, self.budget, self.avail = shards, lo, hi, budget, avail
         self.counts = np.zeros(lo.shape[0], dtype=np.int64)
         self.n = 0
         self.cls: dict[int, int] = {}
@@ -178,7 +168,7 @@ class _QuotaGate:
     def prefetch(self, row_ids: np.ndarray) -> None:
         missing = np.array([r for r in np.asarray(row_ids).tolist() if r not in self.cls], dtype=np.int64)
         if missing.size:
-            for p in self.shards.call(_OP + "quota_class_of", missing, self.by):
+            for p in self.shards.call(_OP + "quota_class_of", missing):
                 self.cls.update(zip(p[0].tolist(), p[1].tolist()))
 
     def _allowed(self) -> np.ndarray:
@@ -194,19 +184,6 @@ class _QuotaGate:
     def picked(self, row: int) -> None:
         self.counts[self.cls[row]] += 1
         self.n += 1
-
-
-def _badge_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, seed: int, round: int,
-                       avail: np.ndarray, by: str | None = None) -> tuple[Selection, np.ndarray]:
-    """BADGE's D² sampling restricted, at each step, to the allowed rows (by rejection)."""
-    from alscale.strategies.kmeanspp import seed_exact
-
-    need = lo.copy()
-    allowed0 = (hi > 0) & ((need > 0) if budget <= int(need.sum()) else True)
-    shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed0).tolist(), by)  # the first center is allowed
-    gate = _QuotaGate(shards, lo, hi, budget, avail, by)
-    sel, _ = seed_exact(shards, budget, space="badge", seed=seed, round=round, strategy="badge", allow=gate)
-    return sel, gate.counts
 
 
 class _Stream:
@@ -266,11 +243,19 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
     raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
 
 
-def quotas_supported(name: str) -> bool:
-    """Whether strategy ``name`` takes class quotas."""
+def quotas_supported(name: Any) -> bool:
+    """Whether strategy ``name`` takes class quotas (its spec's ``supports.quotas``: a
+    per-row ranking through the greedy below, a loop through its ``quota_select``)."""
     info = registry.get_strategy(name)
-    return (info.kind in ("score", "random", "stochastic") and info.name != "softrank") or \
-        info.name in ("kcenter", "badge")
+    return info.supports.quotas and (info.ranks_by_score or info.quota_select is not None)
+
+
+def unsupported_message(name: Any) -> str:
+    """Why strategy ``name`` takes no quotas, listing the loops that do."""
+    loops = [s.name for s in registry.all_strategies() if s.kind == "loop" and quotas_supported(s)]
+    which = ", ".join(loops[:-1]) + " and " + loops[-1] if len(loops) > 1 else "".join(loops)
+    return (f"strategy.quotas work with the score-based strategies, {which}, not "
+            f"{registry.get_strategy(name).name} (the other loops do not take quotas yet)")
 
 
 def check_quotas(quotas: Any) -> dict[str, Any]:
@@ -335,23 +320,23 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                        page: int | None = None) -> QuotaResult:
     """The constrained greedy of the module docstring over a score-based strategy."""
     info = registry.get_strategy(strategy)
-    if not quotas_supported(info.name):
-        raise AlscaleError(f"class quotas work with the score-based strategies, kcenter and badge (not "
-                           f"{info.name}); the other loops do not take quotas yet")
+    if not quotas_supported(info):
+        raise AlscaleError(unsupported_message(info))
     quotas = check_quotas(quotas)
-    opts = registry.check_options(info.name, options or {})
+    opts = registry.check_options(info, options or {})
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
+    loop = info.quota_select
     by = quota_column(quotas)
     values = None
     if by is not None:
         from alscale.strategies.groups import MAX_GROUPS, install_groups
 
         values = install_groups(shards, by, int(quotas.get("max_groups") or MAX_GROUPS))
-    if info.name in ("kcenter", "badge"):
+    if loop is not None:
         prepared = shards.call(_OP + "quota_class_counts", by)
     else:
-        prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round), by)
+        prepared = shards.call(_OP + "quota_prepare", registry.wire(info), dict(opts), int(seed), int(round), by)
     avail = np.sum(prepared, axis=0)
     c, n_shards = int(avail.shape[0]), len(prepared)
     if values is None:
@@ -374,11 +359,9 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                            "lower them or raise strategy.budget")
     if values is not None:
         unmet = {values[j]: v for j, v in unmet.items()}
-    if info.name == "kcenter":
-        sel, counts_k = _kcenter_with_quotas(shards, budget, lo, hi, opts, by)
-        return QuotaResult(sel, counts_k.tolist(), unmet, values)
-    if info.name == "badge":
-        sel, counts_k = _badge_with_quotas(shards, budget, lo, hi, int(seed), int(round), avail, by)
+    if loop is not None:  # the strategy's own constrained loop
+        sel, counts_k = registry.resolve(loop)(shards, budget, lo, hi, options=opts, seed=int(seed),
+                                               round=int(round), avail=avail)
         return QuotaResult(sel, counts_k.tolist(), unmet, values)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
     streams = [_Stream(n_shards) for _ in range(c)]
