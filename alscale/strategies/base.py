@@ -106,7 +106,7 @@ def _own_distance(m_N_C: np.ndarray, pred_N: np.ndarray, norms_C_C: np.ndarray |
     n, c = m_N_C.shape
     out = np.empty(n, dtype=np.float64)
     for r0 in range(0, n, _ROWS):
-        m = m_N_C[r0:r0 + _ROWS]
+        m = np.asarray(m_N_C[r0:r0 + _ROWS], dtype=np.float64)
         p = pred_N[r0:r0 + _ROWS]
         idx = np.arange(m.shape[0])
         top = m[idx, p]
@@ -122,14 +122,18 @@ def base_prepare(state: ShardState, norms_C_C: np.ndarray | None) -> int:
     """Predicted class, its log-prob and the own-class distance of every row; returns C."""
     if state.log_probs_N_K_C is None:
         raise AlscaleError("strategy base_balanced needs the model's log-probs, but this shard has none")
-    m = mean_log_probs(state.log_probs_N_K_C)
-    pred = predicted_class(state.log_probs_N_K_C)
+    lp = state.log_probs_N_K_C
+    # K = 1: the log-probs themselves (a view, cast per use: float32 -> float64 is exact), so
+    # the shard holds no second N x C copy; K > 1: the float64 log mean probability.
+    m = lp[:, 0, :] if lp.shape[1] == 1 else mean_log_probs(lp)
+    pred = predicted_class(lp)
     norms = None if norms_C_C is None else np.asarray(norms_C_C, dtype=np.float64)
     if norms is not None and norms.shape[0] != m.shape[1]:
         raise AlscaleError(f"strategy base_balanced: the head has {norms.shape[0]} classes but the log-probs "
                            f"{m.shape[1]}; give the head of the model that produced them")
-    state.strategy_state["base"] = {"m": m, "pred": pred, "top": m[np.arange(m.shape[0]), pred],
-                             "own": _own_distance(m, pred, norms), "norms": norms, "order": {}}
+    state.strategy_state["base"] = {"m": m, "pred": pred,
+                                    "top": np.asarray(m[np.arange(m.shape[0]), pred], dtype=np.float64),
+                                    "own": _own_distance(m, pred, norms), "norms": norms, "order": {}}
     return int(m.shape[1])
 
 
@@ -137,7 +141,7 @@ def _class_distance(st: dict[str, Any], c: int, pos: np.ndarray) -> np.ndarray:
     """``d(x, c)`` of the rows at ``pos``."""
     pred = st["pred"][pos]
     den = 1.0 if st["norms"] is None else st["norms"][pred, c]
-    d = _ratio(st["top"][pos] - st["m"][pos, c], np.broadcast_to(den, pos.shape))
+    d = _ratio(st["top"][pos] - np.asarray(st["m"][pos, c], dtype=np.float64), np.broadcast_to(den, pos.shape))
     return np.where(pred == c, st["own"][pos], d)
 
 
