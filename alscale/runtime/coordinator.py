@@ -88,6 +88,7 @@ def check_job_against_pool(job: JobSpec, info: PoolInfo) -> list[str]:
             "log-probs and the pool's embedding column in one job); use strategy.embedding: model, or drop the "
             "model and give the pool 'log_probs' and 'embedding' columns"
         )
+    problems += _group_column_problems(job, info)
     if uses_model(job):
         if info.feature_dim is None and info.media is None:
             problems.append(
@@ -236,7 +237,8 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
             if model_spec is not None:
                 executor.map("prepare_model", [(model_spec, job.seed, in_features)] * len(plan))
         with _phase(timings, "read"):
-            executor.map("load", [(spec, columns, model_spec is not None, True, stream) for spec in plan])
+            groups = _group_columns(job)
+            executor.map("load", [(spec, columns, model_spec is not None, True, stream, groups) for spec in plan])
         chunk_rows = stream.chunk_rows if stream is not None else job.runtime.chunk_rows
         if model_spec is None and stream is not None:  # stream the pool's outputs through the workers
             with _phase(timings, "read"):
@@ -274,6 +276,8 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                 selection = qr.selection
                 quota_info = {**job.strategy.quotas, "picks_per_class": qr.counts,
                               "unmet": {str(k): v for k, v in qr.unmet.items()}}
+                if qr.groups is not None:  # by a pool column: the picks of each of its values
+                    quota_info["picks_per_group"] = {str(v): n for v, n in zip(qr.groups, qr.counts)}
             else:
                 selection = run_strategy(
                     shards,
@@ -340,19 +344,32 @@ def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_s
     opts = dict(job.strategy.options)
     spec = get_strategy(job.strategy.name)
     if spec.needs.head and model_spec is not None:
-        opts["head"] = _model_head(spec.name, model_spec, in_features, job.seed)
+        head = _model_head(spec.name, model_spec, in_features, job.seed, required=spec.needs.head != "optional")
+        if head is not None:
+            opts["head"] = head
     if spec.needs.labels:
         opts["labels"] = _labeled_labels(job, info, labeled)
     return opts
 
 
-def _model_head(strategy: str, model_spec: Any, in_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model's last linear layer (attribute ``head``) as float64 (weight, bias)."""
+def _model_head(strategy: str, model_spec: Any, in_features: int, seed: int, required: bool = True
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's last linear layer (attribute ``head``) as float64 (weight, bias).
+
+    ``required=False`` (``needs.head == "optional"``): a model without a ``head`` attribute
+    whose only linear layer is a single ``nn.Linear`` (e.g. the builtin ``linear`` model, its
+    own head) gives that layer, and any other model without a head gives None."""
     import torch
 
     from alscale.scoring import Scorer
 
-    head = getattr(Scorer(model_spec, in_features=in_features, seed=seed).model, "head", None)
+    model = Scorer(model_spec, in_features=in_features, seed=seed).model
+    head = getattr(model, "head", None)
+    if not required and not isinstance(head, torch.nn.Linear):
+        linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if len(linear) != 1 or any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+            return None
+        head = linear[0]
     if not isinstance(head, torch.nn.Linear):
         raise AlscaleError(f"strategy {strategy} needs the model's last linear layer as an attribute 'head' "
                            f"(nn.Linear); model {model_spec.factory} has none")
@@ -412,6 +429,27 @@ def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo
             f"labelled set {path}: {absent.size} of its {labeled.size} row_ids are not in pool {info.path} (first: "
             f"{int(absent[0])}); give the labelled set of this pool, or drop those ids"
         )
+
+
+def _group_columns(job: JobSpec) -> list[str]:
+    """Pool metadata columns the workers read for the selection (``strategy.quotas.by``)."""
+    from alscale.strategies.quotas import quota_column
+
+    by = quota_column(job.strategy.quotas)
+    return [] if by is None else [by]
+
+
+def _group_column_problems(job: JobSpec, info: PoolInfo) -> list[str]:
+    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group."""
+    from alscale.pool.columns import check_group_column
+
+    problems = []
+    for column in _group_columns(job):
+        try:
+            check_group_column(info.path, column, "strategy.quotas.by")
+        except AlscaleError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:

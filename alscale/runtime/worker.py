@@ -53,6 +53,7 @@ class ShardWorker:
         self._check_finite = True
         self._base: np.ndarray | None = None  # the stream plan's base score per row
         self._loss: np.ndarray | None = None  # predicted loss per row (Learning Loss models)
+        self._meta: dict[str, np.ndarray] = {}  # pool metadata columns (e.g. a quota group column)
 
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
@@ -61,7 +62,7 @@ class ShardWorker:
     # -- loading and scoring -------------------------------------------------------------
     def load(
         self, spec: ShardSpec, columns: Sequence[str], will_score: bool = False, check_finite: bool = True,
-        stream: Any = None,
+        stream: Any = None, group_columns: Sequence[str] = (),
     ) -> dict[str, float]:
         """Read the shard's rows (zero-copy where the format allows).
 
@@ -69,6 +70,8 @@ class ShardWorker:
         is ready for selection right after loading. With a
         :class:`alscale.runtime.memory.StreamPlan` only the row ids are read now; the
         columns are read chunk by chunk by :meth:`score_chunk`, which keeps what the plan says.
+        ``group_columns`` (integer or string pool columns, e.g. a quota's ``by``) are read whole
+        (one value per row) and reach the shard state as ``ShardState.columns``.
         """
         t0 = time.perf_counter()
         self.spec = spec
@@ -83,8 +86,12 @@ class ShardWorker:
         self._log_probs = self._embeddings = None
         self._base: np.ndarray | None = None
         self._loss = None
+        from alscale.pool.columns import read_group_values
+
+        self._meta = {c: read_group_values(spec, c) for c in group_columns}
         if not will_score and stream is None:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
+            self.state.columns.update(self._meta)
         return {"rows": float(self.data.n_rows), "seconds": time.perf_counter() - t0}
 
     def score_chunk(self, chunk: int, chunk_rows: int) -> int:
@@ -113,6 +120,7 @@ class ShardWorker:
             base = {} if self._base is None else {self._stream.base_score: self._base}
             outputs = {} if self._loss is None else {"loss": self._loss}
             self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings, base, outputs)
+            self.state.columns.update(self._meta)
         return stop - start
 
     def _chunk_spec(self, start: int, stop: int) -> ShardSpec:

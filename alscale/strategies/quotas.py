@@ -55,18 +55,43 @@ def predicted_class(log_probs_N_K_C: np.ndarray) -> np.ndarray:
     return out
 
 
-@shard_op
-def quota_prepare(state: ShardState, strategy: Any, options: Mapping[str, Any], seed: int, round: int
-                  ) -> np.ndarray:
-    """Score this shard, sort its candidates per predicted class; returns the candidates per class ``[C]``."""
+_BY = "_quota_by"  # ShardState.columns key: the pool column this selection's quotas group by
+
+
+def _set_grouping(state: ShardState, by: str | None) -> None:
+    """Group rows by pool column ``by`` (its codes installed by
+    :func:`alscale.strategies.groups.install_groups`), or by predicted class (None), for the
+    quota ops that follow."""
+    if by is None:
+        state.columns.pop(_BY, None)
+    else:
+        state.columns[_BY] = np.array(by, dtype=object)
+
+
+def _groups(state: ShardState, positions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Group of each row (at ``positions``; all rows: None) and the number of groups: the
+    predicted class, or the installed codes of the pool column set by :func:`_set_grouping`."""
+    if _BY in state.columns:
+        from alscale.strategies.groups import group_codes
+
+        return group_codes(state, str(state.columns[_BY]), positions)
     if state.log_probs_N_K_C is None:
         raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
+    lp = state.log_probs_N_K_C if positions is None else state.log_probs_N_K_C[positions]
+    return predicted_class(lp), int(state.log_probs_N_K_C.shape[2])
+
+
+@shard_op
+def quota_prepare(state: ShardState, strategy: Any, options: Mapping[str, Any], seed: int, round: int,
+                  by: str | None = None) -> np.ndarray:
+    """Score this shard, sort its candidates per group (predicted class, or pool column ``by``);
+    returns the candidates per group ``[C]``."""
+    _set_grouping(state, by)
+    cls, c = _groups(state)
     state.compute_scores(strategy, options, seed, round)
-    cls = predicted_class(state.log_probs_N_K_C)
     cand = np.flatnonzero(state.candidates_N)
     keys = state._scores_N
     order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
-    c = int(state.log_probs_N_K_C.shape[2])
     by_class = [order[cls[order] == j] for j in range(c)]
     state.strategy_state["quotas"] = by_class
     return np.array([b.shape[0] for b in by_class], dtype=np.int64)
@@ -85,31 +110,29 @@ def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -
 
 @shard_op
 def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
-    """Only rows of predicted classes not in ``disallowed`` (and eligible before) stay pickable."""
-    if state.log_probs_N_K_C is None:
-        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
-    if "_predicted_class" not in state.base_scores:  # kept apart from scratch, which picks clear
-        state.base_scores["_predicted_class"] = predicted_class(state.log_probs_N_K_C)
-        state.base_scores["_eligible_before_quotas"] = state.eligible_N.copy()
-    cls = state.base_scores["_predicted_class"]
+    """Only rows of groups (predicted classes) not in ``disallowed`` (and eligible before) stay pickable."""
+    key = "_predicted_class" if _BY not in state.columns else f"_group:{state.columns[_BY]}"
+    if key not in state.base_scores:  # kept apart from scratch, which picks clear
+        state.base_scores[key] = _groups(state)[0]
+        state.base_scores.setdefault("_eligible_before_quotas", state.eligible_N.copy())
+    cls = state.base_scores[key]
     state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
     state.strategy_state.clear()
     return int(np.count_nonzero(state.candidates_N))
 
 
-@shard_op(mutates=False)
-def quota_class_counts(state: ShardState) -> np.ndarray:
-    """Candidates per predicted class (before any restriction)."""
-    if state.log_probs_N_K_C is None:
-        raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
-    cls = predicted_class(state.log_probs_N_K_C)
-    return np.bincount(cls[state.candidates_N], minlength=state.log_probs_N_K_C.shape[2]).astype(np.int64)
+@shard_op  # sets the grouping for the quota ops that follow: a state change
+def quota_class_counts(state: ShardState, by: str | None = None) -> np.ndarray:
+    """Candidates per group (predicted class, or pool column ``by``), before any restriction."""
+    _set_grouping(state, by)
+    cls, c = _groups(state)
+    return np.bincount(cls[state.candidates_N], minlength=c).astype(np.int64)
 
 
 @shard_op(mutates=False)
 def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    return state.row_ids_N[pos], predicted_class(state.log_probs_N_K_C[pos])
+    return state.row_ids_N[pos], _groups(state, pos)[0]
 
 
 def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> np.ndarray:
@@ -236,17 +259,60 @@ def unsupported_message(name: Any) -> str:
 
 
 def check_quotas(quotas: Any) -> dict[str, Any]:
-    """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later)."""
-    if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max"}:
-        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max'; got {quotas!r}")
+    """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later).
+
+    Keys: ``min``, ``max``; ``by`` (a pool column to group by instead of the predicted class,
+    default ``predicted_class``); ``max_groups`` (the most distinct values ``by`` may have)."""
+    if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max", "by", "max_groups"} or \
+            not set(quotas) & {"min", "max"}:
+        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max' (and optionally 'by', "
+                           f"'max_groups'); got {quotas!r}")
+    by = quotas.get("by", "predicted_class")
+    if not isinstance(by, str) or not by:
+        raise AlscaleError(f"strategy.quotas.by must name a pool column (integer or string) or be predicted_class; "
+                           f"got {by!r}")
+    mg = quotas.get("max_groups")
+    if mg is not None and (isinstance(mg, bool) or not isinstance(mg, int) or mg < 1):
+        raise AlscaleError(f"strategy.quotas.max_groups must be a positive integer; got {mg!r}")
     return dict(quotas)
+
+
+def quota_column(quotas: Mapping[str, Any] | None) -> str | None:
+    """The pool column a job's quotas group by (None: the predicted class, or no quotas)."""
+    if not quotas:
+        return None
+    by = quotas.get("by", "predicted_class")
+    return None if by == "predicted_class" else str(by)
+
+
+def _group_bounds(spec: Any, values: list[Any], name: str, by: str) -> np.ndarray:
+    """Per-group counts from a quota spec whose mapping keys are values of column ``by``."""
+    if not isinstance(spec, Mapping):
+        return _bounds(spec, len(values), name)
+    index = {v: g for g, v in enumerate(values)}
+    numeric = bool(values) and isinstance(values[0], int)
+    by_index: dict[int, Any] = {}
+    for k, v in spec.items():
+        key = k
+        if numeric and isinstance(k, str):
+            try:
+                key = int(k)
+            except ValueError:
+                pass
+        if key not in index:
+            shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+            raise AlscaleError(f"strategy.quotas.{name}: {k!r} is not a value of column '{by}' (values: {shown}); "
+                               "use the column's values as keys")
+        by_index[index[key]] = v
+    return _bounds(by_index, len(values), name)
 
 
 @dataclass
 class QuotaResult:
     selection: Selection
     counts: list[int]  # picks per class
-    unmet: dict[int, int]  # class -> picks short of its minimum
+    unmet: dict[Any, int]  # class (or group value) -> picks short of its minimum
+    groups: list[Any] | None = None  # by a pool column: the value of each group index (counts[g] is values[g]'s)
 
 
 def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mapping[str, Any], *,
@@ -261,14 +327,24 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
     loop = info.quota_select
+    by = quota_column(quotas)
+    values = None
+    if by is not None:
+        from alscale.strategies.groups import MAX_GROUPS, install_groups
+
+        values = install_groups(shards, by, int(quotas.get("max_groups") or MAX_GROUPS))
     if loop is not None:
-        prepared = shards.call(_OP + "quota_class_counts")
+        prepared = shards.call(_OP + "quota_class_counts", by)
     else:
-        prepared = shards.call(_OP + "quota_prepare", registry.wire(info), dict(opts), int(seed), int(round))
+        prepared = shards.call(_OP + "quota_prepare", registry.wire(info), dict(opts), int(seed), int(round), by)
     avail = np.sum(prepared, axis=0)
     c, n_shards = int(avail.shape[0]), len(prepared)
-    lo = _bounds(quotas.get("min"), c, "min")
-    hi = _bounds(quotas.get("max"), c, "max")
+    if values is None:
+        lo = _bounds(quotas.get("min"), c, "min")
+        hi = _bounds(quotas.get("max"), c, "max")
+    else:
+        lo = _group_bounds(quotas.get("min"), values, "min", by)
+        hi = _group_bounds(quotas.get("max"), values, "max", by)
     if (lo > hi).any():
         j = int(np.flatnonzero(lo > hi)[0])
         raise AlscaleError(f"strategy.quotas: class {j} has min {lo[j]} above its max {hi[j]}")
@@ -281,10 +357,12 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     if lo.sum() > budget:
         raise AlscaleError(f"strategy.quotas: the minimums add up to {int(lo.sum())}, more than the budget {budget}; "
                            "lower them or raise strategy.budget")
+    if values is not None:
+        unmet = {values[j]: v for j, v in unmet.items()}
     if loop is not None:  # the strategy's own constrained loop
         sel, counts_k = registry.resolve(loop)(shards, budget, lo, hi, options=opts, seed=int(seed),
                                                round=int(round), avail=avail)
-        return QuotaResult(sel, counts_k.tolist(), unmet)
+        return QuotaResult(sel, counts_k.tolist(), unmet, values)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
     streams = [_Stream(n_shards) for _ in range(c)]
 
@@ -339,4 +417,4 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
             push(j)  # its next row, or the class is exhausted
 
     sel = Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), info.name)
-    return QuotaResult(sel, counts.tolist(), unmet)
+    return QuotaResult(sel, counts.tolist(), unmet, values)

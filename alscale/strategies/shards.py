@@ -212,6 +212,7 @@ class ShardState:
         self._scores_N: np.ndarray | None = None  # ranking key per row
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
         self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
+        self.columns: dict[str, np.ndarray] = {}  # pool metadata columns by name (e.g. a quota group column)
         # Per-strategy shard state: each strategy module keeps its own typed state object
         # here under its key (e.g. k-center's min-distances); cleared when the candidates
         # change. The one place a worker's selection state lives besides the arrays above.

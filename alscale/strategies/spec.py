@@ -80,7 +80,8 @@ class Needs:
         log_probs: the model's log-probs ``[N, K, C]`` (or a pool ``log_probs`` column).
         min_samples: the least K (2 for the disagreement scores).
         embeddings: embeddings ``[N, E]`` (model's penultimate layer or pool column).
-        head: the model's last linear layer (weights, bias) as the option ``head``.
+        head: the model's last linear layer (weights, bias) as the option ``head``: True
+            (required), or ``"optional"`` (passed when the model has one; see the coordinator).
         labels: the labelled rows' labels as the option ``labels``.
         model_output: a further model output the workers keep per row (e.g. ``"loss"``,
             a Learning Loss module's predicted loss), read from ``ShardState.model_outputs``.
@@ -89,7 +90,7 @@ class Needs:
     log_probs: bool = True
     min_samples: int = 1
     embeddings: bool = False
-    head: bool = False
+    head: bool | str = False
     labels: bool = False
     model_output: str | None = None
 

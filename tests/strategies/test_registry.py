@@ -19,6 +19,7 @@ NAMES = [
     "badge",
     "badge_parallel",
     "bald",
+    "base_balanced",
     "batchbald",
     "batchbald_prefilter",
     "cluster_margin",
