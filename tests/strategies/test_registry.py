@@ -35,6 +35,7 @@ NAMES = [
     "mean_std",
     "power",
     "probcover",
+    "probcover_approx",
     "random",
     "softmax",
     "softrank",
