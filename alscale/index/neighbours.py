@@ -355,3 +355,23 @@ def merge_range(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple
     d2 = np.concatenate([p[1] for p in parts])
     ids = np.concatenate([p[2] for p in parts])
     return _csr(qi, d2, ids, m)
+
+
+def self_knn_sq(x_N_D: np.ndarray, k: int) -> np.ndarray:
+    """Approximate (float32 pass: FAISS ``knn`` when installed, else blocked numpy) squared
+    distances from every row to its ``k`` nearest *other* rows, ascending ``[N, k]`` —
+    a fast screen; callers decide near-ties in float64 (TypiClust's typicality)."""
+    x = np.ascontiguousarray(x_N_D, dtype=np.float32)
+    n = x.shape[0]
+    kk = min(n, k + 1)
+    cands = Candidates(x)
+    out = np.empty((n, kk - 1), dtype=np.float32)
+    step = 4096
+    for r0 in range(0, n, step):
+        v, pos = cands.topk(x[r0:r0 + step], kk)
+        own = pos == np.arange(r0, r0 + v.shape[0])[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), kk - 1)  # itself, else the farthest
+        keep = np.ones_like(own)
+        keep[np.arange(v.shape[0]), drop] = False
+        out[r0:r0 + step] = np.maximum(v[keep].reshape(v.shape[0], kk - 1), 0.0)
+    return out
