@@ -75,3 +75,35 @@ def test_approximate_seals_is_named_and_mostly_agrees(tmp_path):
     ref = set(seals_candidates(_shards(ids, x, 2, labeled), 5).tolist())
     got = set(_eligible(sh).tolist())
     assert len(got & ref) >= 0.8 * len(ref)
+
+
+def test_kept_index_in_a_job_selects_what_plain_seals_selects(tmp_path):
+    from alscale.jobspec import JobError, validate_job
+    from alscale.pool import pool_table, write_table
+    from alscale.runtime.coordinator import run_job
+
+    rng = np.random.default_rng(3)
+    ids, x = _data()
+    lp = np.log(rng.dirichlet(np.ones(4), N)).astype(np.float32)
+    pool = tmp_path / "pool.arrow"
+    write_table(pool_table(ids, log_probs_N_K_C=lp[:, None, :], embeddings_N_D=x), str(pool))
+    labeled = ids[::40]
+    for rnd in range(2):
+        lab_file = tmp_path / f"labeled{rnd}.csv"
+        lab_file.write_text("row_id\n" + "\n".join(map(str, labeled)) + "\n")
+        base = {"pool": {"path": str(pool)}, "labeled": {"path": str(lab_file)},
+                "runtime": {"executor": "local", "shards": 2}}
+        plain = run_job(validate_job({**base, "strategy": {"name": "entropy", "budget": 20, "seals": 6}}),
+                        out_dir=tmp_path / f"plain{rnd}", progress=False)
+        kept = run_job(validate_job({**base, "strategy": {"name": "entropy", "budget": 20, "seals": 6,
+                                                          "seals_index": str(tmp_path / "idx")}}),
+                       out_dir=tmp_path / f"kept{rnd}", progress=False)
+        assert kept.selection.indices_B.tolist() == plain.selection.indices_B.tolist()
+        info = kept.manifest["candidates"]["kept"]
+        assert kept.manifest["candidates"]["rows"] == plain.manifest["candidates"]["rows"]
+        assert info["reused"] == (0 if rnd == 0 else len(ids[::40])) and len(info["candidates_sha256"]) == 64
+        labeled = np.concatenate([labeled, plain.selection.indices_B])
+    with pytest.raises(JobError, match="seals_index must be a directory path and needs strategy.seals"):
+        validate_job({**base, "strategy": {"name": "entropy", "budget": 5, "seals_index": "x"}})
+    with pytest.raises(JobError, match="strategy.seals_mode must be one of exact"):
+        validate_job({**base, "strategy": {"name": "entropy", "budget": 5, "seals": 3, "seals_mode": "hnsw"}})
