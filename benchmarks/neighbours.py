@@ -202,11 +202,28 @@ def part_dedup() -> None:
                    recall=round(recall, 4), groups=int((~res.keep_N).sum()))
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The results as one Markdown table per part."""
+    out = []
+    for part in dict.fromkeys(r["part"] for r in rows):
+        these = [r for r in rows if r["part"] == part]
+        cols = list(dict.fromkeys(k for r in these for k in r if k != "part"))
+        out.append(f"**{part}**\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        for r in these:
+            out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--report", action="store_true", help="print the stored results as Markdown and exit")
     ap.add_argument("--parts", default="recall,probcover,seals,typiclust,dedup")
     ap.add_argument("--old-probcover", action="store_true", help="also the all-pairs ProbCover (258 s at 100k)")
     args = ap.parse_args()
+    if args.report:
+        print(markdown(json.loads(RESULTS.read_text())["rows"]))
+        return
     if RESULTS.exists():
         ROWS.extend(r for r in json.loads(RESULTS.read_text()).get("rows", [])
                     if r.get("part") not in args.parts.split(","))

@@ -95,7 +95,7 @@ class NeighbourIndex(Protocol):
 
 def _faiss():
     try:
-        from alscale.index import faiss_ann
+        import alscale.index.faiss_ann as faiss_ann
 
         faiss_ann.import_faiss()
         return faiss_ann
