@@ -36,7 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-RESULTS = ROOT / "benchmarks" / "results" / "neighbours.json"
+RESULTS = Path(os.environ.get("NEIGHBOURS_RESULTS", ROOT / "benchmarks" / "results" / "neighbours.json"))
+#: Sizes of each part (override with NEIGHBOURS_ROWS=100000,1000000).
+SIZES = [int(v) for v in os.environ.get("NEIGHBOURS_ROWS", "100000,1000000").split(",")]
 
 ROWS: list[dict[str, Any]] = []
 
@@ -117,7 +119,7 @@ def part_probcover(old: bool) -> None:
     from alscale.strategies.probcover import select_probcover_allpairs
     from alscale.strategies.registry import check_options
 
-    for rows in (20_000, 100_000):
+    for rows in [r for r in (20_000, 100_000) if r in SIZES or r == 20_000]:
         x = embeddings(rows)
         sel, t = timed(run_strategy, shards_of(x), "probcover", 100, options={}, seed=0)
         record(part="probcover", mode="probcover (exact)", rows=rows, select_s=round(t, 2))
@@ -154,7 +156,8 @@ def part_seals() -> None:
     from alscale.runtime.seals_store import apply_seals_kept
     from alscale.strategies.seals_kept import seals_with_kept
 
-    for rows, n_lab in ((100_000, 5_000), (1_000_000, 50_000)):
+    n_lab_of = {100_000: 5_000, 1_000_000: int(os.environ.get("NEIGHBOURS_SEALS_LABELED", 50_000))}
+    for rows, n_lab in ((r, n_lab_of.get(r, r // 20)) for r in SIZES):
         x = embeddings(rows)
         rng = np.random.default_rng(0)
         lab = np.sort(rng.choice(rows, n_lab, replace=False))
@@ -176,7 +179,7 @@ def part_seals() -> None:
 def part_typiclust() -> None:
     from alscale.strategies import run_strategy
 
-    for rows in (100_000, 1_000_000):
+    for rows in SIZES:
         x = embeddings(rows)
         sel, t = timed(run_strategy, shards_of(x), "typiclust", 100, options={}, seed=0)
         record(part="typiclust", rows=rows, select_s=round(t, 2), picks=len(sel))
@@ -185,7 +188,7 @@ def part_typiclust() -> None:
 def part_dedup() -> None:
     from alscale.strategies.dedup import near_duplicates
 
-    for rows in (100_000, 1_000_000):
+    for rows in SIZES:
         x = embeddings(rows).copy()
         rng = np.random.default_rng(1)
         k = rows // 100
