@@ -121,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--num-classes", type=int, help="C: labels must be integers 0..C-1")
     imp.add_argument("--round", type=int, help="the ledger round (default: the next)")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    # near-duplicate removal (issue 16)
+    dd = sub.add_parser("dedup", help="near-duplicate groups and a kept-row mask (Parquet) over the neighbour layer")
+    dd.add_argument("pool", help="pool path (Arrow IPC or Parquet) with an 'embedding' or 'features' column")
+    dd.add_argument("--threshold", type=float, required=True, help="rows within this Euclidean distance are duplicates")
+    dd.add_argument("--out", required=True, help="output directory (keep.parquet, groups.parquet, dedup.json)")
+    dd.add_argument("--shards", type=int, default=2, help="shards searched in this process (default 2)")
+    dd.add_argument("--mode", default="exact", help="exact (default) or approx_ivf_flat / approx_ivf_pq / approx_hnsw")
+    dd.add_argument("--normalize", action="store_true", help="L2-normalise rows first (cosine-style threshold)")
+    dd.add_argument("--column", default="auto", choices=["auto", "embedding", "features"])
+    dd.add_argument("--force", action="store_true", help="overwrite an earlier result in --out")
     bn = sub.add_parser("bench", help="the throughput suite (benchmarks/suite.py of a source checkout)")
     bn.add_argument("--quick", action="store_true", help="100k rows and a few peers: under 3 minutes")
     bn.add_argument("--no-peers", action="store_true", help="alscale only")
@@ -170,6 +180,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _pool(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "dedup":
+        from alscale.workflow.dedup import run_dedup
+
+        summary = run_dedup(args.pool, args.threshold, args.out, shards=args.shards, mode=args.mode,
+                            normalize=args.normalize, column=args.column, force=args.force)
+        print(f"{summary['groups']:,} near-duplicate groups ({summary['rows_in_groups']:,} rows); "
+              f"{summary['removed']:,} of {summary['rows']:,} rows not kept; mask in {args.out}/keep.parquet")
+        return 0
     if args.command == "labels":
         return _labels(args)
     if args.command == "stream":

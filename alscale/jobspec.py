@@ -48,7 +48,7 @@ _SCHEMA: dict[str, Any] = {
         "decode_threads": None,
     },
     "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None, "seals": None,
-                 "quotas": None},
+                 "quotas": None, "seals_index": None, "seals_mode": None},
     "runtime": {
         "executor": None,
         "shards": None,
@@ -90,6 +90,8 @@ class StrategyConfig:
     embedding: str = "auto"  # one of EMBEDDING_SOURCES
     seals: int | None = None  # SEALS candidate filter: k nearest unlabelled rows of each labelled row
     quotas: dict[str, Any] | None = None  # class quotas {min: ..., max: ...} by predicted class
+    seals_index: str | None = None  # SEALS: a directory keeping the labelled rows' neighbours across rounds
+    seals_mode: str = "exact"  # SEALS neighbour search: exact, or an approx_* mode of alscale.index.neighbours
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,15 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         errors.append(f"strategy.seals: strategy {info.name} does not take the SEALS candidate filter; "
                       "set strategy.seals: null")
 
+    seals_index = strat.get("seals_index")
+    if seals_index is not None and (not isinstance(seals_index, str) or not seals_index or seals is None):
+        errors.append(f"strategy.seals_index must be a directory path and needs strategy.seals; got {seals_index!r}")
+    seals_mode = strat.get("seals_mode") or "exact"
+    from alscale.index.neighbours import MODES
+
+    if seals_mode not in MODES:
+        errors.append(f"strategy.seals_mode must be one of {', '.join(MODES)}; got {seals_mode!r}")
+
     quotas = strat.get("quotas")
     if quotas is not None:
         from alscale.strategies.quotas import check_quotas
@@ -357,6 +368,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             name=registry.strategy_ref(info), budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding,
             seals=None if seals is None else int(seals),
             quotas=None if quotas is None else copy.deepcopy(dict(quotas)),
+            seals_index=seals_index, seals_mode=seals_mode,
         ),
         runtime=RuntimeConfig(
             executor=executor,

@@ -263,9 +263,16 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
             if job.strategy.seals:
                 from alscale.strategies.seals import apply_seals
 
-                n_cand = apply_seals(shards, job.strategy.seals)
+                kept_info = None
+                if job.strategy.seals_index or job.strategy.seals_mode != "exact":  # issue 16: kept / approximate
+                    from alscale.runtime.seals_store import apply_seals_kept
+
+                    n_cand, kept_info = apply_seals_kept(shards, job.strategy.seals, job.strategy.seals_index,
+                                                         job.strategy.seals_mode)
+                else:
+                    n_cand = apply_seals(shards, job.strategy.seals)
                 candidates = {"filter": "seals", "k": job.strategy.seals,
-                              "rows": None if n_cand < 0 else n_cand}
+                              "rows": None if n_cand < 0 else n_cand, **({"kept": kept_info} if kept_info else {})}
                 logger.info("SEALS: %s candidate rows", "all (nothing labelled)" if n_cand < 0 else n_cand)
             quota_info = None
             if job.strategy.quotas:

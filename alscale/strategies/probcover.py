@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+import logging
+
 from alscale.errors import AlscaleError
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
@@ -39,6 +41,8 @@ from alscale.types import Selection
 from alscale.validation import check_int_options
 from dataclasses import dataclass
 from alscale.strategies import spec as _spec
+
+logger = logging.getLogger(__name__)
 
 _OP = "alscale.strategies.probcover."
 _PAIRS = 1 << 22  # row pairs per block of canonical distances
@@ -223,6 +227,15 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {p!r}")
     check_int_options(options, ("n_classes", "chunk_rows", "max_edges", "kmeans_iters"), strategy="probcover")
+    from alscale.index.neighbours import check_mode
+
+    check_mode(options["index"], "option index of strategy probcover")
+    if options["index_params"] is not None and not isinstance(options["index_params"], dict):
+        raise AlscaleError(f"option index_params of strategy probcover must be a mapping or null; "
+                           f"got {options['index_params']!r}")
+    if options["purity_sample"] is not None:
+        check_int_options(options, ("purity_sample",), strategy="probcover")
+    check_int_options(options, ("offer",), strategy="probcover")
     if not isinstance(options["normalize"], bool):
         raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {options['normalize']!r}")
     return options
@@ -230,7 +243,24 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def select_probcover(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,
                      round: int = 0) -> Selection:
-    """Registry entry ``probcover`` (module docstring). Labelled rows must be excluded already."""
+    """Registry entries ``probcover`` and ``probcover_approx`` (module docstring), on the
+    neighbour layer (:mod:`alscale.strategies.probcover_graph`). Labelled rows must be
+    excluded already."""
+    from alscale.strategies import probcover_graph
+
+    name = "probcover" if options["index"] == "exact" and options["purity_sample"] is None else "probcover_approx"
+    budget = min(budget, shards.n_candidates())
+    if budget == 0:
+        return Selection(np.empty(0, np.int64), np.empty(0), name)
+    ids_B, scores_B, info = probcover_graph.select(shards, budget, options, seed, round)
+    logger.info("%s: δ = %.6g, %d edges, index %s", name, info["delta"], info["edges"], info["index"])
+    return Selection(ids_B, scores_B, name)
+
+
+def select_probcover_allpairs(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,
+                              round: int = 0) -> Selection:
+    """The all-pairs float64 construction (N²·E, two fan-outs per pick): the reference the
+    neighbour-layer ProbCover is tested against. Labelled rows must be excluded already."""
     n_cand = shards.n_candidates()
     budget = min(budget, n_cand)
     if budget == 0:
@@ -294,10 +324,23 @@ class ProbCoverOptions(_spec.StrategyOptions):
     chunk_rows: int = 8192
     max_edges: int = 200_000_000
     kmeans_iters: int = 100
+    index: str = "exact"  # neighbour mode of the δ-graph (alscale.index.neighbours; issue 16)
+    index_params: Any = None  # FAISS parameters of an approx_* index (nlist, nprobe, ...)
+    purity_sample: Any = None  # an int: the purity rule on about that many keyed rows (approximate)
+    offer: int = 32  # rows each shard offers per batched greedy update
 
     @classmethod
     def check(cls, options: dict[str, Any]) -> dict[str, Any]:
         return check_options(options)
+
+
+@dataclass(frozen=True)
+class ProbCoverApproxOptions(ProbCoverOptions):
+    """Options of ``probcover_approx``: an IVF-Flat δ-graph per shard, δ on a keyed sample."""
+
+    chunk_rows: int = 16384
+    index: str = "approx_ivf_flat"
+    purity_sample: Any = 20000
 
 
 SPEC = _spec.StrategySpec(
@@ -305,3 +348,10 @@ SPEC = _spec.StrategySpec(
     options_type=ProbCoverOptions, needs=_spec.Needs(log_probs=False, embeddings=True),
     supports=_spec.Supports(keeps=("embeddings",)), select=select_probcover)
 
+# ProbCover at scale (issue 16): the same greedy on an approximate δ-graph, approximate by name.
+SPEC_APPROX = _spec.StrategySpec(
+    "probcover_approx", "loop",
+    "ProbCover on an approximate δ-graph (FAISS IVF per shard), δ by the purity rule on a sample",
+    options_type=ProbCoverApproxOptions, needs=_spec.Needs(log_probs=False, embeddings=True),
+    supports=_spec.Supports(keeps=("embeddings",)), select=select_probcover)
+SPECS = (SPEC, SPEC_APPROX)

@@ -37,6 +37,7 @@ NAMES = [
     "mean_std",
     "power",
     "probcover",
+    "probcover_approx",
     "random",
     "softmax",
     "softrank",

@@ -1,0 +1,187 @@
+"""FAISS for neighbour search: the flat candidate pass of exact search and the approximate
+indexes (IVF-Flat, IVF-PQ, HNSW) of :mod:`alscale.index.neighbours`.
+
+One of the two modules that import ``faiss`` (lazily). Approximate modes:
+
+- ``approx_ivf_flat``: ``IndexIVFFlat`` (Jégou, Douze & Schmid, TPAMI 2011; inverted lists
+  over a k-means coarse quantizer), ``nlist`` lists (default ``4·√N`` capped to keep
+  training cheap), ``nprobe`` probed (default 8);
+- ``approx_ivf_pq``: ``IndexIVFPQ``, product-quantised residuals (``pq_m`` sub-vectors of
+  ``pq_bits`` bits) — a quarter or less of the memory, candidates re-ranked exactly;
+- ``approx_hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin, TPAMI 2018), ``hnsw_m`` links,
+  ``ef_search`` (default 64). CPU only (FAISS has no GPU HNSW).
+
+Every candidate an approximate index returns is re-ranked with the canonical float64
+distance (the module keeps the float32 rows), so an approximate answer has true distances
+and only misses rows (recall < 1). Training draws ``train_rows`` rows with a fixed seed.
+
+GPU: IVF indexes move to the device with ``index_cpu_to_gpu`` where the wheel has code for
+it (:func:`gpu_ok`); range search stays on the CPU (FAISS has none on GPU, faiss#565).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+
+logger = logging.getLogger(__name__)
+
+_GPU_RES: dict[str, Any] = {}
+
+
+def import_faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+def gpu_ok(device: str) -> bool:
+    """Whether the installed faiss can search on ``device`` (``cuda`` / ``cuda:N``)."""
+    from alscale.index.faiss_backend import faiss_gpu_usable
+
+    return faiss_gpu_usable(int(device.partition(":")[2] or 0))
+
+
+def _gpu_res(device: str) -> Any:
+    if device not in _GPU_RES:
+        _GPU_RES[device] = import_faiss().StandardGpuResources()
+    return _GPU_RES[device]
+
+
+class FlatCandidates:
+    """Brute-force float32 passes with FAISS (``knn`` / ``knn_gpu``, flat ``range_search``)."""
+
+    def __init__(self, x_N_D: np.ndarray, device: str = "cpu") -> None:
+        self._faiss = import_faiss()
+        self.x = x_N_D
+        self.device = device
+        self._flat: Any = None
+
+    def topk(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        f = self._faiss
+        if self.device.startswith("cuda"):
+            dev = int(self.device.partition(":")[2] or 0)
+            d, i = f.knn_gpu(_gpu_res(self.device), q, self.x, min(kk, 2048), device=dev)
+        else:
+            d, i = f.knn(q, self.x, kk)
+        return d, i.astype(np.int64)
+
+    def range(self, q: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+        if self._flat is None:
+            self._flat = self._faiss.IndexFlatL2(self.x.shape[1])
+            self._flat.add(self.x)
+        # FAISS keeps distances strictly below the radius: the next float32 above the limit.
+        radius = float(np.nextafter(np.float32(limit), np.float32(np.inf)))
+        lims, _, pos = self._flat.range_search(q, radius)
+        qi = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims.astype(np.int64)))
+        return qi, pos.astype(np.int64)
+
+
+def _default_nlist(n: int) -> int:
+    return int(max(1, min(4096, round(4 * math.sqrt(max(n, 1))), n // 39 if n >= 39 else 1)))
+
+
+class FaissAnnIndex:
+    """An approximate FAISS index over rows ``x`` with ids (module doc)."""
+
+    exact = False
+
+    def __init__(self, mode: str, x_N_D: np.ndarray, ids_N: np.ndarray, *, params: dict[str, Any],
+                 device: str | None = None, seed: int = 0) -> None:
+        from alscale.index.exact import sq_dist_rows  # noqa: F401  (kept for re-ranking)
+
+        f = import_faiss()
+        self.mode = mode
+        self.x = np.ascontiguousarray(x_N_D, dtype=np.float32)
+        self.ids = np.asarray(ids_N, dtype=np.int64)
+        n, d = self.x.shape
+        known = {"nlist", "nprobe", "pq_m", "pq_bits", "hnsw_m", "ef_construction", "ef_search", "train_rows",
+                 "rerank"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise AlscaleError(f"unknown option(s) {', '.join(unknown)} for neighbour mode {mode}; "
+                               f"valid: {', '.join(sorted(known))}")
+        self.params = dict(params)
+        self.rerank = int(params.get("rerank", 2))  # candidates per wanted neighbour (IVF-PQ)
+        self._gpu = device is not None and device.startswith("cuda") and mode != "approx_hnsw" and gpu_ok(device)
+        if n == 0:
+            self._index = None
+            return
+        if mode == "approx_hnsw":
+            ix = f.IndexHNSWFlat(d, int(params.get("hnsw_m", 32)))
+            ix.hnsw.efConstruction = int(params.get("ef_construction", 40))
+            ix.add(self.x)
+            ix.hnsw.efSearch = int(params.get("ef_search", 64))
+        else:
+            nlist = int(params.get("nlist", _default_nlist(n)))
+            nlist = max(1, min(nlist, n))
+            quant = f.IndexFlatL2(d)
+            if mode == "approx_ivf_flat":
+                ix = f.IndexIVFFlat(quant, d, nlist)
+            else:
+                m = int(params.get("pq_m", max(1, d // 4)))
+                if d % m:
+                    raise AlscaleError(f"neighbour mode approx_ivf_pq: pq_m = {m} must divide the dimension {d}")
+                bits = int(params.get("pq_bits", 8 if n >= 256 * 39 else 4))
+                ix = f.IndexIVFPQ(quant, d, nlist, m, bits)
+            ix.cp.seed = int(seed)
+            train = int(params.get("train_rows", min(n, max(64 * nlist, 20000))))
+            rows = np.random.default_rng(seed).choice(n, size=min(n, train), replace=False) if train < n else \
+                np.arange(n)
+            ix.train(self.x[np.sort(rows)])
+            ix.add(self.x)
+            ix.nprobe = int(params.get("nprobe", 8))
+        self._cpu_index = ix
+        self._index = f.index_cpu_to_gpu(_gpu_res(device), int(device.partition(":")[2] or 0), ix) \
+            if self._gpu else ix
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def __repr__(self) -> str:
+        return f"FaissAnnIndex({self.mode}, n={len(self)}, params={self.params})"
+
+    def _rerank(self, q: np.ndarray, qi: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        from alscale.index.neighbours import _canonical
+
+        return _canonical(q, self.x, qi, pos)
+
+    def search(self, q_Q_D: np.ndarray, k: int, *, exclude_ids_Q: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        from alscale.index.neighbours import _rank_pairs
+
+        q = np.ascontiguousarray(q_Q_D, dtype=np.float32)
+        m = q.shape[0]
+        if self._index is None or m == 0:
+            return np.full((m, k), np.inf), np.full((m, k), -1, np.int64)
+        kk = min(len(self), (k + (exclude_ids_Q is not None)) * (self.rerank if self.mode == "approx_ivf_pq" else 1))
+        _, pos = self._index.search(q, kk)
+        qi, c = np.nonzero(pos >= 0)
+        p = pos[qi, c].astype(np.int64)
+        ids = self.ids[p]
+        if exclude_ids_Q is not None:
+            keep = ids != np.asarray(exclude_ids_Q, np.int64)[qi]
+            qi, p, ids = qi[keep], p[keep], ids[keep]
+        return _rank_pairs(qi, self._rerank(q, qi, p), ids, m, k)
+
+    def range_search(self, q_Q_D: np.ndarray, r2: float, *, strict: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from alscale.index.neighbours import _csr
+
+        q = np.ascontiguousarray(q_Q_D, dtype=np.float32)
+        m = q.shape[0]
+        if self._index is None or m == 0:
+            return np.zeros(m + 1, np.int64), np.empty(0), np.empty(0, np.int64)
+        # Approximate distances may be a little off (PQ: much more): a wider radius, then exact.
+        widen = 1.5 if self.mode == "approx_ivf_pq" else 1.0 + 1e-4
+        lims, _, pos = self._cpu_index.range_search(q, float(r2) * widen + 1e-12)
+        qi = np.repeat(np.arange(m, dtype=np.int64), np.diff(lims.astype(np.int64)))
+        p = pos.astype(np.int64)
+        d2 = self._rerank(q, qi, p)
+        keep = d2 < r2 if strict else d2 <= r2
+        return _csr(qi[keep], d2[keep], self.ids[p[keep]], m)

@@ -1,0 +1,364 @@
+"""ProbCover at scale: the δ-ball graph from range search, the purity rule from exact
+per-label 1-NN, and greedy max coverage with batched, certified updates.
+
+Same definitions as :mod:`alscale.strategies.probcover` (Yehuda et al., NeurIPS 2022),
+built on the neighbour layer (:mod:`alscale.index.neighbours`) instead of all-pairs
+float64 products:
+
+- **Purity rule** (``delta: auto``): each row's squared distance to its nearest row of
+  another k-means pseudo-label is an exact 1-NN query against the rows of the other labels
+  (the shard keeps its rows sorted by label, so "the other labels" are two contiguous
+  slices); the canonical float64 minimum over shards is the same number the all-pairs code
+  computes. ``purity_sample: m`` (approximate, by name) applies the rule to about ``m``
+  rows drawn by keyed uniform noise ``(seed, round, row_id)`` instead of all of them (the
+  δ quantile of a sample: cost m·N·E instead of N²·E).
+- **Graph**: every shard indexes its (normalised) rows; the pool streams through in chunks
+  and each chunk's range search at radius δ (strict ``<``) gives the edges ``x → x'`` of
+  the shard's rows. ``index: exact`` gives exactly the all-pairs graph (canonical float64
+  decisions); ``index: approx_ivf_flat`` / ``approx_hnsw`` / ``approx_ivf_pq`` find most
+  of the edges (each found edge is a true one) at a fraction of the cost.
+- **Greedy with batched updates**: shards offer their ``offer`` best rows by current
+  degree with their balls, and a bound (the next row's degree and id). Degrees only fall
+  as rows get covered, so the coordinator keeps picking among the offers — recomputing
+  their gains exactly from their balls — while the best gain beats every shard's bound
+  (ties to the lower ``row_id``): exactly the one-pick-at-a-time greedy, with one fan-out
+  per batch of picks instead of two per pick.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from alscale.errors import AlscaleError
+from alscale.index.neighbours import Candidates, exact_knn, is_exact
+from alscale.strategies import noise, progress
+from alscale.strategies.clustering import kmeans
+from alscale.strategies.shards import Shards, ShardState, shard_op
+
+_OP = "alscale.strategies.probcover_graph."
+_PC = "alscale.strategies.probcover."
+_KEY = "probcover_graph"
+
+
+def _sc(state: ShardState) -> dict[str, Any]:
+    return state.scratch.setdefault(_KEY, {})
+
+
+def _normed(state: ShardState, normalize: bool) -> np.ndarray:
+    from alscale.strategies.probcover import _normed as normed
+
+    return normed(state, normalize)
+
+
+# -- purity rule ------------------------------------------------------------------------------
+
+@shard_op
+def pcg_sample(state: ShardState, seed: int, round: int, frac: float, normalize: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This shard's rows with keyed uniform noise below ``frac``: (ids, normalised x, labels)."""
+    u = noise.keyed_uniform(seed, round, state.row_ids_N)
+    pos = np.flatnonzero(u < frac)
+    return state.row_ids_N[pos], _normed(state, normalize)[pos], state.scratch["kmeans"][pos]
+
+
+def _by_label(state: ShardState, normalize: bool) -> dict[str, Any]:
+    sc = _sc(state)
+    if "label_order" not in sc:
+        labels = np.asarray(state.scratch["kmeans"], np.int64)
+        order = np.argsort(labels, kind="stable")
+        xs = np.ascontiguousarray(_normed(state, normalize)[order])
+        sc["label_order"] = {"labels": labels[order], "x": xs, "x_sq": np.einsum("nd,nd->n", xs, xs),
+                             "cands": {}}
+    return sc["label_order"]
+
+
+@shard_op
+def pcg_other_label(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarray, normalize: bool) -> np.ndarray:
+    """Per query, the canonical squared distance to this shard's nearest row of another label."""
+    lo = _by_label(state, normalize)
+    out = np.full(x_M_D.shape[0], np.inf)
+    for c in np.unique(labels_M):
+        qpos = np.flatnonzero(labels_M == c)
+        a = int(np.searchsorted(lo["labels"], c, side="left"))
+        b = int(np.searchsorted(lo["labels"], c, side="right"))
+        for part, (s0, s1) in (("lo", (0, a)), ("hi", (b, lo["x"].shape[0]))):
+            if s1 <= s0:
+                continue
+            key = (int(c), part)
+            if key not in lo["cands"]:
+                lo["cands"][key] = Candidates(lo["x"][s0:s1], x_sq_N=lo["x_sq"][s0:s1])
+            d2, _ = exact_knn(lo["cands"][key], np.arange(s1 - s0), x_M_D[qpos], 1)
+            np.minimum.at(out, qpos, d2[:, 0])
+    return out
+
+
+@shard_op
+def pcg_other_label_within(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarray, tau_sq: float
+                           ) -> np.ndarray:
+    """Per query, the canonical squared distance to this shard's nearest row of another label
+    if it is below ``tau_sq``, else inf (a range search on the shard's exact index)."""
+    lims, d2, pos = _sc(state)["index"].range_search(x_M_D, tau_sq, strict=True)
+    q = np.repeat(np.arange(x_M_D.shape[0]), np.diff(lims))
+    other = state.scratch["kmeans"][pos] != np.asarray(labels_M)[q]
+    out = np.full(x_M_D.shape[0], np.inf)
+    np.minimum.at(out, q[other], d2[other])
+    return out
+
+
+def _quantile_sq(r_sq: np.ndarray, purity: float) -> float:
+    """δ² of the rule: the ``ceil(purity·n)``-th largest value."""
+    r = np.sort(r_sq)[::-1]
+    m = max(1, math.ceil(purity * r.shape[0]))
+    return float(r[m - 1])
+
+
+def _sample_r(shards: Shards, n: int, sample: int, seed: int, round: int, normalize: bool, chunk_rows: int
+              ) -> np.ndarray:
+    parts = shards.call(_OP + "pcg_sample", seed, round, float(sample) / n, normalize)
+    x = np.concatenate([p[1] for p in parts])
+    lab = np.concatenate([p[2] for p in parts])
+    out = []
+    for s0 in range(0, x.shape[0], chunk_rows):
+        res = shards.call(_OP + "pcg_other_label", x[s0:s0 + chunk_rows], lab[s0:s0 + chunk_rows], normalize)
+        out.append(np.min(np.stack(res), axis=0))
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bool, chunk_rows: int, seed: int,
+                 round: int, kmeans_iters: int, sample: int | None = None) -> float:
+    """The largest δ at which at least ``purity`` of the δ-balls are pure; with ``sample``,
+    of the balls around about ``sample`` keyed-random rows (approximate).
+
+    Exact: a keyed sample of rows (brute-force 1-NN per label) suggests a radius τ above the
+    quantile; one range search at τ per row (the shards' exact cell-pruned indexes, built
+    by ``pcg_index`` before) gives every distance below τ exactly. When at least the
+    ``n - ceil(purity·n) + 1`` smallest are among them, the quantile is exact; otherwise τ
+    grows and the pass repeats."""
+    from alscale.strategies.probcover import _chunks
+
+    n = shards.n_rows()
+    kmeans(shards, int(min(n_classes, n)), seed=seed, round=round, max_iters=kmeans_iters)
+    try:
+        if sample is not None and sample < n:
+            r_sq = _sample_r(shards, n, sample, seed, round, normalize, chunk_rows)
+            return float(math.sqrt(_quantile_sq(r_sq, purity))) if r_sq.size and \
+                np.isfinite(_quantile_sq(r_sq, purity)) else float("inf")
+        t = n - max(1, math.ceil(purity * n)) + 1  # the t-th smallest squared distance is δ²
+        probe = _sample_r(shards, n, min(n, 4000), seed + 1, round, normalize, chunk_rows)
+        probe = probe[np.isfinite(probe)]
+        tau = float(np.quantile(probe, min(1.0, 2.0 * t / n + 0.01))) * 1.2 if probe.size else 0.0
+        sizes = [int(v) for v in shards.call(_PC + "pc_size")]
+        while 0.0 < tau < 4.0 + 1e-9:  # unit vectors: every squared distance is <= 4
+            parts = []
+            for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
+                res = shards.call(_OP + "pcg_other_label_within", x, lab, tau)
+                parts.append(np.min(np.stack(res), axis=0))
+            r_sq = np.concatenate(parts)
+            if np.count_nonzero(r_sq < tau) >= t:
+                return float(math.sqrt(np.partition(r_sq, t - 1)[t - 1]))
+            tau *= 4.0
+        # Not normalised, or one label: every row's distance, brute force.
+        r_sq = np.concatenate([np.min(np.stack(shards.call(_OP + "pcg_other_label", x, lab, normalize)), axis=0)
+                               for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize)])
+        q = _quantile_sq(r_sq, purity)
+        return float(math.sqrt(q)) if np.isfinite(q) else float("inf")
+    finally:
+        shards.call(_OP + "pcg_drop_purity")
+
+
+@shard_op
+def pcg_drop_purity(state: ShardState) -> None:
+    _sc(state).pop("label_order", None)
+
+
+# -- the graph ----------------------------------------------------------------------------------
+
+@shard_op
+def pcg_index(state: ShardState, mode: str, params: dict[str, Any], normalize: bool, seed: int,
+              reuse: bool = False) -> int:
+    """Index this shard's normalised rows (ids = local positions); ``reuse``: keep an index of
+    the same mode built before (the purity rule's)."""
+    from alscale.index.neighbours import make_index
+
+    x = _normed(state, normalize)
+    sc = _sc(state)
+    if not (reuse and "index" in sc and sc["index"].mode == mode):
+        sc["index"] = make_index(mode, x, np.arange(x.shape[0]), params=params, seed=seed)
+    sc["src"], sc["dst"] = [], []
+    return int(x.shape[0])
+
+
+@shard_op
+def pcg_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq: float) -> int:
+    """Edges from this shard's rows to the chunk's rows within δ (strict); returns their number."""
+    sc = _sc(state)
+    lims, _, pos = sc["index"].range_search(x_M_D, delta_sq, strict=True)
+    q = np.repeat(np.arange(x_M_D.shape[0]), np.diff(lims))
+    sc["src"].append(pos.astype(np.int64))
+    sc["dst"].append(np.asarray(ids_M, np.int64)[q])
+    return int(pos.shape[0])
+
+
+@shard_op
+def pcg_finish(state: ShardState) -> int:
+    """Freeze the edges: CSR by source row, and (target id -> source rows) for the updates."""
+    sc = _sc(state)
+    sc.pop("index", None)
+    src = np.concatenate(sc.pop("src") or [np.empty(0, np.int64)])
+    dst = np.concatenate(sc.pop("dst") or [np.empty(0, np.int64)])
+    o = np.lexsort((dst, src))
+    sc["csr_dst"] = dst[o]
+    sc["csr_ptr"] = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=state.row_ids_N.shape[0]))])
+    o2 = np.argsort(dst, kind="stable")
+    sc["rev_ids"], sc["rev_src"] = dst[o2], src[o2]
+    sc["degree"] = np.diff(sc["csr_ptr"]).astype(np.int64)
+    sc["picked"] = np.zeros(state.row_ids_N.shape[0], dtype=bool)
+    return int(dst.shape[0])
+
+
+@shard_op
+def pcg_graph(state: ShardState) -> tuple[np.ndarray, np.ndarray]:
+    """The edges as (source row ids, target row ids), sorted (for tests and benchmarks)."""
+    sc = _sc(state)
+    src = np.repeat(state.row_ids_N, np.diff(sc["csr_ptr"]))
+    return src, sc["csr_dst"]
+
+
+@shard_op
+def pcg_labeled_balls(state: ShardState) -> np.ndarray:
+    sc = _sc(state)
+    pos = np.flatnonzero(state.labeled_N)
+    parts = [sc["csr_dst"][sc["csr_ptr"][p]:sc["csr_ptr"][p + 1]] for p in pos]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+@shard_op
+def pcg_offer(state: ShardState, new_ids: np.ndarray, picked_ids: np.ndarray, m: int
+              ) -> tuple[list[tuple[int, int, np.ndarray]], tuple[int, int]]:
+    """Cover ``new_ids`` (each newly covered: lower the degree of every row with an edge to
+    it), mark ``picked_ids`` picked; offer this shard's best ``m`` rows by (degree desc, id)
+    with their balls, and the (degree, id) of the next one ((-1, -1) when none)."""
+    sc = _sc(state)
+    new_ids = np.asarray(new_ids, np.int64)
+    if new_ids.size:
+        lo = np.searchsorted(sc["rev_ids"], new_ids, side="left")
+        hi = np.searchsorted(sc["rev_ids"], new_ids, side="right")
+        if (hi > lo).any():
+            hit = np.concatenate([sc["rev_src"][a:b] for a, b in zip(lo, hi) if b > a])
+            np.subtract.at(sc["degree"], hit, 1)
+    if np.asarray(picked_ids).size:
+        sc["picked"] |= np.isin(state.row_ids_N, picked_ids)
+    cand = np.flatnonzero(state.candidates_N & ~sc["picked"])
+    deg = sc["degree"][cand]
+    take = min(m + 1, cand.shape[0])
+    if take == 0:
+        return [], (-1, -1)
+    if take < cand.shape[0]:
+        kth = np.partition(-deg, take - 1)[take - 1]
+        sel = np.flatnonzero(-deg <= kth)
+        cand, deg = cand[sel], deg[sel]
+    o = np.lexsort((state.row_ids_N[cand], -deg))[:take]
+    offers = [(int(deg[i]), int(state.row_ids_N[cand[i]]),
+               sc["csr_dst"][sc["csr_ptr"][cand[i]]:sc["csr_ptr"][cand[i] + 1]]) for i in o[:m]]
+    bound = (int(deg[o[m]]), int(state.row_ids_N[cand[o[m]]])) if o.shape[0] > m else (-1, -1)
+    return offers, bound
+
+
+def greedy(shards: Shards, budget: int, offer: int) -> tuple[list[int], list[float]]:
+    """Greedy max coverage (module doc), exactly the pick-at-a-time order."""
+    labeled_cov = np.unique(np.concatenate(shards.call(_OP + "pcg_labeled_balls")))
+    covered: set[int] = set(labeled_cov.tolist())
+    new_ids, picked = labeled_cov, np.empty(0, np.int64)
+    ids_B: list[int] = []
+    scores_B: list[float] = []
+    while len(ids_B) < budget:
+        res = shards.call(_OP + "pcg_offer", new_ids, picked, int(offer))
+        offers = {row: ball for part, _ in res for _, row, ball in part}
+        bounds = [b for _, b in res]
+        if not offers:
+            break
+        bound = max(bounds, key=lambda b: (b[0], -b[1]))
+        gains = {row: int(sum(1 for t in ball.tolist() if t not in covered)) for row, ball in offers.items()}
+        new_list: list[int] = []
+        picked_list: list[int] = []
+        stop = False
+        while len(ids_B) < budget and gains:
+            row = max(gains, key=lambda r: (gains[r], -r))
+            g = gains[row]
+            if bound[1] >= 0 and (g, -row) < (bound[0], -bound[1]):
+                break  # a row not offered may be better: sync
+            if g <= 0:
+                stop = True
+                break
+            ids_B.append(row)
+            scores_B.append(float(g))
+            progress.advance()
+            fresh = [t for t in offers[row].tolist() if t not in covered]
+            covered.update(fresh)
+            new_list += fresh
+            picked_list.append(row)
+            del gains[row]
+            fresh_set = set(fresh)
+            for r in gains:
+                gains[r] -= sum(1 for t in offers[r].tolist() if t in fresh_set)
+        if stop:
+            break
+        new_ids, picked = np.asarray(new_list, np.int64), np.asarray(picked_list, np.int64)
+    shards.call(_OP + "pcg_mark", np.asarray(ids_B, np.int64))
+    return ids_B, scores_B
+
+
+@shard_op
+def pcg_mark(state: ShardState, picked_ids: np.ndarray) -> None:
+    """Record the picks (for the random fill), as ``probcover.pc_random`` expects them."""
+    state.scratch.setdefault("probcover", {})["picked"] = np.isin(state.row_ids_N, picked_ids)
+
+
+# -- the strategy -------------------------------------------------------------------------------
+
+def build_graph(shards: Shards, delta: float, *, mode: str, params: dict[str, Any], normalize: bool,
+                chunk_rows: int, max_edges: int, seed: int) -> int:
+    """The δ-ball graph on every shard; returns the number of edges."""
+    from alscale.strategies.probcover import _chunks
+
+    shards.call(_OP + "pcg_index", mode, dict(params), normalize, int(seed), True)
+    sizes = [int(v) for v in shards.call(_PC + "pc_size")]
+    edges = 0
+    for ids, x, _ in _chunks(shards, sizes, chunk_rows, normalize):
+        edges += sum(shards.call(_OP + "pcg_edges", ids, x, float(delta) ** 2))
+        if edges > max_edges:
+            shards.call(_OP + "pcg_finish")
+            raise AlscaleError(f"probcover: δ = {delta:.4g} gives more than {max_edges:,} edges "
+                               f"({sum(sizes):,} rows); set a smaller strategy.options.delta or raise max_edges")
+    return int(sum(shards.call(_OP + "pcg_finish")))
+
+
+def select(shards: Shards, budget: int, options: dict[str, Any], seed: int, round: int
+           ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """ProbCover's picks and scores (budget already capped), and what was done (for logs)."""
+    normalize, chunk = bool(options["normalize"]), int(options["chunk_rows"])
+    mode = options["index"]
+    delta = options["delta"]
+    params = options["index_params"] or {}
+    if delta == "auto" and options["purity_sample"] is None:
+        shards.call(_OP + "pcg_index", "exact", {} if mode != "exact" else dict(params), normalize, int(seed))
+    if delta == "auto":
+        delta = purity_delta(shards, n_classes=options["n_classes"], purity=options["purity"], normalize=normalize,
+                             chunk_rows=chunk, seed=seed, round=round, kmeans_iters=options["kmeans_iters"],
+                             sample=options["purity_sample"])
+    edges = build_graph(shards, float(delta), mode=mode, params=params, normalize=normalize, chunk_rows=chunk,
+                        max_edges=options["max_edges"], seed=seed)
+    ids_B, scores_B = greedy(shards, budget, int(options["offer"]))
+    if len(ids_B) < budget:  # nothing left to cover: the reference fills the budget at random
+        parts = shards.call(_PC + "pc_random", seed, round, budget - len(ids_B))
+        u = np.concatenate([p[0] for p in parts])
+        r = np.concatenate([p[1] for p in parts])
+        o = np.lexsort((r, -u))[:budget - len(ids_B)]
+        ids_B += r[o].tolist()
+        scores_B += [0.0] * o.shape[0]
+    info = {"delta": float(delta), "edges": edges, "index": mode, "exact": is_exact(mode) and
+            options["purity_sample"] is None}
+    return np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), info
