@@ -49,10 +49,11 @@ def _arg_bytes(args: tuple) -> int:
     return sum(int(a.nbytes) if isinstance(a, np.ndarray) else 0 for a in args)
 
 
-def _node_id(worker: Any) -> str:
+def _whoami(worker: Any) -> tuple[str, int]:
+    """(node id, pid) of the actor process running ``worker``: a restart changes it."""
     import ray
 
-    return ray.get_runtime_context().get_node_id()
+    return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
 def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -143,7 +144,7 @@ class RayExecutor:
         self._snapshots_ok = [True] * n_workers
         self._snapshot_bytes = [0] * n_workers
         self._deaths = [0] * n_workers
-        self._nodes: list[str | None] = [None] * n_workers
+        self._who: list[tuple[str, int] | None] = [None] * n_workers
         self._stats = {"restarts": 0, "replayed_calls": 0, "replayed_state_calls": 0, "snapshot_restores": 0,
                        "snapshots": 0, "snapshot_seconds": 0.0, "recovery_seconds": [], "lost_nodes": []}
         threads = max(1, int(self.cpus_per_worker))
@@ -167,7 +168,7 @@ class RayExecutor:
                 f"({free_gpus:g} free); lower runtime.shards, runtime.cpus_per_worker or runtime.gpus_per_worker, "
                 "or add nodes")
         ray.get(ready)
-        self._nodes = ray.get([actor.__ray_call__.remote(_node_id) for actor in self.actors])
+        self._who = ray.get([actor.__ray_call__.remote(_whoami) for actor in self.actors])
 
     @property
     def n_workers(self) -> int:
@@ -270,6 +271,20 @@ class RayExecutor:
         out["snapshot_bytes"] = sum(self._snapshot_bytes)
         return out
 
+    @property
+    def _nodes(self) -> list[str | None]:
+        """The node id of each worker's process."""
+        return [None if w is None else w[0] for w in self._who]
+
+    def _restarted(self, i: int) -> bool:
+        """Whether worker ``i``'s process is not the one its state was built in (Ray restarted
+        it between two calls, e.g. its node died while the coordinator was busy)."""
+        try:
+            return self._ray.get(self.actors[i].__ray_call__.remote(_whoami),
+                                 timeout=self.startup_timeout_s) != self._who[i]
+        except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+            return True
+
     def _get_or_recover(self, i: int, ref: Any, method: str, args: tuple) -> Any:
         ray = self._ray
         while True:
@@ -277,29 +292,31 @@ class RayExecutor:
                 return ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                raise cause from None
-            except ray.exceptions.RayActorError as exc:
-                t0 = time.perf_counter()
-                lost = self._lost_node(i)
-                self._deaths[i] += 1
-                where = f" with its node {lost}" if lost else ""
-                if self._deaths[i] > self.max_restarts:
-                    raise WorkerLostError(
-                        f"shard worker {i} died{where} during {method} ({type(exc).__name__}) "
-                        f"{self._deaths[i]} time(s), more than runtime.max_restarts={self.max_restarts}; "
-                        "nothing was written") from None
-                logger.warning("shard worker %d died%s during %s; restarting it and replaying its %d logged "
-                               "entries (%d state calls since its last snapshot)", i, where, method,
-                               len(self._log[i]), self._tail[i])
-                try:
-                    ref = self._replay(i, method, args, lost)
-                except ray.exceptions.RayActorError:
-                    continue  # died again while being rebuilt: counted on the next pass
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                if not self._restarted(i):
                     raise cause from None
-                self._stats["restarts"] += 1
-                self._stats["recovery_seconds"].append(round(time.perf_counter() - t0, 3))
+                how, detail = "was restarted by Ray", ""  # a fresh process without the worker's state answered
+            except ray.exceptions.RayActorError as exc:
+                how, detail = "died", f" ({type(exc).__name__})"
+            t0 = time.perf_counter()
+            lost = self._lost_node(i)
+            self._deaths[i] += 1
+            where = f" with its node {lost}" if lost else ""
+            if self._deaths[i] > self.max_restarts:
+                raise WorkerLostError(
+                    f"shard worker {i} {how}{where} during {method}{detail} {self._deaths[i]} time(s), more than "
+                    f"runtime.max_restarts={self.max_restarts}; nothing was written") from None
+            logger.warning("shard worker %d %s%s during %s; restarting it and replaying its %d logged entries "
+                           "(%d state calls since its last snapshot)", i, how, where, method, len(self._log[i]),
+                           self._tail[i])
+            try:
+                ref = self._replay(i, method, args, lost)
+            except ray.exceptions.RayActorError:
+                continue  # died again while being rebuilt: counted on the next pass
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                raise cause from None
+            self._stats["restarts"] += 1
+            self._stats["recovery_seconds"].append(round(time.perf_counter() - t0, 3))
 
     def _lost_node(self, i: int) -> str | None:
         """``"<ip> (node <id>)"`` when worker ``i``'s node is dead (the whole node was lost)."""
@@ -334,7 +351,7 @@ class RayExecutor:
                 if time.monotonic() > deadline:
                     raise WorkerLostError(self._no_room_message(i, lost)) from None
                 time.sleep(0.5)
-        self._nodes[i] = ray.get(actor.__ray_call__.remote(_node_id))
+        self._who[i] = ray.get(actor.__ray_call__.remote(_whoami))
         refs = []
         for entry in self._log[i]:
             if entry[0] == "snapshot":
