@@ -103,8 +103,16 @@ def store_bytes() -> int:
 
 
 def worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::ShardWorker"], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
+    """The shard actors of this driver's Ray (children of its raylet; other Rays may run here)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    pids = []
+    for raylet in node.all_processes.get("raylet", []) if node is not None else []:
+        out = subprocess.run(["pgrep", "-P", str(raylet.process.pid), "-f", "ray::ShardWorker"], capture_output=True,
+                             text=True).stdout.split()
+        pids += [int(p) for p in out]
+    return pids
 
 
 def proc_rss(pid: int) -> int:
@@ -193,6 +201,7 @@ def run_scenario(name: str, pool: Path, labeled: Path | None, strategy: str, bud
         "snapshot_bytes_peak": max(s["snapshot_bytes"] for s in samples),
         "log_at_kill": log_at_kill, "recovery_s": round(recovery_s, 2), "replayed_calls": int(replayed),
         "replay_stats": after, "n_samples": len(samples),
+        "restarts_during_job": before.get("restarts"),  # None: code without replay_stats
     }
 
 
