@@ -43,7 +43,8 @@ def outcome(tmp_path_factory):
 def test_a_lost_node_with_room_gives_the_undisturbed_selection(outcome, case):
     run = next(r for r in outcome["with_room"] if r["case"] == case)
     assert run["same_selection"] and run["same_as_local"], run
-    assert run["restarts"] == len(run["killed"]) >= 1, run
+    # (>=: a kill test of another Ray session on this machine may take a worker too)
+    assert run["restarts"] >= len(run["killed"]) >= 1, run
     assert len(run["lost_nodes"]) == len(run["killed"]), run
     for lost, killed in zip(run["lost_nodes"], run["killed"]):
         assert killed["node_id"][:12] in lost
