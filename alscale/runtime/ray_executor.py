@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,21 @@ SNAPSHOT_EVERY = 16
 SNAPSHOT_LOG_BYTES = 64 << 20
 
 
+def _mutates(method: str, args: Sequence[tuple]) -> bool:
+    """Whether a call may change worker state (logged for a restart): not the calls in
+    :data:`_STATELESS`, nor a shard op declared read-only (``@shard_op(mutates=False)``)."""
+    if method in _STATELESS:
+        return False
+    if method == "call" and args and args[0]:
+        from alscale.strategies.shards import op_mutates
+
+        try:
+            return op_mutates(str(args[0][0]))
+        except KeyError:  # not importable here: assume it changes state
+            return True
+    return True
+
+
 def _arg_bytes(args: tuple) -> int:
     return sum(int(a.nbytes) if isinstance(a, np.ndarray) else 0 for a in args)
 
@@ -54,6 +70,33 @@ def _whoami(worker: Any) -> tuple[str, int]:
     import ray
 
     return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+def _job_runtime_env(py_modules: Sequence[str]) -> dict[str, Any]:
+    """``ray.init``'s ``runtime_env`` for a Ray this executor connects itself: ship
+    ``py_modules`` (a user strategy's module, see :mod:`alscale.runtime.shipping`) to every
+    worker — unless this process is the driver of a submitted job, whose runtime environment
+    (``alscale submit``: alscale and the module) applies already."""
+    if not py_modules or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return {}
+    return {"runtime_env": {"py_modules": list(py_modules)}}
+
+
+def _actor_runtime_env(ray: Any, py_modules: Sequence[str]) -> dict[str, Any]:
+    """The actors' ``runtime_env`` option when Ray was started by someone else: Ray uploads
+    local modules only at the job level, so a module the job does not ship already is put on
+    the workers' ``PYTHONPATH`` (right on one machine or a shared filesystem; on a remote
+    cluster ship it yourself: ``ray.init(runtime_env={"py_modules": [...]})``)."""
+    if not py_modules:
+        return {}
+    job_env = ray.get_runtime_context().runtime_env or {}
+    if job_env.get("py_modules") or job_env.get("working_dir"):
+        return {}
+    dirs = [str(Path(p).parent) for p in py_modules]
+    logger.warning("Ray was started outside alscale: the strategy's module %s reaches the workers through "
+                   "PYTHONPATH (local paths), not uploaded", ", ".join(py_modules))
+    path = os.pathsep.join([*dirs, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {"runtime_env": {"env_vars": {"PYTHONPATH": path}}}
 
 
 def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -103,6 +146,7 @@ class RayExecutor:
         max_restarts: int = 3,
         snapshot_every: int = SNAPSHOT_EVERY,
         snapshot_log_bytes: int = SNAPSHOT_LOG_BYTES,
+        py_modules: Sequence[str] = (),
     ) -> None:
         import ray
 
@@ -119,7 +163,7 @@ class RayExecutor:
             _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=True)
+                         log_to_driver=True, **_job_runtime_env(py_modules))
             except ConnectionError as exc:
                 raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
             self._owns_ray = True
@@ -149,10 +193,11 @@ class RayExecutor:
                        "snapshots": 0, "snapshot_seconds": 0.0, "recovery_seconds": [], "lost_nodes": []}
         threads = max(1, int(self.cpus_per_worker))
         actor_cls = ray.remote(ShardWorker)
+        env = {} if self._owns_ray else _actor_runtime_env(ray, py_modules)
         self.actors = [
             actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                               scheduling_strategy="SPREAD", max_restarts=max_restarts,
-                              max_task_retries=0).remote(threads)
+                              max_task_retries=0, **env).remote(threads)
             for _ in range(n_workers)
         ]
         # Wait until every actor process is up (imports done), so start-up is not billed
@@ -206,7 +251,7 @@ class RayExecutor:
         results: list[Any] = [None] * len(refs)
         for i, ref in enumerate(refs):
             results[i] = self._get_or_recover(i, ref, method, calls[i])
-        if method not in _STATELESS:
+        if _mutates(method, calls):
             for i, args in enumerate(calls):
                 self._record(i, method, args)
             if any(self._snapshots_ok[i] and (self._tail[i] >= self.snapshot_every

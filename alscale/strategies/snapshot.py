@@ -39,7 +39,7 @@ import numpy as np
 
 #: ShardState attributes that :meth:`ShardState.__init__` takes (the loaded arrays): rebuilt
 #: by loading, never snapshotted.
-LOADED = ("row_ids_N", "log_probs_N_K_C", "embeddings_N_D", "base_scores")
+LOADED = ("row_ids_N", "log_probs_N_K_C", "embeddings_N_D", "base_scores", "model_outputs")
 
 _ALIGN = 64
 

@@ -29,7 +29,8 @@ def _fresh_copy(state: ShardState, readonly: bool) -> ShardState:
         return b
 
     return ShardState(cp(state.row_ids_N), cp(state.log_probs_N_K_C), cp(state.embeddings_N_D),
-                      {k: cp(v) for k, v in state.base_scores.items()})
+                      {k: cp(v) for k, v in state.base_scores.items()},
+                      {k: cp(v) for k, v in state.model_outputs.items()})
 
 
 class RestartingFanout:
@@ -96,15 +97,15 @@ def test_views_tensors_identity_and_loaded_views_are_kept():
     state = ShardState(np.arange(10, dtype=np.int64), None, rng.normal(size=(10, 3)).astype(np.float32))
     a = np.arange(12, dtype=np.float64)[1:]  # an offset view: alignment and base are kept
     t_src = np.ones(6, dtype=np.float32)
-    state.scratch["x"] = {"a": a, "v": a[2:7:2], "same": a, "t": torch.from_numpy(t_src), "t_src": t_src,
+    state.strategy_state["x"] = {"a": a, "v": a[2:7:2], "same": a, "t": torch.from_numpy(t_src), "t_src": t_src,
                           "emb_rows": state.embeddings_N_D[3:6], "ro": np.zeros(3)}
-    state.scratch["x"]["ro"].flags.writeable = False
+    state.strategy_state["x"]["ro"].flags.writeable = False
     snap = pickle.loads(pickle.dumps(state.snapshot()))
     # Only the state's own arrays are copied; the view of the embeddings is not.
     assert snap.nbytes < 11 * 8 + 6 * 4 + 3 * 8 + 4096
     fresh = ShardState(state.row_ids_N.copy(), None, state.embeddings_N_D.copy())
     fresh.restore(snap)
-    x = fresh.scratch["x"]
+    x = fresh.strategy_state["x"]
     assert x["same"] is x["a"]
     np.testing.assert_array_equal(x["a"], a)
     x["a"][4] = -1.0  # writes through one view are seen through the other, as before
@@ -123,6 +124,6 @@ def test_an_unpicklable_state_is_refused_clearly():
     import threading
 
     state = ShardState(np.arange(3, dtype=np.int64))
-    state.scratch["lock"] = threading.Lock()
+    state.strategy_state["lock"] = threading.Lock()
     with pytest.raises(SnapshotError, match="cannot snapshot the shard state"):
         state.snapshot()
