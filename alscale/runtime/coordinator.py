@@ -407,8 +407,12 @@ def _cache_summary(per_worker: list[dict[str, Any]], record: dict[str, Any]) -> 
     for stats in per_worker:
         for key in ("reused", "computed", "rejected"):
             out[key].extend(stats.get(key, []))
+        if stats.get("recovered"):  # finished chunks of a worker that died, read back after its restart
+            out.setdefault("recovered", []).extend(stats["recovered"])
     out["reused"].sort()
     out["computed"].sort()
+    if "recovered" in out:
+        out["recovered"].sort()
     if out["rejected"]:
         logger.warning("%d cached chunk(s) were invalid and scored again", len(out["rejected"]))
     if out["reused"]:

@@ -34,7 +34,42 @@ logger = logging.getLogger(__name__)
 
 _PUT_THRESHOLD_BYTES = 1 << 16
 #: Calls that change no worker state: not replayed after a restart.
-_STATELESS = frozenset({"ready", "n_rows", "n_candidates", "topk", "count_ahead", "softrank_candidates"})
+_STATELESS = frozenset({"ready", "n_rows", "n_candidates", "topk", "count_ahead", "softrank_candidates",
+                        "cache_stats", "snapshot"})
+#: Calls that change only the worker's shard state (``ShardWorker.state``): a snapshot of that
+#: state replaces them in the restart log. Every other logged call (loading, the model,
+#: scoring chunks) is kept and replayed as it was.
+_STATE_CALLS = frozenset({"exclude", "restrict", "compute_scores", "call"})
+#: Defaults of the restart log's bounds: a snapshot after this many state calls of one worker,
+#: or once their arguments pass this many bytes.
+SNAPSHOT_EVERY = 16
+SNAPSHOT_LOG_BYTES = 64 << 20
+
+
+def _mutates(method: str, args: Sequence[tuple]) -> bool:
+    """Whether a call may change worker state (logged for a restart): not the calls in
+    :data:`_STATELESS`, nor a shard op declared read-only (``@shard_op(mutates=False)``)."""
+    if method in _STATELESS:
+        return False
+    if method == "call" and args and args[0]:
+        from alscale.strategies.shards import op_mutates
+
+        try:
+            return op_mutates(str(args[0][0]))
+        except KeyError:  # not importable here: assume it changes state
+            return True
+    return True
+
+
+def _arg_bytes(args: tuple) -> int:
+    return sum(int(a.nbytes) if isinstance(a, np.ndarray) else 0 for a in args)
+
+
+def _whoami(worker: Any) -> tuple[str, int]:
+    """(node id, pid) of the actor process running ``worker``: a restart changes it."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
 def _job_runtime_env(py_modules: Sequence[str]) -> dict[str, Any]:
@@ -92,8 +127,10 @@ class RayExecutor:
         cpus_per_worker: CPUs reserved per actor (default: the cluster's CPUs shared evenly).
         gpus_per_worker: GPUs per actor; ``None`` shares the cluster's GPUs evenly (at most
             one each), 0 keeps workers on CPU.
-        startup_timeout_s: how long to wait for every actor to be placed and started.
+        startup_timeout_s: how long to wait for every actor to be placed and started, and
+            for a dead one to be restarted (e.g. on another node when its node was lost).
         max_restarts: how often one worker may die and be rebuilt before the job fails.
+        snapshot_every, snapshot_log_bytes: the restart log's bounds (see :meth:`map`).
     """
 
     name = "ray"
@@ -107,6 +144,8 @@ class RayExecutor:
         gpus_per_worker: float | None = None,
         startup_timeout_s: float = 300.0,
         max_restarts: int = 3,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        snapshot_log_bytes: int = SNAPSHOT_LOG_BYTES,
         py_modules: Sequence[str] = (),
     ) -> None:
         import ray
@@ -138,8 +177,20 @@ class RayExecutor:
         self.cpus_per_worker = float(cpus_per_worker)
         self.gpus_per_worker = float(gpus_per_worker)
         self.max_restarts = int(max_restarts)
-        self._history: list[list[tuple[str, tuple]]] = [[] for _ in range(n_workers)]
+        self.startup_timeout_s = float(startup_timeout_s)
+        self.snapshot_every = max(1, int(snapshot_every))
+        self.snapshot_log_bytes = int(snapshot_log_bytes)
+        # Per worker, what a restarted process replays: ("call", method, args) and
+        # ("snapshot", ref) entries; the state calls since the last snapshot, and their bytes.
+        self._log: list[list[tuple]] = [[] for _ in range(n_workers)]
+        self._tail = [0] * n_workers
+        self._tail_bytes = [0] * n_workers
+        self._snapshots_ok = [True] * n_workers
+        self._snapshot_bytes = [0] * n_workers
         self._deaths = [0] * n_workers
+        self._who: list[tuple[str, int] | None] = [None] * n_workers
+        self._stats = {"restarts": 0, "replayed_calls": 0, "replayed_state_calls": 0, "snapshot_restores": 0,
+                       "snapshots": 0, "snapshot_seconds": 0.0, "recovery_seconds": [], "lost_nodes": []}
         threads = max(1, int(self.cpus_per_worker))
         actor_cls = ray.remote(ShardWorker)
         env = {} if self._owns_ray else _actor_runtime_env(ray, py_modules)
@@ -162,6 +213,7 @@ class RayExecutor:
                 f"({free_gpus:g} free); lower runtime.shards, runtime.cpus_per_worker or runtime.gpus_per_worker, "
                 "or add nodes")
         ray.get(ready)
+        self._who = ray.get([actor.__ray_call__.remote(_whoami) for actor in self.actors])
 
     @property
     def n_workers(self) -> int:
@@ -170,11 +222,17 @@ class RayExecutor:
     def map(self, method: str, args_per_worker: Sequence[tuple]) -> list:
         """Call ``method`` on every actor concurrently; results in worker order.
 
-        A worker whose process dies is restarted by Ray (``max_restarts``) and brought back to
-        the state it had by replaying, in order, every call it had completed (loading, model
-        start-up, scoring chunks, selection steps: all deterministic, so the rebuilt state is
-        bit-identical), then the failed call is retried. After ``max_restarts`` deaths of one
-        worker the job fails with :class:`WorkerLostError`.
+        A worker whose process dies (alone, or with its whole node) is restarted by Ray
+        (``max_restarts``; on another node when its node is gone and another has room) and
+        brought back to the state it had, then the failed call is retried. The restart log
+        it replays is bounded: its loading, model start-up and scoring calls (the chunks it
+        had scored come back from the chunk cache when the job keeps one), then the last
+        snapshot of its shard state (:meth:`ShardState.snapshot`, taken after every
+        ``snapshot_every`` state calls or ``snapshot_log_bytes`` of their arguments, kept in
+        the object store by this driver), then at most ``snapshot_every`` state calls made
+        since. Everything is deterministic, so the rebuilt state is bit-identical. After
+        ``max_restarts`` deaths of one worker, or when no node has room to restart it within
+        ``startup_timeout_s``, the job fails with :class:`WorkerLostError` (naming the lost node).
         """
         puts: dict[int, Any] = {}
 
@@ -193,12 +251,84 @@ class RayExecutor:
         results: list[Any] = [None] * len(refs)
         for i, ref in enumerate(refs):
             results[i] = self._get_or_recover(i, ref, method, calls[i])
-        if method not in _STATELESS:
+        if _mutates(method, calls):
             for i, args in enumerate(calls):
-                if method == "load":  # a new shard: only the model built for it still matters
-                    self._history[i] = [c for c in self._history[i] if c[0] == "prepare_model"][-1:]
-                self._history[i].append((method, args))
+                self._record(i, method, args)
+            if any(self._snapshots_ok[i] and (self._tail[i] >= self.snapshot_every
+                                               or self._tail_bytes[i] >= self.snapshot_log_bytes)
+                   for i in range(len(self.actors))):
+                self._take_snapshots()
         return results
+
+    def _record(self, i: int, method: str, args: tuple) -> None:
+        """Append a completed call to worker ``i``'s restart log."""
+        log = self._log[i]
+        if method == "load":  # a new shard: only the model built for it still matters
+            log[:] = [e for e in log if e[0] == "call" and e[1] == "prepare_model"][-1:]
+            self._tail[i] = self._tail_bytes[i] = self._snapshot_bytes[i] = 0
+        log.append(("call", method, args))
+        if method in _STATE_CALLS:
+            self._tail[i] += 1
+            self._tail_bytes[i] += _arg_bytes(args)
+        else:  # a barrier: a snapshot only replaces the state calls after the last one
+            self._tail[i] = self._tail_bytes[i] = 0
+
+    def _take_snapshots(self) -> None:
+        """Snapshot the shard state of every worker with state calls in its log (one fan-out),
+        keep each snapshot in the object store (owned by this driver, on its node: it
+        survives the loss of the worker's node) and cut the log to it."""
+        ray = self._ray
+        t0 = time.perf_counter()
+        todo = [i for i in range(len(self.actors)) if self._snapshots_ok[i] and self._tail[i]]
+        refs = {i: self.actors[i].snapshot.remote() for i in todo}
+        for i in todo:
+            try:
+                snap = self._get_or_recover(i, refs[i], "snapshot", ())
+            except WorkerLostError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- e.g. an unpicklable strategy state: keep the calls
+                logger.warning("shard worker %d: no snapshot of its state (%s); a restart replays its calls", i,
+                               str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                self._snapshots_ok[i] = False
+                continue
+            ref = ray.put(snap)
+            self._snapshot_bytes[i] = int(snap.nbytes)
+            del snap
+            log = self._log[i]
+            cut = len(log)
+            while cut > 0 and (log[cut - 1][0] == "snapshot" or log[cut - 1][1] in _STATE_CALLS):
+                cut -= 1
+            log[cut:] = [("snapshot", ref)]
+            self._tail[i] = self._tail_bytes[i] = 0
+            self._stats["snapshots"] += 1
+        self._stats["snapshot_seconds"] += time.perf_counter() - t0
+
+    def replay_stats(self) -> dict[str, Any]:
+        """The restart log now (``log_calls`` entries a restart would replay, ``log_bytes`` of their
+        array arguments, ``snapshot_bytes`` held), and what restarts did so far (``restarts``,
+        ``replayed_calls``, ``replayed_state_calls``: state calls replayed after the last
+        snapshot, never more than ``snapshot_every`` per restart while snapshots work)."""
+        out = dict(self._stats)
+        out["recovery_seconds"] = list(self._stats["recovery_seconds"])
+        out["lost_nodes"] = list(self._stats["lost_nodes"])
+        out["log_calls"] = sum(len(log) for log in self._log)
+        out["log_bytes"] = sum(_arg_bytes(e[2]) for log in self._log for e in log if e[0] == "call")
+        out["snapshot_bytes"] = sum(self._snapshot_bytes)
+        return out
+
+    @property
+    def _nodes(self) -> list[str | None]:
+        """The node id of each worker's process."""
+        return [None if w is None else w[0] for w in self._who]
+
+    def _restarted(self, i: int) -> bool:
+        """Whether worker ``i``'s process is not the one its state was built in (Ray restarted
+        it between two calls, e.g. its node died while the coordinator was busy)."""
+        try:
+            return self._ray.get(self.actors[i].__ray_call__.remote(_whoami),
+                                 timeout=self.startup_timeout_s) != self._who[i]
+        except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+            return True
 
     def _get_or_recover(self, i: int, ref: Any, method: str, args: tuple) -> Any:
         ray = self._ray
@@ -207,34 +337,94 @@ class RayExecutor:
                 return ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                raise cause from None
+                if not self._restarted(i):
+                    raise cause from None
+                how, detail = "was restarted by Ray", ""  # a fresh process without the worker's state answered
             except ray.exceptions.RayActorError as exc:
-                self._deaths[i] += 1
-                if self._deaths[i] > self.max_restarts:
-                    raise WorkerLostError(
-                        f"shard worker {i} died during {method} ({type(exc).__name__}) "
-                        f"{self._deaths[i]} time(s), more than runtime.max_restarts={self.max_restarts}; "
-                        "nothing was written") from None
-                logger.warning("shard worker %d died during %s; restarting it and replaying its %d completed calls",
-                               i, method, len(self._history[i]))
-                ref = self._replay(i, method, args)
+                how, detail = "died", f" ({type(exc).__name__})"
+            t0 = time.perf_counter()
+            lost = self._lost_node(i)
+            self._deaths[i] += 1
+            where = f" with its node {lost}" if lost else ""
+            if self._deaths[i] > self.max_restarts:
+                raise WorkerLostError(
+                    f"shard worker {i} {how}{where} during {method}{detail} {self._deaths[i]} time(s), more than "
+                    f"runtime.max_restarts={self.max_restarts}; nothing was written") from None
+            logger.warning("shard worker %d %s%s during %s; restarting it and replaying its %d logged entries "
+                           "(%d state calls since its last snapshot)", i, how, where, method, len(self._log[i]),
+                           self._tail[i])
+            try:
+                ref = self._replay(i, method, args, lost)
+            except ray.exceptions.RayActorError:
+                continue  # died again while being rebuilt: counted on the next pass
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                raise cause from None
+            self._stats["restarts"] += 1
+            self._stats["recovery_seconds"].append(round(time.perf_counter() - t0, 3))
 
-    def _replay(self, i: int, method: str, args: tuple) -> Any:
-        """Rebuild worker ``i``'s state on its restarted process, then resubmit the failed call."""
+    def _lost_node(self, i: int) -> str | None:
+        """``"<ip> (node <id>)"`` when worker ``i``'s node is dead (the whole node was lost)."""
+        node = self._nodes[i]
+        if node is None:
+            return None
+        try:
+            info = next((n for n in self._ray.nodes() if n.get("NodeID") == node), None)
+        except Exception:  # noqa: BLE001 -- the GCS is unreachable: say nothing about the node
+            return None
+        if info is None or info.get("Alive", True):
+            return None
+        name = f"{info.get('NodeManagerAddress', '?')} (node {node[:12]})"
+        if name not in self._stats["lost_nodes"]:
+            self._stats["lost_nodes"].append(name)
+        return name
+
+    def _replay(self, i: int, method: str, args: tuple, lost: str | None = None) -> Any:
+        """Rebuild worker ``i``'s state on its restarted process — its logged calls in order
+        (chunks it had scored come back from the chunk cache), its last snapshot in place of
+        the state calls before it — then resubmit the failed call."""
         actor = self.actors[i]
         ray = self._ray
-        deadline = time.monotonic() + 300
-        while True:  # the restarted process may take a moment; calls before it is up fail
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:  # the restarted process may take a while (a new node); calls before it is up fail
             try:
-                ray.get(actor.ready.remote())
+                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
                 break
+            except ray.exceptions.GetTimeoutError:
+                raise WorkerLostError(self._no_room_message(i, lost)) from None
             except ray.exceptions.RayActorError:
                 if time.monotonic() > deadline:
-                    raise
+                    raise WorkerLostError(self._no_room_message(i, lost)) from None
                 time.sleep(0.5)
-        for past_method, past_args in self._history[i]:
-            ray.get(getattr(actor, past_method).remote(*past_args))
+        self._who[i] = ray.get(actor.__ray_call__.remote(_whoami))
+        refs = []
+        for entry in self._log[i]:
+            if entry[0] == "snapshot":
+                refs.append(actor.restore.remote(entry[1]))
+                self._stats["snapshot_restores"] += 1
+                continue
+            _, past_method, past_args = entry
+            if past_method == "use_cache":  # read back the chunks the dead process had scored
+                past_args = (*past_args[:3], True)
+            refs.append(getattr(actor, past_method).remote(*past_args))
+            self._stats["replayed_calls"] += 1
+            self._stats["replayed_state_calls"] += past_method in _STATE_CALLS
+        ray.get(refs)
         return getattr(actor, method).remote(*args)
+
+    def _no_room_message(self, i: int, lost: str | None) -> str:
+        ray = self._ray
+        try:
+            free = ray.available_resources()
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        except Exception:  # noqa: BLE001
+            free, alive = {}, 0
+        why = f"its node {lost} was lost" if lost else "its process died"
+        return (f"shard worker {i} could not be restarted within {self.startup_timeout_s:.0f} s after {why}: no alive "
+                f"node has room for it (it asks for {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU; "
+                f"{alive} node(s) alive with {float(free.get('CPU', 0)):g} CPUs and {float(free.get('GPU', 0)):g} GPUs "
+                "free); add a node (or let the autoscaler replace it), or lower runtime.shards / "
+                "runtime.cpus_per_worker, and run again (--resume reuses the scored chunks)")
 
     def close(self) -> None:
         for actor in self.actors:

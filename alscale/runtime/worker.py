@@ -54,6 +54,7 @@ class ShardWorker:
         self._base: np.ndarray | None = None  # the stream plan's base score per row
         self._loss: np.ndarray | None = None  # predicted loss per row (Learning Loss models)
         self._meta: dict[str, np.ndarray] = {}  # pool metadata columns (e.g. a quota group column)
+        self._recovering = False  # a restarted process: cache hits are this run's own chunks
 
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
@@ -207,19 +208,25 @@ class ShardWorker:
         loss_all = None if losses[0] is None else np.concatenate(losses)
         return np.concatenate(lps), emb_all, loss_all
 
-    def use_cache(self, out_dir: str, record: dict[str, Any], reuse: bool) -> None:
+    def use_cache(self, out_dir: str, record: dict[str, Any], reuse: bool, recovering: bool = False) -> None:
         """Keep each scored chunk in ``out_dir``'s cache (and, with ``reuse``, read valid caches
-        instead of scoring); see :mod:`alscale.runtime.cache`."""
+        instead of scoring); see :mod:`alscale.runtime.cache`. ``recovering``: this process
+        replaces one that died; the chunks it had finished are read back (``reuse``) and
+        reported as ``recovered``, not as reused from an earlier run."""
         from alscale.runtime.cache import ChunkCache
         from alscale.runtime.output import output_location
 
-        self._cache = ChunkCache(output_location(out_dir), record, reuse=reuse)
+        self._recovering = bool(recovering)
+        self._cache = ChunkCache(output_location(out_dir), record, reuse=reuse or self._recovering)
 
     def cache_stats(self) -> dict[str, Any]:
-        """Chunks reused, computed and rejected by this worker's cache ({} without one)."""
+        """Chunks reused, computed and rejected by this worker's cache ({} without one); after a
+        restart, ``recovered``: chunks the dead process had scored, read back from the cache."""
         if self._cache is None:
             return {}
         st = self._cache.stats
+        if self._recovering:
+            return {"reused": [], "recovered": st.reused, "computed": st.computed, "rejected": st.rejected}
         return {"reused": st.reused, "computed": st.computed, "rejected": st.rejected}
 
     def prepare_model(self, model_spec: Any, seed: int, in_features: int) -> None:
@@ -261,6 +268,14 @@ class ShardWorker:
 
     def softrank_candidates(self, m: int, beta: float, seed: int, round: int) -> tuple:
         return self._st().softrank_candidates(m, beta, seed, round)
+
+    def snapshot(self) -> Any:
+        """The shard state's mutable part (:meth:`ShardState.snapshot`), for a restart."""
+        return self._st().snapshot()
+
+    def restore(self, snap: Any) -> None:
+        """Take back a :meth:`snapshot` (after this worker's shard was loaded and scored again)."""
+        self._st().restore(snap)
 
     def call(self, op: str, *args: Any) -> Any:
         """A selection loop's shard op (see ``alscale.strategies.shards.shard_op``)."""

@@ -255,6 +255,20 @@ class ShardState:
         """Run the registered shard op ``op`` on this partition."""
         return _lookup_op(op)(self, *args)
 
+    # -- snapshots (a restarted worker's state without replaying its calls) ------------
+    def snapshot(self) -> Any:
+        """Everything but the loaded arrays (masks, scores, every loop's shard state), exactly:
+        a :class:`alscale.strategies.snapshot.StateSnapshot` for :meth:`restore`."""
+        from alscale.strategies import snapshot
+
+        return snapshot.capture(self)
+
+    def restore(self, snap: Any) -> None:
+        """Take the state of :meth:`snapshot`'s ``snap`` (this state holds the same loaded arrays)."""
+        from alscale.strategies import snapshot
+
+        snapshot.restore(self, snap)
+
     # -- scores ----------------------------------------------------------------------
     def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
         """Compute this partition's ranking key for ``strategy`` (a name or a

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -16,6 +15,7 @@ from alscale.errors import WorkerLostError
 from alscale.jobspec import validate_job
 from alscale.pool import mnist_pool
 from alscale.runtime.coordinator import run_job
+from tests.runtime.killing import kill_when
 
 
 @pytest.fixture(scope="module")
@@ -24,23 +24,8 @@ def images(tmp_path_factory):
 
 
 def _kill_when(title: str, killed: list, timeout: float = 120) -> threading.Thread:
-    """Kill the first worker process whose title shows it is running ``title`` (Ray sets
-    ``ray::ShardWorker.<method>`` while a method runs)."""
-
-    def run() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not killed:
-            pids = subprocess.run(["pgrep", "-f", f"ray::ShardWorker.{title}"], capture_output=True,
-                                  text=True).stdout.split()
-            if pids:
-                os.kill(int(pids[0]), signal.SIGKILL)
-                killed.append(int(pids[0]))
-                return
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    """Kill the first worker process of this session's Ray running ``title``."""
+    return kill_when(title, killed, timeout=timeout)
 
 
 def _job(pool, out, strategy, executor, budget=12):
