@@ -69,12 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     pool = sub.add_parser("pool", help="make or inspect pools")
     psub = pool.add_subparsers(dest="pool_command", required=True)
     s = psub.add_parser("synth", help="synthetic pool with planted clusters and labels")
-    s.add_argument("out")
+    s.add_argument("out", help="pool file: .arrow (Arrow IPC) or .parquet; without a suffix, OUT.arrow")
     s.add_argument("--rows", type=int, required=True)
     s.add_argument("--dim", type=int, required=True)
     s.add_argument("--classes", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    s.add_argument("--format", choices=("ipc", "parquet"), default=None,
+                   help="default: from OUT's suffix; Arrow IPC when OUT has none")
+    s.add_argument("--separation", type=float, default=4.5,
+                   help="typical distance between blob centres in noise SDs (4.5: overlapping; 12: separable)")
+    s.add_argument("--label-noise", type=float, default=0.05, help="fraction of flipped labels (default 0.05)")
+    s.add_argument("--clusters-per-class", type=int, default=2, help="Gaussian blobs per class (default 2)")
+    s.add_argument("--split", choices=("pool", "test"), default="pool",
+                   help="test: a held-out set from the same planted classes (other rows)")
     s.add_argument("--log-probs", type=int, default=0, metavar="K",
                    help="also write a precomputed log_probs column with K samples (0: none)")
     s.add_argument("--embedding-dim", type=int, default=0, metavar="E",
@@ -83,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("out")
     m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
     m.add_argument("--split", choices=("train", "test"), default="train")
-    m.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    m.add_argument("--format", choices=("ipc", "parquet"), default=None,
+                   help="default: from OUT's suffix; Arrow IPC when OUT has none")
     m.add_argument("--images", action="store_true",
                    help="write an 'image' column of PNG bytes instead of features (a raw-image pool)")
     m.add_argument("--rows", type=int, help="keep only the first N images")
@@ -346,6 +354,20 @@ def _print_summary(result) -> None:
     print(f"written: {str(result.out_dir).rstrip('/')}/selection.parquet and manifest.json")
 
 
+def _pool_out(out: str, fmt: str | None) -> tuple[str, str | None]:
+    """The file a ``pool`` command writes: OUT as given when its suffix names a format, else
+    OUT plus the suffix of ``fmt`` (Arrow IPC by default), said on stderr."""
+    from alscale.pool.location import format_from_suffix
+
+    if format_from_suffix(out) is not None or out.endswith("/"):
+        return out, fmt
+    fmt = fmt or "ipc"
+    named = f"{out}.{'arrow' if fmt == 'ipc' else 'parquet'}"
+    print(f"alscale: {out} has no .arrow or .parquet suffix; writing {'Arrow IPC' if fmt == 'ipc' else 'Parquet'} "
+          f"to {named}", file=sys.stderr)
+    return named, fmt
+
+
 def _pool(args: argparse.Namespace) -> int:
     from alscale import pool
 
@@ -353,12 +375,16 @@ def _pool(args: argparse.Namespace) -> int:
         for name in ("rows", "dim", "classes"):
             if getattr(args, name) < (2 if name == "classes" else 1):
                 raise AlscaleError(f"--{name} must be >= {2 if name == 'classes' else 1}; got {getattr(args, name)}")
+        out, fmt = _pool_out(args.out, args.format)
         info = pool.synth_pool(
-            args.out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
-            format=args.format, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
+            out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
+            format=fmt, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
+            separation=args.separation, label_noise=args.label_noise,
+            clusters_per_class=args.clusters_per_class, split=args.split,
         )
     elif args.pool_command == "mnist":
-        info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format,
+        out, fmt = _pool_out(args.out, args.format)
+        info = pool.mnist_pool(out, source=args.source, split=args.split, format=fmt,
                                images=args.images, rows=args.rows)
     elif args.pool_command == "images":
         from alscale.pool.image_folder import image_folder_pool
