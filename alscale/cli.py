@@ -17,14 +17,24 @@ from alscale.errors import AlscaleError, WorkerLostError
 logger = logging.getLogger("alscale")
 
 
+def _version() -> str:
+    from alscale import __version__
+
+    return f"alscale {__version__} (Python {sys.version.split()[0]})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alscale", description="Active-learning acquisition over sharded Arrow pools.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a job file (and its pool) without computing anything")
     v.add_argument("job")
     v.add_argument("overrides", nargs="*", metavar="key=value")
+    v.add_argument("--offline", action="store_true",
+                   help="check the job's structure only, without opening the pool (e.g. a cloud job's s3:// pool "
+                        "from a laptop); the pool's columns are checked when the job runs")
 
     r = sub.add_parser("run", help="run an acquisition job")
     r.add_argument("job")
@@ -135,8 +145,57 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--slow-peers", action="store_true", help="also the peers that take minutes per run")
     bn.add_argument("--only", nargs="*", metavar="SCENARIO", help="entropy bald power kcenter badge batchbald ...")
     bn.add_argument("--timeout", type=float, help="seconds per run")
-    bn.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    bn.add_argument("--no-markdown", action="store_true", help="write no BENCHMARKS.md")
+    bn.add_argument("--results", metavar="DIR", help="results directory (default: out/bench, git-ignored)")
+    bn.add_argument("--update-docs", action="store_true",
+                    help="write the committed benchmarks/results/suite/ and BENCHMARKS.md (default: out/bench only)")
+    _add_examples(p)
     return p
+
+
+#: One example per command (shown at the end of its --help; a test checks every command has one).
+EXAMPLES: dict[str, str] = {
+    "": "make demo                                    # the 1M-row demo: BADGE vs random\n"
+        "  alscale pool synth data/pool --rows 100000 --dim 32 --classes 10\n"
+        "  alscale run jobs/demo.yaml pool.path=data/pool.arrow runtime.executor=local",
+    "validate": "alscale validate jobs/demo.yaml strategy.budget=500\n"
+                "  alscale validate jobs/imagenet_entropy.yaml --offline   # s3:// pool not opened",
+    "run": "alscale run jobs/demo.yaml --out out/r0 strategy.name=margin runtime.executor=local",
+    "submit": "alscale submit jobs/demo.yaml --address http://127.0.0.1:8265 --out /tmp/demo-submit",
+    "status": "alscale status raysubmit_abc123 --address http://127.0.0.1:8265",
+    "stop": "alscale stop raysubmit_abc123 --address http://127.0.0.1:8265",
+    "logs": "alscale logs raysubmit_abc123 --follow --address http://127.0.0.1:8265",
+    "simulate": "alscale simulate jobs/mnist_batchbald2019.yaml --force loop.trials=1 loop.stop.budget=100",
+    "pool": "alscale pool synth data/pool.arrow --rows 100000 --dim 32 --classes 10",
+    "pool synth": "alscale pool synth data/pool --rows 100000 --dim 32 --classes 10   # writes data/pool.arrow",
+    "pool mnist": "alscale pool mnist data/mnist-train.arrow --split train",
+    "pool images": "alscale pool images data/flowers.parquet ~/datasets/flowers   # ROOT/<class>/<image>",
+    "pool info": "alscale pool info data/pool.arrow",
+    "strategies": "alscale strategies",
+    "stream": "alscale stream job.yaml --out out/stream stream.budget=0.05",
+    "report": "alscale report out/r0        # writes out/r0/report.html",
+    "labels": "alscale labels export out/r0 batch.csv",
+    "labels export": "alscale labels export out/r0 batch.json --format labelstudio",
+    "labels import": "alscale labels import labels.csv --ledger labels/ --pool data/pool.arrow --num-classes 10",
+    "bench": "alscale bench --quick --only entropy --no-peers       # results in out/bench/",
+}
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (nested) subcommand parser, by its command path (``"pool synth"``); ``""`` is the top."""
+    found = {prefix: parser}
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found.update(_subcommands(child, f"{prefix} {name}".strip()))
+    return found
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    for path, sub in _subcommands(parser).items():
+        if path in EXAMPLES:
+            sub.epilog = f"Example:\n  {EXAMPLES[path]}"
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,9 +295,11 @@ def _bench(args: argparse.Namespace) -> int:
         raise AlscaleError(f"alscale bench runs {suite}, which this installation lacks; clone the alscale "
                            "repository and install it with `make setup` (an editable install)")
     cmd = [sys.executable, str(suite)]
-    for flag in ("quick", "no_peers", "make_peers", "slow_peers", "no_markdown"):
+    for flag in ("quick", "no_peers", "make_peers", "slow_peers", "no_markdown", "update_docs"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
+    if args.results:
+        cmd += ["--results", args.results]
     if args.only:
         cmd += ["--only", *args.only]
     if args.timeout:
@@ -252,7 +313,24 @@ def _validate(args: argparse.Namespace) -> int:
     from alscale.runtime.coordinator import check_job_against_pool
 
     job = load_job(args.job, args.overrides)
-    info = open_pool(job.pool)
+    if job.loop is not None:
+        from alscale.loop.spec import parse_loop
+
+        parse_loop(job)
+    if args.offline:
+        print(f"job {args.job}: structure valid ({job.strategy.name}, budget {job.strategy.budget}, "
+              f"{job.runtime.executor} executor, {job.runtime.shards} shards); pool {job.pool} not opened (--offline): "
+              "its columns and row ids are checked when the job runs")
+        return 0
+    from alscale.pool.location import is_uri
+
+    try:
+        info = open_pool(job.pool)
+    except AlscaleError as exc:
+        if is_uri(job.pool):
+            raise AlscaleError(f"{exc}; to check only the job's structure from here, run alscale validate --offline "
+                               f"{args.job}") from None
+        raise
     problems = check_job_against_pool(job, info)
     if problems:
         raise AlscaleError("; ".join(problems))
