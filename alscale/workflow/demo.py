@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: The planted task: nearly separable classes (blob centres ~12 noise SDs apart), no label noise.
 SYNTH = {"dim": 64, "classes": 10, "separation": 12.0, "label_noise": 0.0, "clusters_per_class": 2}
+#: The accuracy whose labels-to-reach the demo prints.
+TARGET = 0.95
 #: The planted task's seed (the same pool and test set for every ``seed`` of the demo).
 POOL_SEED = 0
 #: Training recipe of every round (Adam; an "epoch" of 2,048 draws so tiny sets get enough steps).
@@ -219,13 +221,11 @@ def format_result(r: DemoResult) -> str:
     n = len(ours) - 1
     gains = [a["test_accuracy"] - b["test_accuracy"] for a, b in zip(ours[1:], rand[1:])]
     lines.append(f"{s} beat random after {wins} of {n} batches (mean gain {100 * np.mean(gains):+.1f} points).")
-    final = rand[-1]["test_accuracy"]
-    reached = next((a["labels"] for a in ours if a["test_accuracy"] >= final), None)
-    if reached is not None:
-        lines.append(f"{s} reached random's final accuracy ({final:.3f} with {rand[-1]['labels']} labels) "
-                     f"with {reached} labels.")
-    else:
-        lines.append(f"{s} did not reach random's final accuracy ({final:.3f}).")
+    def first(rows: list[dict[str, Any]]) -> str:
+        hit = next((a["labels"] for a in rows if a["test_accuracy"] >= TARGET), None)
+        return f"{hit} labels" if hit is not None else f"not within {rows[-1]['labels']}"
+
+    lines.append(f"{TARGET:.0%} test accuracy first reached: {s} at {first(ours)}, random at {first(rand)}.")
     sc = np.median([a["score_s"] for a in ours if "score_s" in a])
     se = np.median([a["select_s"] for a in ours if "select_s" in a])
     lines.append(f"each {s} acquisition over the {r.pool_rows:,}-row pool: score {sc:.1f} s, select {se:.1f} s "
