@@ -141,9 +141,13 @@ def run_demo(job_path: str | Path, *, pool: str | None = None, test: str, out: s
     info, x_N_D, y_N = _labels(pool_path)
     _, xt_T_D, yt_T = _labels(test)
     out = Path(out)
-    if out.exists():
+    if out.exists():  # replace an earlier demo's outputs, never anything else
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "demo.json").exists()):
+            raise AlscaleError(f"output {out} exists and does not hold an earlier demo (no demo.json); choose "
+                               "another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / "demo.json").write_text('{"status": "running"}\n')  # marks the directory as the demo's
     strategy = job.strategy.name
     if strategy == "random":
         raise AlscaleError("the demo compares the job's strategy with random; give the job another strategy")
