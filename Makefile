@@ -22,6 +22,7 @@ setup: $(STAMP)
 DEMO_ROWS ?= 1000000
 DEMO_POOL ?= data/demo-1m.arrow
 DEMO_SEED ?= 0
+DEMO_ROUNDS ?= 3
 
 data/mnist-train.arrow: | $(STAMP)
 	$(BIN)/alscale pool mnist $@
@@ -36,7 +37,7 @@ mnist: data/mnist-train.arrow data/mnist-test.arrow
 # label, retrain; prints both test accuracies and the report's path (~3 min on 2 cores).
 demo: $(STAMP)
 	$(BIN)/python -m alscale.workflow.demo jobs/demo.yaml --rows $(DEMO_ROWS) --pool $(DEMO_POOL) \
-	    --test data/demo-test.arrow --seed $(DEMO_SEED) --out out/demo
+	    --test data/demo-test.arrow --seed $(DEMO_SEED) --rounds $(DEMO_ROUNDS) --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -33,4 +33,4 @@ def test_the_comparison_counts_wins_and_labels_to_target():
             rec.update(batch_classes=9, batch_entropy=0.5, score_s=1.0, select_s=0.5)
     text = format_result(DemoResult("badge", rows, pool_rows=1000, test_rows=100))
     assert "badge beat random after 3 of 3 batches (mean gain +3.3 points)" in text
-    assert "95% test accuracy first reached: badge at 100 labels, random at 140 labels" in text
+    assert "labels to 95% test accuracy: badge 100, random 140" in text

@@ -227,9 +227,9 @@ def format_result(r: DemoResult) -> str:
     lines.append(f"{s} beat random after {wins} of {n} batches (mean gain {100 * np.mean(gains):+.1f} points).")
     def first(rows: list[dict[str, Any]]) -> str:
         hit = next((a["labels"] for a in rows if a["test_accuracy"] >= TARGET), None)
-        return f"{hit} labels" if hit is not None else f"not within {rows[-1]['labels']}"
+        return f"{hit}" if hit is not None else f"more than {rows[-1]['labels']}"
 
-    lines.append(f"{TARGET:.0%} test accuracy first reached: {s} at {first(ours)}, random at {first(rand)}.")
+    lines.append(f"labels to {TARGET:.0%} test accuracy: {s} {first(ours)}, random {first(rand)}.")
     sc = np.median([a["score_s"] for a in ours if "score_s" in a])
     se = np.median([a["select_s"] for a in ours if "select_s" in a])
     lines.append(f"each {s} acquisition over the {r.pool_rows:,}-row pool: score {sc:.1f} s, select {se:.1f} s "
