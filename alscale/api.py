@@ -26,8 +26,8 @@ def select(
     model: Any = None,
     data: Any = None,
     mc_samples: int = 1,
-    batch_size: int = 4096,
-    device: str = "auto",
+    scoring_batch_size: int = 4096,
+    scoring_device: str = "auto",
     **options: Any,
 ) -> Selection:
     """Select ``min(budget, unlabelled)`` rows with a registered strategy.
@@ -48,8 +48,11 @@ def select(
             fixed order, or an Arrow table with ``features``) instead of ``log_probs``: the rows
             are scored by the shard workers' Scorer (:mod:`alscale.notebook`) — consistent
             MC dropout with ``mc_samples`` = K masks keyed by ``seed``, the same batching,
-            padding and ``device`` choice — so the selection equals the job's. ``embeddings``
+            padding and device choice — so the selection equals the job's. ``embeddings``
             is then ``"penultimate"`` (default), a callable ``rows -> [B, E]`` or an array.
+        scoring_batch_size, scoring_device: the scorer's ``model.batch_size`` and
+            ``model.device`` (``auto``: CUDA when available); not strategy options (BatchBALD's
+            own ``device`` option passes through ``**options`` as before).
         **options: strategy options (e.g. ``beta=2.0, base="bald"`` for ``power``).
 
     Returns:
@@ -62,7 +65,7 @@ def select(
     if model is not None or data is not None:
         log_probs, embeddings, base = _score_model(info.name, options, model, data, log_probs, embeddings,
                                                    mc_samples=mc_samples, seed=seed, seals=seals,
-                                                   batch_size=batch_size, device=device)
+                                                   batch_size=scoring_batch_size, device=scoring_device)
     lp = None if log_probs is None else validation.check_log_probs(log_probs)
     emb = None if embeddings is None else validation.check_embeddings(embeddings, None if lp is None else lp.shape[0])
     if lp is None and emb is None:
