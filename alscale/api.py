@@ -23,6 +23,11 @@ def select(
     round: int = 0,
     seals: int | None = None,
     quotas: dict[str, Any] | None = None,
+    model: Any = None,
+    data: Any = None,
+    mc_samples: int = 1,
+    scoring_batch_size: int = 4096,
+    scoring_device: str = "auto",
     **options: Any,
 ) -> Selection:
     """Select ``min(budget, unlabelled)`` rows with a registered strategy.
@@ -41,6 +46,15 @@ def select(
             unlabelled rows of each labelled row are candidates (needs ``embeddings``).
         quotas: class quotas ``{"min": n or {class: n}, "max": ...}`` by predicted class
             (score-based strategies; :mod:`alscale.strategies.quotas`).
+        model, data: a ``torch.nn.Module`` and its inputs (numpy, tensor, ``DataLoader`` in a
+            fixed order, or an Arrow table with ``features``) instead of ``log_probs``: the rows
+            are scored by the shard workers' Scorer (:mod:`alscale.notebook`) — consistent
+            MC dropout with ``mc_samples`` = K masks keyed by ``seed``, the same batching,
+            padding and device choice — so the selection equals the job's. ``embeddings``
+            is then ``"penultimate"`` (default), a callable ``rows -> [B, E]`` or an array.
+        scoring_batch_size, scoring_device: the scorer's ``model.batch_size`` and
+            ``model.device`` (``auto``: CUDA when available); not strategy options (BatchBALD's
+            own ``device`` option passes through ``**options`` as before).
         **options: strategy options (e.g. ``beta=2.0, base="bald"`` for ``power``).
 
     Returns:
@@ -49,6 +63,11 @@ def select(
     """
     info = get_strategy(strategy)
     budget = validation.check_budget(budget)
+    base: dict[str, np.ndarray] = {}
+    if model is not None or data is not None:
+        log_probs, embeddings, base = _score_model(info, options, model, data, log_probs, embeddings,
+                                                   mc_samples=mc_samples, seed=seed, seals=seals,
+                                                   batch_size=scoring_batch_size, device=scoring_device)
     lp = None if log_probs is None else validation.check_log_probs(log_probs)
     emb = None if embeddings is None else validation.check_embeddings(embeddings, None if lp is None else lp.shape[0])
     if lp is None and emb is None:
@@ -65,7 +84,7 @@ def select(
             f"strategy {info.name} needs K >= {needs.min_samples} samples on the middle axis of log_probs; "
             f"got shape {lp.shape}"
         )
-    state = ShardState(np.arange(n, dtype=np.int64), lp, emb)
+    state = ShardState(np.arange(n, dtype=np.int64), lp, emb, base or None)
     shards = FanoutShards(InProcessFanout([state]))
     shards.exclude(validation.check_labeled_positions(labeled, n))
     if seals is not None:
@@ -79,3 +98,21 @@ def select(
 
         return select_with_quotas(shards, info, budget, quotas, options=opts, seed=seed, round=round).selection
     return run_strategy(shards, info, budget, options=opts, seed=seed, round=round)
+
+
+def _score_model(name: Any, options: dict[str, Any], model: Any, data: Any, log_probs: Any, embeddings: Any, *,
+                 mc_samples: int, seed: int, seals: int | None, batch_size: int, device: str
+                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """``select(model=, data=)``: the model's log-probs, embeddings and (Learning Loss) base scores."""
+    if model is None or data is None:
+        raise AlscaleError("select with a model needs both model= (a torch.nn.Module) and data= (its inputs)")
+    if log_probs is not None:
+        raise AlscaleError("select takes log_probs= or model= and data=, not both")
+    from alscale.notebook import model_outputs
+
+    needs = requirements(name, dict(options))
+    out = model_outputs(model, data, mc_samples=mc_samples, seed=seed, embeddings=embeddings,
+                        need_embeddings=needs.needs_embeddings or seals is not None, batch_size=batch_size,
+                        device=device)
+    base = {} if out.loss_N is None else {"learning_loss": out.loss_N.astype(np.float64)}
+    return out.log_probs_N_K_C, out.embeddings_N_E, base

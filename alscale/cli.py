@@ -17,14 +17,24 @@ from alscale.errors import AlscaleError, WorkerLostError
 logger = logging.getLogger("alscale")
 
 
+def _version() -> str:
+    from alscale import __version__
+
+    return f"alscale {__version__} (Python {sys.version.split()[0]})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alscale", description="Active-learning acquisition over sharded Arrow pools.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a job file (and its pool) without computing anything")
     v.add_argument("job")
     v.add_argument("overrides", nargs="*", metavar="key=value")
+    v.add_argument("--offline", action="store_true",
+                   help="check the job's structure only, without opening the pool (e.g. a cloud job's s3:// pool "
+                        "from a laptop); the pool's columns are checked when the job runs")
 
     r = sub.add_parser("run", help="run an acquisition job")
     r.add_argument("job")
@@ -69,12 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     pool = sub.add_parser("pool", help="make or inspect pools")
     psub = pool.add_subparsers(dest="pool_command", required=True)
     s = psub.add_parser("synth", help="synthetic pool with planted clusters and labels")
-    s.add_argument("out")
+    s.add_argument("out", help="pool file: .arrow (Arrow IPC) or .parquet; without a suffix, OUT.arrow")
     s.add_argument("--rows", type=int, required=True)
     s.add_argument("--dim", type=int, required=True)
     s.add_argument("--classes", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    s.add_argument("--format", choices=("ipc", "parquet"), default=None,
+                   help="default: from OUT's suffix; Arrow IPC when OUT has none")
+    s.add_argument("--separation", type=float, default=4.5,
+                   help="typical distance between blob centres in noise SDs (4.5: overlapping; 12: separable)")
+    s.add_argument("--label-noise", type=float, default=0.05, help="fraction of flipped labels (default 0.05)")
+    s.add_argument("--clusters-per-class", type=int, default=2, help="Gaussian blobs per class (default 2)")
+    s.add_argument("--split", choices=("pool", "test"), default="pool",
+                   help="test: a held-out set from the same planted classes (other rows)")
     s.add_argument("--log-probs", type=int, default=0, metavar="K",
                    help="also write a precomputed log_probs column with K samples (0: none)")
     s.add_argument("--embedding-dim", type=int, default=0, metavar="E",
@@ -83,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("out")
     m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
     m.add_argument("--split", choices=("train", "test"), default="train")
-    m.add_argument("--format", choices=("ipc", "parquet"), default="ipc")
+    m.add_argument("--format", choices=("ipc", "parquet"), default=None,
+                   help="default: from OUT's suffix; Arrow IPC when OUT has none")
     m.add_argument("--images", action="store_true",
                    help="write an 'image' column of PNG bytes instead of features (a raw-image pool)")
     m.add_argument("--rows", type=int, help="keep only the first N images")
@@ -138,8 +156,57 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--slow-peers", action="store_true", help="also the peers that take minutes per run")
     bn.add_argument("--only", nargs="*", metavar="SCENARIO", help="entropy bald power kcenter badge batchbald ...")
     bn.add_argument("--timeout", type=float, help="seconds per run")
-    bn.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    bn.add_argument("--no-markdown", action="store_true", help="write no BENCHMARKS.md")
+    bn.add_argument("--results", metavar="DIR", help="results directory (default: out/bench, git-ignored)")
+    bn.add_argument("--update-docs", action="store_true",
+                    help="write the committed benchmarks/results/suite/ and BENCHMARKS.md (default: out/bench only)")
+    _add_examples(p)
     return p
+
+
+#: One example per command (shown at the end of its --help; a test checks every command has one).
+EXAMPLES: dict[str, str] = {
+    "": "make demo                                    # the 1M-row demo: BADGE vs random\n"
+        "  alscale pool synth data/pool --rows 100000 --dim 32 --classes 10\n"
+        "  alscale run jobs/demo.yaml pool.path=data/pool.arrow runtime.executor=local",
+    "validate": "alscale validate jobs/demo.yaml strategy.budget=500\n"
+                "  alscale validate jobs/imagenet_entropy.yaml --offline   # s3:// pool not opened",
+    "run": "alscale run jobs/demo.yaml --out out/r0 strategy.name=margin runtime.executor=local",
+    "submit": "alscale submit jobs/demo.yaml --address http://127.0.0.1:8265 --out /tmp/demo-submit",
+    "status": "alscale status raysubmit_abc123 --address http://127.0.0.1:8265",
+    "stop": "alscale stop raysubmit_abc123 --address http://127.0.0.1:8265",
+    "logs": "alscale logs raysubmit_abc123 --follow --address http://127.0.0.1:8265",
+    "simulate": "alscale simulate jobs/mnist_batchbald2019.yaml --force loop.trials=1 loop.stop.budget=100",
+    "pool": "alscale pool synth data/pool.arrow --rows 100000 --dim 32 --classes 10",
+    "pool synth": "alscale pool synth data/pool --rows 100000 --dim 32 --classes 10   # writes data/pool.arrow",
+    "pool mnist": "alscale pool mnist data/mnist-train.arrow --split train",
+    "pool images": "alscale pool images data/flowers.parquet ~/datasets/flowers   # ROOT/<class>/<image>",
+    "pool info": "alscale pool info data/pool.arrow",
+    "strategies": "alscale strategies",
+    "stream": "alscale stream job.yaml --out out/stream stream.budget=0.05",
+    "report": "alscale report out/r0        # writes out/r0/report.html",
+    "labels": "alscale labels export out/r0 batch.csv",
+    "labels export": "alscale labels export out/r0 batch.json --format labelstudio",
+    "labels import": "alscale labels import labels.csv --ledger labels/ --pool data/pool.arrow --num-classes 10",
+    "bench": "alscale bench --quick --only entropy --no-peers       # results in out/bench/",
+}
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (nested) subcommand parser, by its command path (``"pool synth"``); ``""`` is the top."""
+    found = {prefix: parser}
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found.update(_subcommands(child, f"{prefix} {name}".strip()))
+    return found
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    for path, sub in _subcommands(parser).items():
+        if path in EXAMPLES:
+            sub.epilog = f"Example:\n  {EXAMPLES[path]}"
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,9 +317,11 @@ def _bench(args: argparse.Namespace) -> int:
         raise AlscaleError(f"alscale bench runs {suite}, which this installation lacks; clone the alscale "
                            "repository and install it with `make setup` (an editable install)")
     cmd = [sys.executable, str(suite)]
-    for flag in ("quick", "no_peers", "make_peers", "slow_peers", "no_markdown"):
+    for flag in ("quick", "no_peers", "make_peers", "slow_peers", "no_markdown", "update_docs"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
+    if args.results:
+        cmd += ["--results", args.results]
     if args.only:
         cmd += ["--only", *args.only]
     if args.timeout:
@@ -266,7 +335,24 @@ def _validate(args: argparse.Namespace) -> int:
     from alscale.runtime.coordinator import check_job_against_pool
 
     job = load_job(args.job, args.overrides)
-    info = open_pool(job.pool)
+    if job.loop is not None:
+        from alscale.loop.spec import parse_loop
+
+        parse_loop(job)
+    if args.offline:
+        print(f"job {args.job}: structure valid ({job.strategy.name}, budget {job.strategy.budget}, "
+              f"{job.runtime.executor} executor, {job.runtime.shards} shards); pool {job.pool} not opened (--offline): "
+              "its columns and row ids are checked when the job runs")
+        return 0
+    from alscale.pool.location import is_uri
+
+    try:
+        info = open_pool(job.pool)
+    except AlscaleError as exc:
+        if is_uri(job.pool):
+            raise AlscaleError(f"{exc}; to check only the job's structure from here, run alscale validate --offline "
+                               f"{args.job}") from None
+        raise
     problems = check_job_against_pool(job, info)
     if problems:
         raise AlscaleError("; ".join(problems))
@@ -368,6 +454,20 @@ def _print_summary(result) -> None:
     print(f"written: {str(result.out_dir).rstrip('/')}/selection.parquet and manifest.json")
 
 
+def _pool_out(out: str, fmt: str | None) -> tuple[str, str | None]:
+    """The file a ``pool`` command writes: OUT as given when its suffix names a format, else
+    OUT plus the suffix of ``fmt`` (Arrow IPC by default), said on stderr."""
+    from alscale.pool.location import format_from_suffix
+
+    if format_from_suffix(out) is not None or out.endswith("/"):
+        return out, fmt
+    fmt = fmt or "ipc"
+    named = f"{out}.{'arrow' if fmt == 'ipc' else 'parquet'}"
+    print(f"alscale: {out} has no .arrow or .parquet suffix; writing {'Arrow IPC' if fmt == 'ipc' else 'Parquet'} "
+          f"to {named}", file=sys.stderr)
+    return named, fmt
+
+
 def _pool(args: argparse.Namespace) -> int:
     from alscale import pool
 
@@ -375,12 +475,16 @@ def _pool(args: argparse.Namespace) -> int:
         for name in ("rows", "dim", "classes"):
             if getattr(args, name) < (2 if name == "classes" else 1):
                 raise AlscaleError(f"--{name} must be >= {2 if name == 'classes' else 1}; got {getattr(args, name)}")
+        out, fmt = _pool_out(args.out, args.format)
         info = pool.synth_pool(
-            args.out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
-            format=args.format, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
+            out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
+            format=fmt, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
+            separation=args.separation, label_noise=args.label_noise,
+            clusters_per_class=args.clusters_per_class, split=args.split,
         )
     elif args.pool_command == "mnist":
-        info = pool.mnist_pool(args.out, source=args.source, split=args.split, format=args.format,
+        out, fmt = _pool_out(args.out, args.format)
+        info = pool.mnist_pool(out, source=args.source, split=args.split, format=fmt,
                                images=args.images, rows=args.rows)
     elif args.pool_command == "images":
         from alscale.pool.image_folder import image_folder_pool

@@ -16,6 +16,7 @@ CASES = {
     "alscale.jobspec": ("ray", "faiss", "torch", "pyarrow"),
     "alscale.runtime.coordinator": ("ray", "faiss"),
     "alscale.loop": ("ray", "faiss", "torch"),
+    "alscale.notebook": ("ray", "faiss", "pyarrow"),
 }
 
 

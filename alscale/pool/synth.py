@@ -47,6 +47,9 @@ _TEACHER_NOISE = 1.0
 _PARAMS_STREAM = 0
 _BLOCK_STREAM = 1
 _EMBED_STREAM = 2
+_TEST_STREAM = 3  # the rows of split="test": same planted model, other draws
+#: ``split`` values: the pool's rows, or a held-out set drawn from the same planted model.
+SPLITS = ("pool", "test")
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,13 @@ class _Block:
     embeddings_N_E: np.ndarray | None = None
 
 
-def _model(seed: int, dim: int, classes: int, clusters_per_class: int) -> _Model:
+def _model(seed: int, dim: int, classes: int, clusters_per_class: int,
+           separation: float = _CENTRE_DISTANCE) -> _Model:
     rng = np.random.default_rng(np.random.SeedSequence([seed, _PARAMS_STREAM]))
     n_blobs = classes * clusters_per_class
     rank = min(dim, max(2, min(n_blobs, 16)))
     basis_D_R, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
-    scale = _CENTRE_DISTANCE / np.sqrt(2.0 * rank)
+    scale = separation / np.sqrt(2.0 * rank)
     centres_B_D = (scale * rng.standard_normal((n_blobs, rank)) @ basis_D_R.T).astype(np.float32)
     half_sq = 0.5 * np.einsum("bd,bd->b", centres_B_D, centres_B_D)
     return _Model(centres_B_D, half_sq.astype(np.float32), classes, clusters_per_class)
@@ -106,9 +110,10 @@ def _embedding_map(seed: int, dim: int, embedding_dim: int) -> np.ndarray | None
 
 
 def _block(model: _Model, seed: int, index: int, n: int, label_noise: float,
-           samples: int, embed_D_E: np.ndarray | None = None) -> _Block:
-    """Rows ``[index * _BLOCK_ROWS, index * _BLOCK_ROWS + n)`` of the pool."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _BLOCK_STREAM, index]))
+           samples: int, embed_D_E: np.ndarray | None = None, stream: int = _BLOCK_STREAM) -> _Block:
+    """Rows ``[index * _BLOCK_ROWS, index * _BLOCK_ROWS + n)`` of the pool (``stream``:
+    ``_BLOCK_STREAM`` for the pool's rows, ``_TEST_STREAM`` for the held-out split's)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
     n_blobs, dim = model.centres_B_D.shape
     blob_N = rng.integers(0, n_blobs, n)
     features_N_D = rng.standard_normal((n, dim), dtype=np.float32)
@@ -130,7 +135,8 @@ def _block(model: _Model, seed: int, index: int, n: int, label_noise: float,
 
 
 def _check_args(rows: int, dim: int, classes: int, clusters_per_class: int,
-                label_noise: float, samples: int, chunk_rows: int, embedding_dim: int = 0) -> None:
+                label_noise: float, samples: int, chunk_rows: int, embedding_dim: int = 0,
+                separation: float = _CENTRE_DISTANCE, split: str = "pool") -> None:
     checks = [
         (rows >= 1, f"rows must be >= 1, got {rows}"),
         (dim >= 1, f"dim must be >= 1, got {dim}"),
@@ -140,6 +146,8 @@ def _check_args(rows: int, dim: int, classes: int, clusters_per_class: int,
         (samples >= 0, f"log_probs_samples must be >= 0, got {samples}"),
         (chunk_rows >= 1, f"chunk_rows must be >= 1, got {chunk_rows}"),
         (embedding_dim >= 0, f"embedding_dim must be >= 0, got {embedding_dim}"),
+        (bool(np.isfinite(separation)) and separation > 0, f"separation must be > 0, got {separation}"),
+        (split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {split!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -149,28 +157,33 @@ def _check_args(rows: int, dim: int, classes: int, clusters_per_class: int,
 def synth_pool(out: str, *, rows: int, dim: int, classes: int, seed: int = 0,
                format: str | None = None, log_probs_samples: int = 0,
                clusters_per_class: int = 2, label_noise: float = 0.05,
-               chunk_rows: int = 262144, embedding_dim: int = 0) -> PoolInfo:
+               chunk_rows: int = 262144, embedding_dim: int = 0,
+               separation: float = _CENTRE_DISTANCE, split: str = "pool") -> PoolInfo:
     """Write a synthetic pool to ``out`` and return its :class:`PoolInfo`.
 
     Columns: ``row_id`` = 0..rows-1, ``features`` [dim] float32, ``label`` (noisy) int64,
     and with ``log_probs_samples = K > 0`` a teacher's ``log_probs``: list<float32>[C] for
     K = 1, [K][C] for K > 1; with ``embedding_dim = E > 0`` an ``embedding`` [E] float32
-    column (see the module doc). ``format`` defaults to the suffix of ``out`` (.arrow -> IPC,
+    column (see the module doc). ``separation`` is the typical distance between two blob
+    centres in noise SDs (default 4.5: overlapping blobs; ~12: nearly separable classes).
+    ``split="test"`` draws a held-out set from the same planted model (same centres, other
+    rows; its ``row_id`` also starts at 0), e.g. the test set of a simulated loop. ``format`` defaults to the suffix of ``out`` (.arrow -> IPC,
     .parquet -> Parquet). Peak memory is about ``chunk_rows`` rows plus two blocks; the
     content does not depend on ``chunk_rows``. Blocks are generated on two threads (numpy's
     generators release the GIL), which cannot change the result.
     """
     _check_args(rows, dim, classes, clusters_per_class, label_noise, log_probs_samples,
-                chunk_rows, embedding_dim)
+                chunk_rows, embedding_dim, separation, split)
     fmt = choose_format(out, format)
     started = time.perf_counter()
-    model = _model(seed, dim, classes, clusters_per_class)
+    model = _model(seed, dim, classes, clusters_per_class, separation)
+    stream = _TEST_STREAM if split == "test" else _BLOCK_STREAM
     embed_D_E = _embedding_map(seed, dim, embedding_dim)
     cache: dict[int, _Block] = {}
 
     def make(index: int) -> _Block:
         n = min(_BLOCK_ROWS, rows - index * _BLOCK_ROWS)
-        return _block(model, seed, index, n, label_noise, log_probs_samples, embed_D_E)
+        return _block(model, seed, index, n, label_noise, log_probs_samples, embed_D_E, stream)
 
     with PoolWriter(out, format=fmt) as writer, ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, rows, chunk_rows):

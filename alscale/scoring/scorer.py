@@ -26,6 +26,7 @@ logits only.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import time
@@ -55,11 +56,19 @@ class Scorer:
         in_features: D, the pool's feature width.
         seed: root seed (>= 0) of the acquisition's MC-dropout masks; the same spec and seed
             give the same masks in every process.
+        module: an already built ``nn.Module`` to score with instead of building
+            ``spec.factory`` (the in-memory API, :func:`alscale.select` with ``model=``);
+            ``spec.checkpoint`` is then ignored. The Scorer runs a deep copy, so the
+            caller's module is never converted, moved or put in eval mode.
 
-    A Scorer pickles without its model (it is rebuilt in the receiving process).
+    A Scorer pickles without its built model (it is rebuilt in the receiving process; a
+    given ``module`` travels with it).
     """
 
-    def __init__(self, spec: ModelSpec, *, in_features: int, seed: int) -> None:
+    def __init__(self, spec: ModelSpec, *, in_features: int, seed: int, module: nn.Module | None = None) -> None:
+        if module is not None and not isinstance(module, nn.Module):
+            raise AlscaleError(f"Scorer module must be a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
         if not isinstance(spec, ModelSpec):
             raise AlscaleError(f"Scorer needs a ModelSpec, got {type(spec).__name__}")
         if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)) or in_features < 1:
@@ -85,9 +94,10 @@ class Scorer:
         self.last_loss_N: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "in_features": self.in_features, "seed": self.seed}
+        return {"spec": self.spec, "in_features": self.in_features, "seed": self.seed, "module": self.module}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.module = state.get("module")
         self.spec = state["spec"]
         self.in_features = state["in_features"]
         self.seed = state["seed"]
@@ -117,7 +127,10 @@ class Scorer:
         if self._model is not None:
             return self._model
         device = resolve_device(self.spec.device)
-        model = build_model(self.spec, in_features=self.in_features)
+        if self.module is not None:
+            model = copy.deepcopy(self.module).eval()
+        else:
+            model = build_model(self.spec, in_features=self.in_features)
         layers: list[Any] = []
         if self.spec.mc_samples > 1:
             convert_dropout(model)

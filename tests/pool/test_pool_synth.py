@@ -103,3 +103,32 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_format_must_match_the_suffix(tmp_path):
     with pytest.raises(PoolError, match="does not match the file suffix"):
         synth_pool(str(tmp_path / "p.parquet"), rows=10, dim=2, classes=2, format="ipc")
+
+
+def _rows(path):
+    info = open_pool(str(path))
+    return read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["features", "label"])
+
+
+def test_test_split_is_other_rows_of_the_same_planted_classes(tmp_path):
+    kw = dict(rows=3000, dim=16, classes=3, seed=2, label_noise=0.0, separation=12.0)
+    pool, test = _rows(synth_pool(str(tmp_path / "p.arrow"), **kw).path), \
+        _rows(synth_pool(str(tmp_path / "t.arrow"), split="test", **kw).path)
+    assert not np.array_equal(pool.features_N_D[:10], test.features_N_D[:10])
+    np.testing.assert_array_equal(test.row_ids_N, np.arange(3000))
+    # same planted classes: the pool's rows classify the test rows (1-nearest neighbour) almost perfectly
+    x = test.features_N_D[:500]
+    d = (x ** 2).sum(1)[:, None] - 2 * x @ pool.features_N_D.T + (pool.features_N_D ** 2).sum(1)[None]
+    assert (pool.labels_N[d.argmin(1)] == test.labels_N[:500]).mean() > 0.95
+
+
+def test_default_separation_keeps_the_pool_unchanged(tmp_path):
+    a = _rows(synth_pool(str(tmp_path / "a.arrow"), rows=500, dim=8, classes=3).path)
+    b = _rows(synth_pool(str(tmp_path / "b.arrow"), rows=500, dim=8, classes=3, separation=4.5).path)
+    c = _rows(synth_pool(str(tmp_path / "c.arrow"), rows=500, dim=8, classes=3, separation=9.0).path)
+    np.testing.assert_array_equal(a.features_N_D, b.features_N_D)
+    assert not np.array_equal(a.features_N_D, c.features_N_D)
+    with pytest.raises(PoolError, match="separation"):
+        synth_pool(str(tmp_path / "d.arrow"), rows=5, dim=2, classes=2, separation=0.0)
+    with pytest.raises(PoolError, match="split"):
+        synth_pool(str(tmp_path / "d.arrow"), rows=5, dim=2, classes=2, split="val")
