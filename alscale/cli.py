@@ -188,6 +188,7 @@ EXAMPLES: dict[str, str] = {
     "labels": "alscale labels export out/r0 batch.csv",
     "labels export": "alscale labels export out/r0 batch.json --format labelstudio",
     "labels import": "alscale labels import labels.csv --ledger labels/ --pool data/pool.arrow --num-classes 10",
+    "dedup": "alscale dedup data/pool.arrow --threshold 0.05 --out out/dedup --mode approx_hnsw",
     "bench": "alscale bench --quick --only entropy --no-peers       # results in out/bench/",
 }
 
