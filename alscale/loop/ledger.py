@@ -2,10 +2,13 @@
 
 DESIGN §4: append-only, never edited in place. A ledger is a directory of Parquet files,
 one per append (``round-00003.parquet``: columns ``row_id`` int64, ``label`` int64,
-``round`` int32, ``source`` string). An append writes a temporary file, fsyncs it and
-hard-links it to its final name, which fails if the name exists, so an existing file is
-never replaced or reopened for writing; a crash leaves at most a stray temporary file,
-which readers ignore. A row is labelled at most once (checked on every append and on open).
+``round`` int32, ``source`` string). An append holds the directory's lock
+(:class:`alscale.fsio.DirLock`, waiting briefly for another writer), checks that no other
+writer appended since the ledger was opened, and writes through
+:class:`alscale.fsio.AtomicFile` with ``replace=False``: a temporary file, fsync'd and
+hard-linked to its final name, which fails if the name exists, so an existing file is never
+replaced or reopened for writing; a crash leaves at most a stray temporary file, which
+readers ignore. A row is labelled at most once (checked on every append and on open).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alscale.errors import AlscaleError
+from alscale.fsio import AtomicFile, DirLock, write_error
 
 _NAME = re.compile(r"^round-(\d{5})\.parquet$")
+#: Seconds an append waits for another writer's append to finish.
+LOCK_WAIT_S = 30.0
 SCHEMA = pa.schema([("row_id", pa.int64()), ("label", pa.int64()), ("round", pa.int32()), ("source", pa.string())])
 
 
@@ -29,11 +35,16 @@ class Ledger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(f"ledger {self.path}", exc) from None
         self._row_ids: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._rounds: list[int] = []
+        self._seen: set[str] = set()
         for round_, file in self._files():
+            self._seen.add(file.name)
             table = pq.read_table(file)
             if table.schema.remove_metadata() != SCHEMA:
                 raise AlscaleError(f"ledger file {file} has schema {table.schema}, expected {SCHEMA}; "
@@ -87,20 +98,18 @@ class Ledger:
         table = pa.table({"row_id": row_ids, "label": labels,
                           "round": np.full(row_ids.size, round_, np.int32),
                           "source": pa.array([source] * row_ids.size, pa.string())}, schema=SCHEMA)
-        tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
         try:
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.link(tmp, final)  # fails if the name exists: never replaces a ledger file
-        except BaseException:
+            with DirLock(self.path, what="ledger", wait_s=LOCK_WAIT_S,
+                         busy="another process is appending to it; try again"):
+                known = {f.name for _, f in self._files()}
+                if known != self._seen and final.name not in known:  # (the same round: FileExistsError below)
+                    raise AlscaleError(f"ledger {self.path}: another writer appended to it since it was opened "
+                                       f"({', '.join(sorted(known - self._seen)) or 'files removed'}); open it "
+                                       "again and retry")
+                with AtomicFile(final, replace=False) as out:
+                    pq.write_table(table, out.open())
+        except BaseException:  # FileExistsError: another writer appended this round first
             self._row_ids.pop(), self._labels.pop(), self._rounds.pop()
             raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._seen.add(final.name)
         return final

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _check_answers(where: str, row_ids_B: np.ndarray, answers: dict[int, Any], n
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (n_classes is not None
                                                                                      and v >= n_classes):
             allowed = f"0..{n_classes - 1}" if n_classes else ">= 0"
-            raise AlscaleError(f"{where} labelled row_id {rid} {v!r}; labels are class indices {allowed}")
+            raise AlscaleError(f"{where} labelled row_id {rid} {short_repr(v)}; labels are class indices {allowed}")
         out[i] = int(v)
     return out
 
@@ -88,7 +88,7 @@ class CommandOracle:
     def __init__(self, argv: Sequence[str], *, n_classes: int | None = None, timeout_s: float = 600.0,
                  describe: Callable[[np.ndarray], list[dict[str, Any]]] | None = None) -> None:
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) and a for a in argv):
-            raise AlscaleError(f"command oracle: give the program as a list of arguments; got {argv!r}")
+            raise AlscaleError(f"command oracle: give the program as a list of arguments; got {short_repr(argv)}")
         self.argv = list(argv)
         self.n_classes = n_classes
         self.timeout_s = float(timeout_s)
@@ -120,7 +120,7 @@ class CommandOracle:
                 rec = json.loads(line)
                 rid, lab = int(rec["row_id"]), rec["label"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise AlscaleError(f"{where} printed {line[:80]!r} on line {n}; expected "
+                raise AlscaleError(f"{where} printed {short_repr(line[:80])} on line {n}; expected "
                                    '{"row_id": .., "label": ..} per line') from None
             if rid in answers and answers[rid] != lab:
                 raise AlscaleError(f"{where} labelled row_id {rid} twice, differently")
@@ -244,7 +244,7 @@ class HttpOracle:
         answers = {}
         for rec in reply:
             if not isinstance(rec, dict) or "row_id" not in rec or "label" not in rec:
-                raise AlscaleError(f"{where}: reply item {rec!r} is not a {{row_id, label}} object")
+                raise AlscaleError(f"{where}: reply item {short_repr(rec)} is not a {{row_id, label}} object")
             answers[int(rec["row_id"])] = rec["label"]
         self.queries += int(row_ids_B.size)
         return _check_answers(where, row_ids_B, answers, self.n_classes)
@@ -265,7 +265,7 @@ def make_oracle(cfg: dict[str, Any] | None, *, simulated: Callable[[], Oracle], 
     allowed = {"simulated": set(), "command": {"command", "timeout_s"}, "http": {"url", "timeout_s"},
                "human": {"inbox", "ledger", "poll_s", "timeout_s"}, "hybrid": {"threshold", "machine", "people"}}
     if kind not in allowed:
-        raise AlscaleError(f"oracle.kind must be one of {', '.join(ORACLE_KINDS)}; got {kind!r}")
+        raise AlscaleError(f"oracle.kind must be one of {', '.join(ORACLE_KINDS)}; got {short_repr(kind)}")
     unknown = sorted(set(cfg) - allowed[kind])
     if unknown:
         raise AlscaleError(f"oracle ({kind}): unknown field(s) {', '.join(unknown)}; allowed: "
@@ -284,7 +284,7 @@ def make_oracle(cfg: dict[str, Any] | None, *, simulated: Callable[[], Oracle], 
                            describe=describe)
     if not isinstance(cfg.get("threshold"), (int, float)) or isinstance(cfg.get("threshold"), bool):
         raise AlscaleError(f"oracle (hybrid): threshold must be a number (rows scoring below it go to the machine "
-                           f"oracle); got {cfg.get('threshold')!r}")
+                           f"oracle); got {short_repr(cfg.get('threshold'))}")
     machine = make_oracle(cfg.get("machine"), simulated=simulated, n_classes=n_classes, out_dir=out_dir,
                           describe=describe)
     people = make_oracle(cfg.get("people") or {"kind": "human"}, simulated=simulated, n_classes=n_classes,

@@ -33,6 +33,7 @@ Output directory::
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import shutil
@@ -49,6 +50,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from alscale.errors import AlscaleError
+from alscale.fsio import AtomicFile, atomic_write
 from alscale.jobspec import JobSpec, StrategyConfig
 from alscale.loop import curves
 from alscale.loop.ledger import Ledger
@@ -295,9 +297,9 @@ def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor
 def _save_state(model: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def _run_one(
@@ -425,15 +427,13 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pacsv.write_csv(pa.Table.from_pylist(list(rows)), tmp)
-    tmp.replace(path)
+    with AtomicFile(path) as f:
+        pacsv.write_csv(pa.Table.from_pylist(list(rows)), f.open())
 
 
 def _write_records(out: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite the per-round tables (atomically) so a long simulation shows its progress."""
     table = pa.Table.from_pylist(records)
-    tmp = out / ".rounds.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(out / "rounds.parquet")
+    with AtomicFile(out / "rounds.parquet") as f:
+        pq.write_table(table, f.open())
     _write_csv(out / "rounds.csv", records)

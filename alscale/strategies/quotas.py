@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import registry
 from alscale.strategies.shards import Shards, ShardState, order_desc, shard_op
 from alscale.types import Selection
@@ -235,7 +235,8 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
     if spec is None:
         return np.full(c, 0 if name == "min" else np.iinfo(np.int64).max, dtype=np.int64)
     if isinstance(spec, bool):
-        raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
+        raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; "
+                           f"got {short_repr(spec)}")
     if isinstance(spec, (int, np.integer)):
         if spec < 0:
             raise AlscaleError(f"strategy.quotas.{name} must be >= 0; got {spec}")
@@ -246,14 +247,14 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
             try:
                 j = int(k)
             except (TypeError, ValueError):
-                raise AlscaleError(f"strategy.quotas.{name}: class {k!r} is not a class index") from None
+                raise AlscaleError(f"strategy.quotas.{name}: class {short_repr(k)} is not a class index") from None
             if not 0 <= j < c:
                 raise AlscaleError(f"strategy.quotas.{name}: class {j} is outside the model's {c} classes (0..{c - 1})")
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise AlscaleError(f"strategy.quotas.{name}[{j}] must be a count >= 0; got {v!r}")
+                raise AlscaleError(f"strategy.quotas.{name}[{j}] must be a count >= 0; got {short_repr(v)}")
             out[j] = int(v)
         return out
-    raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
+    raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {short_repr(spec)}")
 
 
 def quotas_supported(name: str) -> bool:
@@ -266,7 +267,7 @@ def quotas_supported(name: str) -> bool:
 def check_quotas(quotas: Any) -> dict[str, Any]:
     """Shape check of a job's ``strategy.quotas`` (class counts are checked against C later)."""
     if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max"}:
-        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max'; got {quotas!r}")
+        raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max'; got {short_repr(quotas)}")
     return dict(quotas)
 
 

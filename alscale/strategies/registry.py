@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import scores
 
 __all__ = [
@@ -365,10 +365,10 @@ def get_strategy(name: str) -> StrategyInfo:
         AlscaleError: ``unknown strategy 'foo'; valid: bald, consensus_kl, ...``.
     """
     if not isinstance(name, str):
-        raise AlscaleError(f"strategy name must be a string; got {name!r}")
+        raise AlscaleError(f"strategy name must be a string; got {short_repr(name)}")
     canonical = _canonical(name)
     if canonical is None:
-        raise AlscaleError(f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}")
+        raise AlscaleError(f"unknown strategy {short_repr(name)}; valid: {', '.join(strategy_names())}")
     return _STRATEGIES[canonical]
 
 
@@ -388,7 +388,8 @@ def check_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any
     if unknown:
         allowed = ", ".join(sorted(info.options)) if info.options else "none"
         raise AlscaleError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(short_repr(k, 40) for k in unknown[:8])}"
+            f"{', ...' if len(unknown) > 8 else ''} "
             f"for strategy {info.name}; allowed: {allowed}"
         )
     merged = {**info.options, **options}
@@ -400,7 +401,8 @@ def check_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any
             or not math.isfinite(beta)
             or beta <= 0
         ):
-            raise AlscaleError(f"option beta of strategy {info.name} must be a positive number; got {beta!r}")
+            raise AlscaleError(f"option beta of strategy {info.name} must be a positive number; "
+                               f"got {short_repr(beta)}")
         merged["beta"] = float(beta)
     if "base" in merged:
         merged["base"] = _check_base(info.name, merged["base"])
@@ -414,7 +416,7 @@ def _check_base(strategy: str, base: object) -> str:
     canonical = _canonical(base) if isinstance(base, str) else None
     if canonical is None or _STRATEGIES[canonical].kind != "score":
         raise AlscaleError(
-            f"option base of strategy {strategy} must be a score strategy; got {base!r}; "
+            f"option base of strategy {strategy} must be a score strategy; got {short_repr(base)}; "
             f"valid: {', '.join(score_names)}"
         )
     return canonical

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ FORMATS = ("csv", "jsonl", "labelstudio")
 def _format_of(path: str | Path, fmt: str | None) -> str:
     if fmt:
         if fmt not in FORMATS:
-            raise AlscaleError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+            raise AlscaleError(f"format must be one of {', '.join(FORMATS)}; got {short_repr(fmt)}")
         return fmt
     name = str(path).lower()
     if name.endswith(".csv"):
@@ -233,7 +233,7 @@ def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | 
         try:
             rid = int(str(raw_id).strip())
         except ValueError:
-            raise AlscaleError(f"labels {src} {where}: row_id {raw_id!r} is not an integer") from None
+            raise AlscaleError(f"labels {src} {where}: row_id {short_repr(raw_id)} is not an integer") from None
         k = np.searchsorted(pool_sorted, rid)
         if k >= pool_sorted.size or pool_sorted[k] != rid:
             raise AlscaleError(f"labels {src} {where}: row_id {rid} is not in pool {pool}; labels must name rows of "
@@ -242,7 +242,8 @@ def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | 
         if label is None:
             allowed = (", ".join(map(str, classes)) if classes is not None else
                        f"integers 0..{n_classes - 1}" if n_classes else "integers >= 0")
-            raise AlscaleError(f"labels {src} {where}: label {raw_label!r} of row_id {rid} is not a class ({allowed})")
+            raise AlscaleError(f"labels {src} {where}: label {short_repr(raw_label)} of row_id {rid} "
+                               f"is not a class ({allowed})")
         if rid in seen and seen[rid][0] != label:
             raise AlscaleError(f"labels {src} {where}: row_id {rid} is labelled {label} here and {seen[rid][0]} at "
                                f"{seen[rid][1]}; resolve the conflict in the file")
@@ -262,6 +263,11 @@ def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | 
     rnd = (max(led.rounds) + 1 if led.rounds else 0) if round is None else int(round)
     written = None
     if new_ids:
-        written = led.append(np.asarray(new_ids, np.int64), np.asarray(new_labels, np.int64), rnd, source=str(src))
+        try:
+            written = led.append(np.asarray(new_ids, np.int64), np.asarray(new_labels, np.int64), rnd,
+                                 source=str(src))
+        except FileExistsError:
+            raise AlscaleError(f"ledger {ledger}: round {rnd} was appended by another import meanwhile; run this "
+                               "import again") from None
     logger.info("labels %s: %d added to %s (round %d), %d already there", src, len(new_ids), ledger, rnd, already)
     return {"added": len(new_ids), "already": already, "round": rnd, "file": None if written is None else str(written)}
