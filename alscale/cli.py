@@ -299,6 +299,7 @@ def _jobs(args: argparse.Namespace) -> int:
         from alscale.jobspec import load_job
 
         job = load_job(args.job, args.overrides)
+        _print_code_references(job)
         sid = ray_jobs.submit(job, address=args.address, out_dir=args.out, force=args.force,
                               package=not args.no_package)
         print(f"submitted {sid} to {ray_jobs.resolve_address(args.address)}", flush=True)
@@ -320,6 +321,16 @@ def _jobs(args: argparse.Namespace) -> int:
         return ray_jobs.exit_code(state)
     print(ray_jobs.logs(args.submission_id, address=args.address), end="")
     return 0
+
+
+def _print_code_references(job) -> None:
+    """Say which code outside alscale the job loads (a job file is code; on stderr, so the
+    submission id stays the first word of stdout)."""
+    from alscale.jobspec import code_references
+
+    refs = code_references(job)
+    text = "; ".join(f"{where} {value}" for where, value in refs) if refs else "none (alscale's built-ins only)"
+    print(f"alscale: code this job loads and runs: {text}", file=sys.stderr)
 
 
 def _simulate(args: argparse.Namespace) -> int:

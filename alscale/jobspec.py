@@ -417,3 +417,45 @@ def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | No
         factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, mc_samples=mc, batch_size=bs, device=device,
         transform=transform, decode_threads=threads,
     )
+
+
+def code_references(job: JobSpec) -> list[tuple[str, str]]:
+    """``(field, import path or program)`` of every piece of code outside alscale the job will
+    load or run: a job file is code, like a Python script (README, "What alscale guarantees").
+
+    Import paths (``package.module:name``): ``model.factory``, ``model.transform``,
+    ``strategy.name`` and the ``loop`` section's strategy names; programs: ``command``
+    oracles of the ``loop`` and ``stream`` sections.
+    """
+    refs: list[tuple[str, str]] = []
+
+    def path(where: str, value: Any) -> None:
+        if isinstance(value, str) and ":" in value:
+            refs.append((where, value))
+
+    if job.model is not None:
+        path("model.factory", job.model.factory)
+        path("model.transform", job.model.transform)
+    path("strategy.name", job.strategy.name)
+    loop = job.loop or {}
+    entries = loop.get("strategies") if isinstance(loop.get("strategies"), list) else []
+    for i, entry in enumerate(entries):
+        path(f"loop.strategies[{i}]", entry.get("name") if isinstance(entry, dict) else entry)
+    initial = loop.get("initial")
+    if isinstance(initial, dict):
+        path("loop.initial.method", initial.get("method"))
+
+    def oracle(where: str, cfg: Any) -> None:
+        if not isinstance(cfg, dict):
+            return
+        if cfg.get("kind") == "command":
+            argv = cfg.get("command")
+            shown = " ".join(map(str, argv)) if isinstance(argv, list) else str(argv)
+            refs.append((f"{where}.command", short_repr(shown, 200)))
+        for sub in ("machine", "people"):
+            oracle(f"{where}.{sub}", cfg.get(sub))
+
+    for section, cfg in (("loop", job.loop), ("stream", job.stream)):
+        if isinstance(cfg, dict):
+            oracle(f"{section}.oracle", cfg.get("oracle"))
+    return refs

@@ -3,8 +3,8 @@
 DESIGN §4: append-only, never edited in place. A ledger is a directory of Parquet files,
 one per append (``round-00003.parquet``: columns ``row_id`` int64, ``label`` int64,
 ``round`` int32, ``source`` string). An append holds the directory's lock
-(:class:`alscale.fsio.DirLock`, waiting briefly for another writer), checks that no other
-writer appended since the ledger was opened, and writes through
+(:class:`alscale.fsio.DirLock`, waiting briefly for another writer), reads the rounds other
+writers appended since the ledger was opened (so the checks below see them), and writes through
 :class:`alscale.fsio.AtomicFile` with ``replace=False``: a temporary file, fsync'd and
 hard-linked to its final name, which fails if the name exists, so an existing file is never
 replaced or reopened for writing; a crash leaves at most a stray temporary file, which
@@ -13,6 +13,7 @@ readers ignore. A row is labelled at most once (checked on every append and on o
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -43,13 +44,19 @@ class Ledger:
         self._labels: list[np.ndarray] = []
         self._rounds: list[int] = []
         self._seen: set[str] = set()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Read the round files not read yet (all of them on open; another writer's since)."""
         for round_, file in self._files():
-            self._seen.add(file.name)
+            if file.name in self._seen:
+                continue
             table = pq.read_table(file)
             if table.schema.remove_metadata() != SCHEMA:
                 raise AlscaleError(f"ledger file {file} has schema {table.schema}, expected {SCHEMA}; "
                                    "it was not written by alscale")
             self._add(table["row_id"].to_numpy(), table["label"].to_numpy(), round_, str(file))
+            self._seen.add(file.name)
 
     def _files(self) -> list[tuple[int, Path]]:
         found = sorted((int(m.group(1)), self.path / name) for name in os.listdir(self.path)
@@ -94,22 +101,20 @@ class Ledger:
         if row_ids.shape != labels.shape or row_ids.ndim != 1:
             raise AlscaleError(f"ledger append: {row_ids.shape[0]} row_ids but labels of shape {labels.shape}")
         final = self.path / f"round-{round_:05d}.parquet"
-        self._add(row_ids, labels, round_, str(final))  # validates before writing
         table = pa.table({"row_id": row_ids, "label": labels,
                           "round": np.full(row_ids.size, round_, np.int32),
                           "source": pa.array([source] * row_ids.size, pa.string())}, schema=SCHEMA)
-        try:
-            with DirLock(self.path, what="ledger", wait_s=LOCK_WAIT_S,
-                         busy="another process is appending to it; try again"):
-                known = {f.name for _, f in self._files()}
-                if known != self._seen and final.name not in known:  # (the same round: FileExistsError below)
-                    raise AlscaleError(f"ledger {self.path}: another writer appended to it since it was opened "
-                                       f"({', '.join(sorted(known - self._seen)) or 'files removed'}); open it "
-                                       "again and retry")
+        with DirLock(self.path, what="ledger", wait_s=LOCK_WAIT_S,
+                     busy="another process is appending to it; try again"):
+            if final.exists() and final.name not in self._seen:  # another writer's round: never replaced
+                raise FileExistsError(errno.EEXIST, "ledger round file exists; a round is appended once", str(final))
+            self._refresh()  # what other writers appended since: the checks below see it
+            self._add(row_ids, labels, round_, str(final))  # validates before writing
+            try:
                 with AtomicFile(final, replace=False) as out:
                     pq.write_table(table, out.open())
-        except BaseException:  # FileExistsError: another writer appended this round first
-            self._row_ids.pop(), self._labels.pop(), self._rounds.pop()
-            raise
-        self._seen.add(final.name)
+            except BaseException:
+                self._row_ids.pop(), self._labels.pop(), self._rounds.pop()
+                raise
+            self._seen.add(final.name)
         return final

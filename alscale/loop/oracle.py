@@ -11,6 +11,7 @@ to people, and records the routing.
 from __future__ import annotations
 
 import logging
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -204,6 +205,18 @@ class HybridOracle:
         raise AlscaleError("the hybrid oracle routes by uncertainty: call label_scored(row_ids, scores)")
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Every redirect is an error naming where it pointed (the loopback check covers the
+    configured URL only, and a 307/308 would re-send the POST body to any host)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise AlscaleError(f"{self.where}: the service answered {code} {msg} to {short_repr(newurl)}; "
+                           "redirects are refused (the oracle must answer at the configured URL)")
+
+
 class HttpOracle:
     """A labelling service on this machine (loopback only: ``http://127.0.0.1:PORT/...`` or
     ``http://localhost:PORT/...``): one POST per batch with a JSON list of ``{"row_id": ..}``
@@ -232,8 +245,11 @@ class HttpOracle:
         body = json.dumps([{"row_id": int(r), **e} for r, e in zip(row_ids_B.tolist(), extra)]).encode()
         req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
         where = f"http oracle {self.url}"
+        # No redirects (a 307/308 would re-send the rows to any host) and no proxies (a
+        # loopback URL must not go through http_proxy): the service on this machine answers.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _RefuseRedirects(where))
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 -- loopback only
+            with opener.open(req, timeout=self.timeout_s) as resp:
                 reply = json.loads(resp.read().decode())
         except (urllib.error.URLError, OSError) as exc:
             raise AlscaleError(f"{where}: no answer ({exc}); is the service running?") from None

@@ -155,10 +155,14 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
         raise AlscaleError(f"labels {path}: cannot read it ({exc})") from None
     out: list[tuple[Any, Any, str]] = []
     if fmt == "csv":
-        rows = list(csv.reader(io.StringIO(text)))
+        reader = csv.reader(io.StringIO(text))
+        try:
+            rows = list(reader)
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            raise AlscaleError(f"labels {path} line {reader.line_num}: not CSV ({exc})") from None
         if not rows or "row_id" not in rows[0] or "label" not in rows[0]:
             raise AlscaleError(f"labels {path}: the header must name 'row_id' and 'label' columns; got "
-                               f"{rows[0] if rows else 'an empty file'}")
+                               f"{short_repr(rows[0]) if rows else 'an empty file'}")
         i, j = rows[0].index("row_id"), rows[0].index("label")
         for n, row in enumerate(rows[1:], start=2):
             if not row:
@@ -174,6 +178,8 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise AlscaleError(f"labels {path} line {n}: not JSON ({exc.msg})") from None
+            except RecursionError:
+                raise AlscaleError(f"labels {path} line {n}: JSON nested too deeply") from None
             if not isinstance(rec, dict) or "row_id" not in rec or "label" not in rec:
                 raise AlscaleError(f"labels {path} line {n}: expected an object with row_id and label")
             out.append((rec["row_id"], rec["label"], f"line {n}"))
@@ -183,10 +189,12 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
         except json.JSONDecodeError as exc:
             raise AlscaleError(f"labels {path}: not JSON ({exc.msg} at line {exc.lineno}); give a Label Studio "
                                "JSON export") from None
+        except RecursionError:
+            raise AlscaleError(f"labels {path}: JSON nested too deeply; give a Label Studio JSON export") from None
         if not isinstance(tasks, list):
             raise AlscaleError(f"labels {path}: a Label Studio export is a JSON list of tasks")
         for n, task in enumerate(tasks):
-            where = f"task {task.get('id', n) if isinstance(task, dict) else n}"
+            where = f"task {short_repr(task.get('id', n), 40) if isinstance(task, dict) else n}"
             data = task.get("data", {}) if isinstance(task, dict) else {}
             if "row_id" not in data:
                 raise AlscaleError(f"labels {path} {where}: data.row_id is missing; export tasks made by "
