@@ -152,13 +152,13 @@ class HumanOracle:
         import time
 
         from alscale.loop.ledger import Ledger
-        from alscale.runtime.output import atomic_write_text
+        from alscale.fsio import atomic_write
 
         row_ids_B = np.asarray(row_ids_B, dtype=np.int64)
         self.inbox.mkdir(parents=True, exist_ok=True)
         extra = self.describe(row_ids_B) if self.describe else [{} for _ in range(row_ids_B.size)]
         batch = self.inbox / f"pending-{self.batches:05d}.jsonl"
-        atomic_write_text(batch, "".join(json.dumps({"row_id": int(r), **e}) + "\n"
+        atomic_write(batch, "".join(json.dumps({"row_id": int(r), **e}) + "\n"
                                          for r, e in zip(row_ids_B.tolist(), extra)))
         self.batches += 1
         logger.info("human oracle: %d rows to label in %s; waiting for them in ledger %s", row_ids_B.size, batch,

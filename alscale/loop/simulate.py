@@ -164,7 +164,6 @@ def simulate(
 def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bool, targets: Sequence[float],
               pool_arrays: tuple, test: tuple) -> SimulationResult:
     from alscale.runtime.coordinator import make_executor
-    from alscale.runtime.output import atomic_write_text
 
     ids, x, y, info = pool_arrays
     test_x, test_y = test
@@ -208,7 +207,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
     finally:
         executor.close()
     table = curves.summary_table(records, targets)
-    atomic_write_text(out / "labels_to_reach.md", curves.markdown_table(table))
+    atomic_write(out / "labels_to_reach.md", curves.markdown_table(table))
     _write_csv(out / "labels_to_reach.csv", table)
     curves.plot_curves(records, out / "curves.png", targets=targets,
                        title=f"{Path(job.source or 'job').stem}: {info.n_rows:,}-row pool, b = "
@@ -220,7 +219,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
                "stop_reasons": {s: {str(t): r for t, r in v.items()} for s, v in stop_reasons.items()},
                "seconds": round(time.perf_counter() - started, 3), "versions": output.versions(),
                "git_revision": output.git_revision(), "machine": output.machine()}
-    atomic_write_text(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
+    atomic_write(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
                                                    allow_nan=False) + "\n")
     return SimulationResult(out_dir=out, records=records, table=table, stop_reasons=stop_reasons)
 
@@ -414,7 +413,8 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
         model_config = dataclasses.replace(job.model, checkpoint=str(ckpt))
     ids = labelled if loop.subsample is None else np.intersect1d(labelled, pool.row_ids_N[cand])
     ids_path = work / "labeled.parquet"
-    pq.write_table(pa.table({"row_id": ids}), ids_path)
+    with AtomicFile(ids_path) as f:
+        pq.write_table(pa.table({"row_id": ids}), f.open())
     acq = dataclasses.replace(
         acq, pool=pool_path, labeled=str(ids_path), loop=None, output=None, model=model_config,
         seed=derive_seed(job.seed, _ACQUIRE, trial, rnd))

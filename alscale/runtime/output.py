@@ -103,11 +103,6 @@ def selection_table(selection: Selection, round: int) -> pa.Table:
     )
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`alscale.fsio.atomic_write`)."""
-    atomic_write(path, text)
-
-
 def write_selection(out_dir: str | Path, selection: Selection, round: int) -> None:
     """Write ``selection.parquet`` atomically (creating a local directory).
 

@@ -116,7 +116,8 @@ class MediaRefs:
 
 def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = None) -> int:
     """Write the selection in ``out_dir`` to ``dest`` (atomically); returns the rows written."""
-    from alscale.runtime.output import MANIFEST_FILE, SELECTION_FILE, atomic_write_text
+    from alscale.fsio import atomic_write
+    from alscale.runtime.output import MANIFEST_FILE, SELECTION_FILE
 
     out_dir = Path(out_dir)
     fmt = _format_of(dest, fmt)
@@ -143,7 +144,7 @@ def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = No
         text = "".join(json.dumps(r) + "\n" for r in records)
     else:
         text = json.dumps([{"id": r["row_id"], "data": r} for r in records], indent=1) + "\n"
-    atomic_write_text(Path(dest), text)
+    atomic_write(Path(dest), text)
     return len(records)
 
 
