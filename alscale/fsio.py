@@ -57,37 +57,38 @@ class _Loc(Protocol):  # alscale.pool.location.Location, without importing the p
     def is_local(self) -> bool: ...
 
 
-def cause(exc: BaseException) -> str:
-    """The reason of an OS error in a few words: ``No space left on device`` (errno name)."""
+#: The OS errors a write can meet that are the environment's (not a bug), and the advice.
+_HINTS = {errno.ENOSPC: "free some space or choose another --out",
+          errno.EDQUOT: "free some space or choose another --out",
+          errno.EROFS: "choose a writable --out",
+          errno.EACCES: "choose a writable --out or fix its permissions",
+          errno.EPERM: "choose a writable --out or fix its permissions"}
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """``exc.errno``, or the errno pyarrow puts in its text (``... [errno 28] No space ...``)."""
     code = getattr(exc, "errno", None)
-    if not code:  # pyarrow puts the errno in the text: "... [errno 28] No space left on device"
-        text = " ".join(str(exc).split())
-        for c in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EIO, errno.ENOENT):
-            if f"errno {c}]" in text.lower() or os.strerror(c) in text:
-                code = c
-                break
-        else:
-            return text or type(exc).__name__
+    if code:
+        return int(code)
+    text = str(exc)
+    for c in (*_HINTS, errno.EIO, errno.ENOENT):
+        if f"errno {c}]" in text.lower() or os.strerror(c) in text:
+            return c
+    return None
+
+
+def cause(exc: BaseException) -> str:
+    """The reason of an OS error in a few words: ``No space left on device (ENOSPC)``."""
+    code = _errno_of(exc)
+    if code is None:
+        return " ".join(str(exc).split()) or type(exc).__name__
     return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
 
 
 def write_error(display: str, exc: BaseException, fix: str = "") -> OutputWriteError:
-    """The one-line error of a failed write of ``display``."""
-    hint = fix or {errno.ENOSPC: "free some space or choose another --out",
-                   errno.EDQUOT: "free some space or choose another --out",
-                   errno.EROFS: "choose a writable --out",
-                   errno.EACCES: "choose a writable --out or fix its permissions",
-                   errno.EPERM: "choose a writable --out or fix its permissions"}.get(
-        getattr(exc, "errno", None) or _errno_in(exc), "check the location and try again")
+    """The one-line error of a failed write of ``display``: path, cause and the fix."""
+    hint = fix or _HINTS.get(_errno_of(exc) or 0, "check the location and try again")
     return OutputWriteError(f"cannot write {display}: {cause(exc)}; {hint}")
-
-
-def _errno_in(exc: BaseException) -> int | None:
-    text = str(exc)
-    for c in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-        if f"errno {c}]" in text.lower() or os.strerror(c) in text:
-            return c
-    return None
 
 
 def _local(target: str | os.PathLike[str] | _Loc) -> tuple[pafs.FileSystem, str, str, bool]:
