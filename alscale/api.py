@@ -13,7 +13,7 @@ from alscale.types import Selection
 
 
 def select(
-    strategy: str,
+    strategy: Any,
     *,
     budget: int,
     log_probs: np.ndarray | None = None,
@@ -28,7 +28,9 @@ def select(
     """Select ``min(budget, unlabelled)`` rows with a registered strategy.
 
     Args:
-        strategy: a registry name (``alscale.strategies.strategy_names()``).
+        strategy: a registry name (``alscale.strategies.strategy_names()``), an import path
+            ``"pkg.mod:MyStrategy"``, or a :class:`~alscale.strategies.spec.StrategySpec`
+            (or an object with one as ``.spec``; registered on first use).
         budget: number of rows to pick (> 0).
         log_probs: natural-log probabilities ``[N, C]`` or ``[N, K, C]`` (K MC samples or
             committee members).
@@ -53,7 +55,7 @@ def select(
         raise AlscaleError("select needs log_probs [N, C] / [N, K, C] or embeddings [N, D]")
     n = lp.shape[0] if lp is not None else emb.shape[0]
     opts = dict(options)
-    needs = requirements(info.name, opts)
+    needs = requirements(info, opts)
     if needs.needs_log_probs and lp is None:
         raise AlscaleError(f"strategy {info.name} needs log_probs")
     if needs.needs_embeddings and emb is None:
@@ -75,5 +77,5 @@ def select(
     if quotas is not None:
         from alscale.strategies.quotas import select_with_quotas
 
-        return select_with_quotas(shards, info.name, budget, quotas, options=opts, seed=seed, round=round).selection
-    return run_strategy(shards, info.name, budget, options=opts, seed=seed, round=round)
+        return select_with_quotas(shards, info, budget, quotas, options=opts, seed=seed, round=round).selection
+    return run_strategy(shards, info, budget, options=opts, seed=seed, round=round)

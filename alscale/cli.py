@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     i = psub.add_parser("info", help="schema and size of a pool")
     i.add_argument("pool")
 
-    sub.add_parser("strategies", help="list the registered strategies")
+    st = sub.add_parser("strategies", help="list the registered strategies")
+    st.add_argument("-v", "--verbose", action="store_true", help="also what each needs, supports and takes")
     st = sub.add_parser("stream", help="stream-based selective sampling over the pool in row order")
     st.add_argument("job")
     st.add_argument("overrides", nargs="*", metavar="key=value")
@@ -212,9 +213,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "strategies":
         from alscale.strategies import get_strategy, strategy_names
+        from alscale.strategies.spec import describe
 
         for name in strategy_names():
             print(f"{name:18s} {get_strategy(name).summary}")
+            if args.verbose:
+                print(f"{'':18s} {describe(get_strategy(name))}")
         return 0
     raise AssertionError(args.command)
 

@@ -246,7 +246,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         options = {}
     elif info is not None:
         try:
-            options = registry.check_options(info.name, options)
+            options = registry.check_options(info, options)
         except AlscaleError as exc:
             errors.append(f"strategy.options: {exc}")
     rnd = strat.get("round", 0)
@@ -263,6 +263,9 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     if seals is not None and not (is_int(seals) and seals >= 1):
         errors.append(f"strategy.seals must be a number of neighbours >= 1 (SEALS candidate filter) or null; "
                       f"got {short_repr(seals)}")
+    elif seals is not None and info is not None and not info.supports.seals:
+        errors.append(f"strategy.seals: strategy {info.name} does not take the SEALS candidate filter; "
+                      "set strategy.seals: null")
 
     quotas = strat.get("quotas")
     if quotas is not None:
@@ -270,11 +273,10 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
         try:
             quotas = check_quotas(quotas)
-            from alscale.strategies.quotas import quotas_supported
+            from alscale.strategies.quotas import quotas_supported, unsupported_message
 
-            if info is not None and not quotas_supported(info.name):
-                errors.append(f"strategy.quotas work with the score-based strategies, kcenter and badge, not "
-                              f"{info.name} (the other loops do not take quotas yet)")
+            if info is not None and not quotas_supported(info):
+                errors.append(unsupported_message(info))
         except AlscaleError as exc:
             errors.append(str(exc))
 
@@ -311,7 +313,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     budget_raw = rt.get("memory_budget")
     memory_budget = None
     if budget_raw is not None:
-        from alscale.runtime.memory import parse_bytes
+        from alscale.units import parse_bytes
 
         memory_budget = parse_bytes(budget_raw)
         if memory_budget is None:
@@ -333,7 +335,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
     # Cross-field: what the strategy needs from the model.
     if info is not None and model is not None and not errors:
-        needs = registry.requirements(info.name, options)
+        needs = registry.requirements(info, options)
         if needs.needs_log_probs and model.mc_samples < needs.min_samples:
             errors.append(
                 f"strategy {info.name} needs at least {needs.min_samples} MC samples; "
@@ -350,7 +352,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         labeled=None if labeled_path is None else labeled_path,
         model=model,
         strategy=StrategyConfig(
-            name=info.name, budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding,
+            name=registry.strategy_ref(info), budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding,
             seals=None if seals is None else int(seals),
             quotas=None if quotas is None else copy.deepcopy(dict(quotas)),
         ),

@@ -16,12 +16,13 @@ from alscale import select
 from alscale.errors import AlscaleError, JobError, PoolError
 from alscale.jobspec import validate_job
 from alscale.pool import open_pool, pool_table, read_shard, write_table
-from alscale.strategies import strategy_names
+from alscale.strategies import get_strategy, strategy_names
 from alscale.types import ShardSpec
 from tests.conftest import log_softmax
 
-# learning_loss reads a model's loss-prediction output (tests/scoring/test_learning_loss.py).
-NAMES = sorted(n for n in strategy_names() if n != "learning_loss")
+# Strategies that read a further model output (e.g. a Learning Loss module's predicted loss)
+# are tested with a model (tests/scoring/test_learning_loss.py).
+NAMES = sorted(n for n in strategy_names() if get_strategy(n).needs.model_output is None)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -40,9 +41,11 @@ def test_selection_never_holds_a_labelled_or_repeated_row(name, n, budget, seed,
     embeddings = rng.normal(size=(n, 5)).astype(np.float32)
     labeled = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))), dtype=np.int64)
     extra = {}
-    if name == "alfamix":  # the classifier head and the labelled rows' labels
-        extra = {"head": (rng.normal(size=(4, 5)), rng.normal(size=4)),
-                 "labels": (labeled, rng.integers(0, 4, labeled.size))}
+    needs = get_strategy(name).needs
+    if needs.head:  # the classifier's last linear layer
+        extra["head"] = (rng.normal(size=(4, 5)), rng.normal(size=4))
+    if needs.labels:  # the labelled rows' labels
+        extra["labels"] = (labeled, rng.integers(0, 4, labeled.size))
     sel = select(name, budget=budget, log_probs=log_probs, embeddings=embeddings, labeled=labeled, seed=seed,
                  **extra)
     picked = np.asarray(sel.indices)

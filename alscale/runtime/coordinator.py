@@ -53,8 +53,7 @@ def embedding_source(job: JobSpec) -> str | None:
     ``strategy.embedding: auto`` means the model's penultimate layer when the job has a
     model, else the pool's ``embedding`` column.
     """
-    if not (requirements(get_strategy(job.strategy.name).name, job.strategy.options).needs_embeddings
-            or job.strategy.seals):
+    if not (requirements(job.strategy.name, job.strategy.options).needs_embeddings or job.strategy.seals):
         return None
     source = job.strategy.embedding
     if source == "auto":
@@ -67,7 +66,7 @@ def uses_model(job: JobSpec) -> bool:
     takes them from the pool's ``embedding`` column."""
     if job.model is None:
         return False
-    needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
+    needs = requirements(job.strategy.name, job.strategy.options)
     return needs.needs_log_probs or embedding_source(job) == "model"
 
 
@@ -133,6 +132,7 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
 
         return LocalExecutor(n_workers)
     from alscale.runtime.ray_executor import RayExecutor
+    from alscale.runtime.shipping import strategy_sources
 
     return RayExecutor(
         n_workers,
@@ -140,6 +140,7 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
         cpus_per_worker=job.runtime.cpus_per_worker,
         gpus_per_worker=job.runtime.gpus_per_worker,
         startup_timeout_s=job.runtime.startup_timeout_s,
+        py_modules=strategy_sources(get_strategy(job.strategy.name)),
     )
 
 
@@ -188,7 +189,7 @@ def run_job(
             in_features, n_classes, emb_dim = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
             dims = (model_spec.mc_samples, n_classes, emb_dim)
         elif job.model is not None:
-            needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
+            needs = requirements(job.strategy.name, job.strategy.options)
             why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
                    else "needs no model outputs")
             logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
@@ -337,21 +338,34 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
 
 def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int
                       ) -> dict[str, Any]:
-    """The job's strategy options, plus what ALFA-Mix takes from the job rather than the file:
-    the model's last linear layer and the labelled rows' labels."""
+    """The job's strategy options, plus what the strategy's spec says it takes from the job
+    rather than the file: the model's last linear layer (``needs.head``) and the labelled
+    rows' labels (``needs.labels``)."""
     opts = dict(job.strategy.options)
-    if get_strategy(job.strategy.name).name != "alfamix":
-        return opts
-    if model_spec is not None:
-        import torch
+    spec = get_strategy(job.strategy.name)
+    if spec.needs.head and model_spec is not None:
+        opts["head"] = _model_head(spec.name, model_spec, in_features, job.seed)
+    if spec.needs.labels:
+        opts["labels"] = _labeled_labels(job, info, labeled)
+    return opts
 
-        from alscale.scoring import Scorer
 
-        head = getattr(Scorer(model_spec, in_features=in_features, seed=job.seed).model, "head", None)
-        if not isinstance(head, torch.nn.Linear):
-            raise AlscaleError(f"strategy alfamix needs the model's last linear layer as an attribute 'head' "
-                               f"(nn.Linear); model {model_spec.factory} has none")
-        opts["head"] = (head.weight.detach().double().cpu().numpy(), head.bias.detach().double().cpu().numpy())
+def _model_head(strategy: str, model_spec: Any, in_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's last linear layer (attribute ``head``) as float64 (weight, bias)."""
+    import torch
+
+    from alscale.scoring import Scorer
+
+    head = getattr(Scorer(model_spec, in_features=in_features, seed=seed).model, "head", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise AlscaleError(f"strategy {strategy} needs the model's last linear layer as an attribute 'head' "
+                           f"(nn.Linear); model {model_spec.factory} has none")
+    return head.weight.detach().double().cpu().numpy(), head.bias.detach().double().cpu().numpy()
+
+
+def _labeled_labels(job: JobSpec, info: PoolInfo, labeled: np.ndarray) -> Any:
+    """(row_ids, labels) of the labelled rows: from the labelled set's file, else the pool's
+    ``label`` column; None when neither has them."""
     from alscale.pool.labeled import read_labels
 
     got = read_labels(job.labeled) if job.labeled else None
@@ -362,8 +376,7 @@ def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_s
         d = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["label"])
         hit = np.isin(d.row_ids_N, labeled)
         got = (d.row_ids_N[hit], d.labels_N[hit])
-    opts["labels"] = got
-    return opts
+    return got
 
 
 def _cache_summary(per_worker: list[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
@@ -408,7 +421,7 @@ def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo
 def _columns_needed(job: JobSpec, info: PoolInfo) -> list[str]:
     if uses_model(job):
         return ["features"] if info.feature_dim is not None else [str(info.media)]
-    needs = requirements(get_strategy(job.strategy.name).name, job.strategy.options)
+    needs = requirements(job.strategy.name, job.strategy.options)
     cols = []
     if info.n_classes is not None and (needs.needs_log_probs or not needs.needs_embeddings or job.strategy.quotas):
         cols.append("log_probs")  # (class quotas need predicted classes)

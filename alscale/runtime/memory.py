@@ -6,11 +6,10 @@ rest chunk by chunk from storage:
 
 - ``row_id`` and the labelled mask, always (9 bytes/row plus the selection's per-row
   arrays, counted as :data:`ROW_BYTES`);
-- for score strategies (entropy, margin, BALD ...) and their stochastic variants: the one
-  base score per row, computed chunk by chunk from the model's (or the pool's) log-probs,
-  which are then dropped;
-- for diversity strategies: the embeddings, and the log-probs only where the strategy uses
-  them after scoring (BADGE, BatchBALD, ...).
+- what the strategy's spec says it keeps (``StrategySpec.supports.keeps``): for a per-row
+  score and its stochastic variants the one base score per row, computed chunk by chunk
+  from the model's (or the pool's) log-probs, which are then dropped; for a selection loop
+  the embeddings and/or the log-probs it reads after scoring.
 
 Each chunk's inputs (features / log-probs / embedding columns, and the model outputs)
 are read, used and freed; the chunk size is the job's ``chunk_rows`` capped so that one
@@ -25,43 +24,18 @@ hundred MB per process), and not the model's activations (bounded by ``batch_siz
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from alscale.errors import AlscaleError
+from alscale.units import human, parse_bytes
+
+__all__ = ["PARQUET_DECODE_FACTOR", "ROW_BYTES", "StreamPlan", "human", "parse_bytes", "plan_stream"]
 
 #: Per-row bytes of the selection's own arrays (ids, mask, score, key, sort buffers).
 ROW_BYTES = 64
 #: Peak bytes of decoding one Parquet row group, per byte of its values.
 PARQUET_DECODE_FACTOR = 4
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-
-
-def parse_bytes(value: Any) -> int | None:
-    """``4GiB`` / ``512MB`` / ``1e9`` / an int -> bytes; None when it is not a size."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value) if value > 0 and math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", value)
-    if not m or m.group(2).lower() not in _UNITS:
-        return None
-    n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    return int(n) if n >= 1 else None
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
 
 @dataclass(frozen=True)
 class StreamPlan:
@@ -80,6 +54,7 @@ class StreamPlan:
     chunk_rows: int
     resident_bytes_per_row: int
     chunk_bytes_per_row: int
+    base_score_fn: Any = None  # the base score's function (a user strategy's, unknown to workers by name)
 
 
 def plan_stream(*, budget: int, shard_rows: Sequence[int], columns: Sequence[str], strategy: str,
@@ -93,15 +68,19 @@ def plan_stream(*, budget: int, shard_rows: Sequence[int], columns: Sequence[str
     largest Parquet row group as (file, bytes), None for IPC pools (zero-copy reads).
     Raises AlscaleError naming the shard, the sizes and the fix when it cannot fit.
     """
-    from alscale.strategies.registry import get_strategy, requirements, score_strategy
+    from alscale.strategies.registry import get_strategy, score_strategy
 
     info = get_strategy(strategy)
-    needs = requirements(info.name, options)
+    keeps = info.supports.keeps  # the per-row state its spec says it keeps
+    if not info.supports.streaming:
+        raise AlscaleError(f"strategy {info.name} does not run under runtime.memory_budget; set "
+                           "runtime.memory_budget: null")
     base = None
-    if info.kind in ("score", "stochastic"):
-        base = score_strategy(info.name, options).name
-    keep_lp = (needs.needs_log_probs and base is None) or extra_log_probs  # e.g. class quotas (predicted class)
-    keep_emb = needs.needs_embeddings or extra_embeddings  # e.g. the SEALS candidate filter
+    if "base_score" in keeps:
+        scorer = score_strategy(info, options)
+        base = None if scorer is None else scorer.name  # random keeps its keyed noise only
+    keep_lp = "log_probs" in keeps or extra_log_probs  # e.g. class quotas (predicted class)
+    keep_emb = "embeddings" in keeps or extra_embeddings  # e.g. the SEALS candidate filter
     lp_bytes = 4 * n_samples * (n_classes or 0)
     emb_bytes = 4 * (embedding_dim or 0)
     resident_per_row = ROW_BYTES + (lp_bytes if keep_lp else 0) + (emb_bytes if keep_emb else 0)
@@ -132,4 +111,4 @@ def plan_stream(*, budget: int, shard_rows: Sequence[int], columns: Sequence[str
                 "(alscale.pool.write_table rows_per_batch) or raise runtime.memory_budget")
     chunk = max(1, min(job_chunk_rows, (left - piece) // max(chunk_per_row, 1)))
     return StreamPlan(tuple(columns), base, keep_lp, keep_emb, int(chunk), int(resident_per_row),
-                      int(chunk_per_row))
+                      int(chunk_per_row), None if base is None else scorer.score)

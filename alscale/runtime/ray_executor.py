@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,33 @@ logger = logging.getLogger(__name__)
 _PUT_THRESHOLD_BYTES = 1 << 16
 #: Calls that change no worker state: not replayed after a restart.
 _STATELESS = frozenset({"ready", "n_rows", "n_candidates", "topk", "count_ahead", "softrank_candidates"})
+
+
+def _job_runtime_env(py_modules: Sequence[str]) -> dict[str, Any]:
+    """``ray.init``'s ``runtime_env`` for a Ray this executor connects itself: ship
+    ``py_modules`` (a user strategy's module, see :mod:`alscale.runtime.shipping`) to every
+    worker — unless this process is the driver of a submitted job, whose runtime environment
+    (``alscale submit``: alscale and the module) applies already."""
+    if not py_modules or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return {}
+    return {"runtime_env": {"py_modules": list(py_modules)}}
+
+
+def _actor_runtime_env(ray: Any, py_modules: Sequence[str]) -> dict[str, Any]:
+    """The actors' ``runtime_env`` option when Ray was started by someone else: Ray uploads
+    local modules only at the job level, so a module the job does not ship already is put on
+    the workers' ``PYTHONPATH`` (right on one machine or a shared filesystem; on a remote
+    cluster ship it yourself: ``ray.init(runtime_env={"py_modules": [...]})``)."""
+    if not py_modules:
+        return {}
+    job_env = ray.get_runtime_context().runtime_env or {}
+    if job_env.get("py_modules") or job_env.get("working_dir"):
+        return {}
+    dirs = [str(Path(p).parent) for p in py_modules]
+    logger.warning("Ray was started outside alscale: the strategy's module %s reaches the workers through "
+                   "PYTHONPATH (local paths), not uploaded", ", ".join(py_modules))
+    path = os.pathsep.join([*dirs, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {"runtime_env": {"env_vars": {"PYTHONPATH": path}}}
 
 
 def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
@@ -79,6 +107,7 @@ class RayExecutor:
         gpus_per_worker: float | None = None,
         startup_timeout_s: float = 300.0,
         max_restarts: int = 3,
+        py_modules: Sequence[str] = (),
     ) -> None:
         import ray
 
@@ -95,7 +124,7 @@ class RayExecutor:
             _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=True)
+                         log_to_driver=True, **_job_runtime_env(py_modules))
             except ConnectionError as exc:
                 raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
             self._owns_ray = True
@@ -113,10 +142,11 @@ class RayExecutor:
         self._deaths = [0] * n_workers
         threads = max(1, int(self.cpus_per_worker))
         actor_cls = ray.remote(ShardWorker)
+        env = {} if self._owns_ray else _actor_runtime_env(ray, py_modules)
         self.actors = [
             actor_cls.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                               scheduling_strategy="SPREAD", max_restarts=max_restarts,
-                              max_task_retries=0).remote(threads)
+                              max_task_retries=0, **env).remote(threads)
             for _ in range(n_workers)
         ]
         # Wait until every actor process is up (imports done), so start-up is not billed

@@ -141,8 +141,12 @@ def submit(
         f"# submitted by alscale as {sid}, from {job.source}\n" + yaml.safe_dump(spec, sort_keys=False))
     entrypoint = "python -m alscale.cli run job.yaml --no-progress" + (" --force" if force else "")
     runtime_env: dict[str, Any] = {"working_dir": str(workdir)}
-    if package:
-        runtime_env["py_modules"] = [package_dir()]
+    from alscale.runtime.shipping import strategy_sources
+    from alscale.strategies import get_strategy
+
+    modules = ([package_dir()] if package else []) + strategy_sources(get_strategy(job.strategy.name))
+    if modules:  # alscale itself, and a user strategy's module (imported by the driver and the workers)
+        runtime_env["py_modules"] = modules
     metadata = {"alscale_job": str(job.source), "alscale_output": str(spec["output"])}
     try:
         # A head that has just started answers "No available agent to submit job" until its

@@ -105,15 +105,14 @@ class ShardWorker:
             return 0
         log_probs_B_K_C, emb_B_E, loss_B = self._chunk_outputs(start, stop)
         self._keep(start, stop, log_probs_B_K_C, emb_B_E)
-        if loss_B is not None:  # a Learning Loss module's predicted loss: the learning_loss score
+        if loss_B is not None:  # a third model output (a Learning Loss module's predicted loss)
             if self._loss is None:
                 self._loss = np.empty(n, dtype=np.float64)
             self._loss[start:stop] = loss_B
         if stop == n:
             base = {} if self._base is None else {self._stream.base_score: self._base}
-            if self._loss is not None:
-                base["learning_loss"] = self._loss
-            self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings, base)
+            outputs = {} if self._loss is None else {"loss": self._loss}
+            self.state = ShardState(self.data.row_ids_N, self._log_probs, self._embeddings, base, outputs)
         return stop - start
 
     def _chunk_spec(self, start: int, stop: int) -> ShardSpec:
@@ -160,11 +159,13 @@ class ShardWorker:
         n = self.data.n_rows
         plan = self._stream
         if plan is not None and plan.base_score is not None:
-            from alscale.strategies.registry import get_strategy
+            from alscale.strategies.registry import get_strategy, resolve
 
             if self._base is None:
                 self._base = np.empty(n, dtype=np.float64)
-            self._base[start:stop] = get_strategy(plan.base_score).score_fn(log_probs_B_K_C)
+            fn = resolve(plan.base_score_fn) if plan.base_score_fn is not None else \
+                get_strategy(plan.base_score).score_fn
+            self._base[start:stop] = fn(log_probs_B_K_C)
         keep_lp = plan is None or plan.keep_log_probs
         keep_emb = plan is None or plan.keep_embeddings
         if keep_lp and log_probs_B_K_C is not None:

@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +68,6 @@ def mix_flags(z_N_E: np.ndarray, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C
 
 
 @shard_op
-def alfa_labeled(state: ShardState) -> tuple[np.ndarray, np.ndarray]:
-    """(row_ids, embeddings) of this shard's labelled rows."""
-    pos = np.flatnonzero(state.labeled_N)
-    return state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
-
-
-@shard_op
 def alfa_candidates(state: ShardState, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C: np.ndarray,
                     eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(row_ids, embeddings) of this shard's candidate rows (module docstring)."""
@@ -98,7 +93,7 @@ def alfa_random(state: ShardState, seed: int, round: int, k: int, exclude: np.nd
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     eps = options["eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        raise AlscaleError(f"option eps of strategy alfamix must be in (0, 1]; got {eps!r}")
+        raise AlscaleError(f"option eps of strategy alfamix must be in (0, 1]; got {short_repr(eps)}")
     for key in ("head", "labels"):
         if options[key] is not None and isinstance(options[key], (str, int, float, bool)):
             raise AlscaleError(f"option {key} of strategy alfamix is filled by the job (the model's head layer, "
@@ -121,9 +116,9 @@ def select_alfamix(shards: Shards, budget: int, *, options: dict[str, Any], seed
     budget = min(budget, n_cand)
     if budget == 0:
         return Selection(np.empty(0, np.int64), np.empty(0), "alfamix")
-    parts = shards.call(_OP + "alfa_labeled")
-    ids = np.concatenate([p[0] for p in parts])
-    emb = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    parts = shards.take(None, ("embeddings",), where="labeled")
+    ids = np.concatenate([p.row_ids_R for p in parts])
+    emb = np.concatenate([p.embeddings_R_D for p in parts]).astype(np.float64)
     order = np.argsort(ids)
     ids, emb = ids[order], emb[order]
     srt = np.argsort(lab_ids)
@@ -175,3 +170,26 @@ def select_alfamix(shards: Shards, budget: int, *, options: dict[str, Any], seed
         scores += [0.0] * o.shape[0]
         progress.advance(int(o.shape[0]))
     return Selection(np.asarray(picks, np.int64), np.asarray(scores, np.float64), "alfamix")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class AlfaMixOptions(_spec.StrategyOptions):
+    """Options of ``alfamix``: ``eps``; ``head`` and ``labels`` are filled in by the caller
+    (the model's last linear layer, the labelled rows' labels: ``needs.head``/``needs.labels``)."""
+
+    eps: float = 0.2
+    head: Any = None
+    labels: Any = None
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "alfamix", "loop",
+    "feature mixing toward labelled class anchors, then k-means over the changed rows (Parvaneh et al., CVPR 2022)",
+    options_type=AlfaMixOptions, needs=_spec.Needs(log_probs=True, embeddings=True, head=True, labels=True),
+    supports=_spec.Supports(keeps=("log_probs", "embeddings")), select=select_alfamix)
+

@@ -24,30 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from alscale.strategies.kmeanspp import seed_exact, seed_parallel
+from alscale.strategies import spec as _spec
+from alscale.strategies.kmeanspp import ParallelOptions, seed_exact, seed_parallel
+from alscale.strategies.kmeanspp_kernels import gradient_factors
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 
 __all__ = ["gradient_factors", "select_badge", "select_badge_parallel"]
-
-
-def gradient_factors(log_probs_N_K_C: np.ndarray) -> np.ndarray:
-    """BADGE's class factor ``a = p − onehot(argmax p)``, ``p`` = mean_k exp(log_probs).
-
-    Args:
-        log_probs_N_K_C: natural-log probabilities ``[N, K, C]``.
-
-    Returns:
-        float64 ``[N, C]``; ``‖a ⊗ h‖ = ‖a‖·‖h‖`` is BADGE's gradient-embedding norm.
-    """
-    if log_probs_N_K_C.shape[1] == 1:
-        p_N_C = np.array(log_probs_N_K_C[:, 0, :], dtype=np.float64)
-        np.exp(p_N_C, out=p_N_C)
-    else:
-        p_N_C = np.exp(np.asarray(log_probs_N_K_C, dtype=np.float64)).mean(axis=1)
-    y_N = np.argmax(p_N_C, axis=1)
-    p_N_C[np.arange(p_N_C.shape[0]), y_N] -= 1.0
-    return p_N_C
 
 
 def select_badge(
@@ -66,3 +49,36 @@ def select_badge_parallel(
         shards, budget, space="badge", oversampling=opts.get("oversampling", 0.5),
         rounds=opts.get("rounds", 5), seed=seed, round=round, strategy="badge_parallel",
     )[0]
+
+
+# -- registry spec -----------------------------------------------------------------------
+def select_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, *, options: Any = None,
+                       seed: int = 0, round: int = 0, avail: np.ndarray | None = None
+                       ) -> tuple[Selection, np.ndarray]:
+    """BADGE's D² sampling restricted, at each step, to the rows its class quotas allow (by
+    rejection; :mod:`alscale.strategies.quotas`)."""
+    from alscale.strategies import quotas
+
+    need = lo.copy()
+    allowed0 = (hi > 0) & ((need > 0) if budget <= int(need.sum()) else True)
+    quotas.restrict_classes(shards, ~allowed0)  # the first center is allowed
+    gate = quotas.QuotaGate(shards, lo, hi, budget, avail)
+    sel, _ = seed_exact(shards, budget, space="badge", seed=seed, round=round, strategy="badge", allow=gate)
+    return sel, gate.counts
+
+
+_NEEDS = _spec.Needs(log_probs=True, embeddings=True)
+_SUPPORTS = _spec.Supports(keeps=("log_probs", "embeddings"))
+SPECS = (
+    _spec.StrategySpec(
+        "badge", "loop",
+        "k-means++ seeding on gradient embeddings (p - onehot(argmax p)) x h, exact D² sampling (Ash et al., ICLR 2020)",
+        needs=_NEEDS, supports=_spec.Supports(quotas=True, keeps=("log_probs", "embeddings")), select=select_badge,
+        quota_select=select_with_quotas),
+    _spec.StrategySpec(
+        "badge_parallel", "loop",
+        "BADGE seeded by k-means|| (approximate; Ash et al., ICLR 2020; Bahmani et al., VLDB 2012)",
+        options_type=ParallelOptions, needs=_NEEDS, supports=_SUPPORTS, aliases=("badge||",),
+        select=select_badge_parallel),
+)
+

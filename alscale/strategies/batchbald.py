@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies.joint_entropy import (
     MAX_CONFIGS_LIMIT,
     MAX_SAMPLES_LIMIT,
@@ -87,6 +87,7 @@ from alscale.strategies import progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_budget
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _opt_int(opts: dict[str, Any], key: str, lo: int, hi: int, *, allow_none: bo
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
         none = " or null" if allow_none else ""
-        raise AlscaleError(f"option {key} of strategy batchbald must be an integer in [{lo}, {hi}]{none}; got {value!r}")
+        raise AlscaleError(f"option {key} of strategy batchbald must be an integer in [{lo}, {hi}]{none}; got {short_repr(value)}")
     opts[key] = int(value)
 
 
@@ -164,9 +165,9 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         _opt_int(opts, "prefilter", 1, 1 << 40, allow_none=True)
     device = opts["device"]
     if not isinstance(device, str) or not _DEVICE.match(device):
-        raise AlscaleError(f"option device of strategy batchbald must be auto, cpu, cuda or cuda:N; got {device!r}")
+        raise AlscaleError(f"option device of strategy batchbald must be auto, cpu, cuda or cuda:N; got {short_repr(device)}")
     if not isinstance(opts["prune"], (bool, np.bool_)):
-        raise AlscaleError(f"option prune of strategy batchbald must be true or false; got {opts['prune']!r}")
+        raise AlscaleError(f"option prune of strategy batchbald must be true or false; got {short_repr(opts['prune'])}")
     opts["prune"] = bool(opts["prune"])
     return opts
 
@@ -183,7 +184,7 @@ def default_prefilter(budget: int) -> int:
 
 @dataclass
 class _ShardCache:
-    """One shard's BatchBALD state for one selection (in ``ShardState.scratch``)."""
+    """One shard's BatchBALD state for one selection (in ``ShardState.strategy_state``)."""
 
     device: Any  # torch.device
     pos_N: np.ndarray  # candidate -> position in the shard's arrays
@@ -205,7 +206,7 @@ def _resolve_device(name: str) -> Any:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AlscaleError(f"option device {name!r} of strategy batchbald: CUDA is not available here; use auto or cpu")
+        raise AlscaleError(f"option device {short_repr(name)} of strategy batchbald: CUDA is not available here; use auto or cpu")
     return torch.device(name)
 
 
@@ -299,7 +300,7 @@ def setup(state: ShardState, device: str, chunk_rows: int | None, prune: bool) -
     rows = max(1, _BLOCK_VALUES // (k * c))
     with ops_single_threaded(cache.pool is not None):
         _map(cache, block, [(s, min(s + rows, n)) for s in range(0, n, rows)])
-    state.scratch[_KEY] = cache
+    state.strategy_state[_KEY] = cache
     logger.debug("batchbald set-up: %d candidates on %s (probabilities cached: %s)", n, dev, probs is not None)
     return n, int(k), int(c)
 
@@ -346,7 +347,7 @@ def step(
     grouped state of the second-stage bound, or None. (Flat arguments, so that a Ray fan-out
     puts each array into the object store once for all shards.)
     """
-    cache = state.scratch.get(_KEY)
+    cache = state.strategy_state.get(_KEY)
     if cache is None:
         raise RuntimeError("batchbald: setup must run on this shard before step")
     try:
@@ -360,7 +361,7 @@ def step(
             return _best_offer(state, cache, (post_M_K, weights_M), grouped, idx)
     finally:
         if final:
-            state.scratch.pop(_KEY, None)
+            state.strategy_state.pop(_KEY, None)
             if cache.pool is not None:
                 cache.pool.shutdown(wait=False)
 
@@ -470,14 +471,6 @@ def _best_offer(
     )
 
 
-@shard_op
-def gather(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """This shard's unlabelled rows among ``row_ids``: (row_ids, log_probs [n, K, C])."""
-    hit = np.isin(state.row_ids_N, row_ids) & state.candidates_N
-    lp = state.log_probs_N_K_C
-    return state.row_ids_N[hit], None if lp is None else np.ascontiguousarray(lp[hit])
-
-
 # --------------------------------------------------------------------------------------
 # Coordinator side: the greedy loop
 # --------------------------------------------------------------------------------------
@@ -498,7 +491,6 @@ class BatchBALDStats:
 
 _SETUP = f"{__name__}.setup"
 _STEP = f"{__name__}.step"
-_GATHER = f"{__name__}.gather"
 
 
 def _use_groups(m: int, k: int, c: int, n_groups: int, passed: int) -> bool:
@@ -618,9 +610,9 @@ def prefilter_loop(
     p = min(p, shards.n_candidates())
     shards.compute_scores("bald", {}, seed, round)
     _, ids = shards.topk(p)
-    parts = shards.call(_GATHER, np.sort(ids))
-    row_ids = np.concatenate([r for r, _ in parts]) if parts else np.empty(0, np.int64)
-    lps = [lp for _, lp in parts if lp is not None and lp.shape[0]]
+    parts = shards.take(np.sort(ids), ("log_probs",), where="candidates")
+    row_ids = np.concatenate([p.row_ids_R for p in parts]) if parts else np.empty(0, np.int64)
+    lps = [p.log_probs_R_K_C for p in parts if p.log_probs_R_K_C is not None and p.log_probs_R_K_C.shape[0]]
     if not lps:
         raise AlscaleError("strategy batchbald_prefilter: no unlabelled rows to select from")
     lp = np.concatenate(lps)
@@ -638,3 +630,41 @@ def select_batchbald_prefilter(
 ) -> Selection:
     """The registry's ``batchbald_prefilter``: BatchBALD on the top rows by BALD."""
     return prefilter_loop(shards, budget, options=options, seed=seed, round=round)[0]
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchBALDOptions(_spec.StrategyOptions):
+    """Options of ``batchbald`` (documented in :func:`check_options`)."""
+
+    num_samples: int = 1000
+    max_configs: int | None = None
+    device: str = "auto"
+    chunk_rows: int | None = None
+    prune: bool = True
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+@dataclass(frozen=True)
+class PrefilterOptions(BatchBALDOptions):
+    """Options of ``batchbald_prefilter``: BatchBALD's, and ``prefilter`` (rows kept by BALD)."""
+
+    prefilter: int | None = None
+
+
+_NEEDS = _spec.Needs(log_probs=True, min_samples=2)
+_SUPPORTS = _spec.Supports(keeps=("log_probs",))
+SPECS = (
+    _spec.StrategySpec(
+        "batchbald", "loop",
+        "greedy joint mutual information of the batch's labels and the weights (Kirsch et al., NeurIPS 2019)",
+        options_type=BatchBALDOptions, needs=_NEEDS, supports=_SUPPORTS, select=select_batchbald),
+    _spec.StrategySpec(
+        "batchbald_prefilter", "loop",
+        "BatchBALD on the top-`prefilter` rows by BALD (approximate; Kirsch et al., NeurIPS 2019)",
+        options_type=PrefilterOptions, needs=_NEEDS, supports=_SUPPORTS, select=select_batchbald_prefilter),
+)
+

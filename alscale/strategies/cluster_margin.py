@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 from alscale.validation import check_int_options
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.clustering."
 
@@ -54,7 +56,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     check_int_options(options, ("n_clusters", "kmeans_iters"), strategy="cluster_margin")
     r = options["margin_ratio"]
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 1:
-        raise AlscaleError(f"option margin_ratio of strategy cluster_margin must be a number >= 1; got {r!r}")
+        raise AlscaleError(f"option margin_ratio of strategy cluster_margin must be a number >= 1; got {short_repr(r)}")
     return options
 
 
@@ -78,3 +80,25 @@ def select_cluster_margin(shards: Shards, budget: int, *, options: dict[str, Any
     key_Q = noise.keyed_uniform(seed, round, np.asarray(ids_Q, np.int64))
     pick = round_robin(cluster_Q, key_Q, np.asarray(ids_Q, np.int64), budget)
     return Selection(np.asarray(ids_Q, np.int64)[pick], np.asarray(scores_Q, np.float64)[pick], "cluster_margin")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterMarginOptions(_spec.StrategyOptions):
+    """Options of ``cluster_margin`` (checked by :func:`check_options`)."""
+
+    n_clusters: int = 100
+    margin_ratio: float = 10.0
+    kmeans_iters: int = 20
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "cluster_margin", "loop",
+    "lowest-margin rows round-robin over k-means clusters, smallest first (Citovsky et al., NeurIPS 2021)",
+    options_type=ClusterMarginOptions, needs=_spec.Needs(log_probs=True, embeddings=True),
+    supports=_spec.Supports(keeps=("log_probs", "embeddings")), select=select_cluster_margin)
+

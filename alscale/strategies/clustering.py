@@ -17,7 +17,7 @@ times the weighted spread of the centers (sklearn's tolerance, on the between-cl
 variance), or after ``max_iters``; a cluster left empty keeps its center. Both tests use
 exact quantities, so they too are the same for any sharding.
 
-Shard state lives in ``state.scratch["kmeans"]``: each row's cluster label.
+Shard state lives in ``state.strategy_state["kmeans"]``: each row's cluster label.
 """
 
 from __future__ import annotations
@@ -110,25 +110,18 @@ def _emb(state: ShardState) -> np.ndarray:
 
 
 @shard_op
-def km_take(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row_ids, embeddings) of the requested rows held here."""
-    pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    return state.row_ids_N[pos], np.asarray(_emb(state)[pos], dtype=np.float32)
-
-
-@shard_op
 def km_assign(state: ShardState, centers_K_D: np.ndarray) -> tuple[int, np.ndarray, list]:
     """Assign every row to its canonical nearest center; return (rows that changed cluster,
     rows per cluster, exact column-sum parts per non-empty cluster)."""
     emb = _emb(state)
-    if "km_x" not in state.scratch:
+    if "km_x" not in state.strategy_state:
         x = np.ascontiguousarray(emb, dtype=np.float32)
-        state.scratch["km_x"] = (x, _sq_norms(x))
-    x, x_sq = state.scratch["km_x"]
+        state.strategy_state["km_x"] = (x, _sq_norms(x))
+    x, x_sq = state.strategy_state["km_x"]
     labels, _ = canonical_argmin(x, centers_K_D, x_sq)
-    old = state.scratch.get("kmeans")
+    old = state.strategy_state.get("kmeans")
     changed = int(labels.shape[0] if old is None else np.count_nonzero(old != labels))
-    state.scratch["kmeans"] = labels
+    state.strategy_state["kmeans"] = labels
     k = centers_K_D.shape[0]
     counts = np.bincount(labels, minlength=k)
     order = np.argsort(labels, kind="stable")
@@ -140,25 +133,25 @@ def km_assign(state: ShardState, centers_K_D: np.ndarray) -> tuple[int, np.ndarr
     return changed, counts, parts
 
 
-@shard_op
+@shard_op(mutates=False)
 def km_labels(state: ShardState, row_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_ids, cluster labels, labelled flags) of the requested rows (all rows when None)."""
-    labels = state.scratch["kmeans"]
+    labels = state.strategy_state["kmeans"]
     pos = np.arange(state.row_ids_N.shape[0]) if row_ids is None else np.flatnonzero(np.isin(state.row_ids_N, row_ids))
     return state.row_ids_N[pos], labels[pos], state.labeled_N[pos]
 
 
-@shard_op
+@shard_op(mutates=False)
 def km_counts(state: ShardState, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows per cluster and labelled rows per cluster, ``[k]`` each."""
-    labels = state.scratch["kmeans"]
+    labels = state.strategy_state["kmeans"]
     return np.bincount(labels, minlength=k), np.bincount(labels[state.labeled_N], minlength=k)
 
 
-@shard_op
+@shard_op(mutates=False)
 def km_members(state: ShardState, cluster: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_ids, embeddings, not-pickable flags) of this shard's rows in ``cluster``."""
-    pos = np.flatnonzero(state.scratch["kmeans"] == cluster)
+    pos = np.flatnonzero(state.strategy_state["kmeans"] == cluster)
     return state.row_ids_N[pos], np.asarray(_emb(state)[pos], dtype=np.float32), ~state.candidates_N[pos]
 
 
@@ -172,9 +165,9 @@ def initial_centers(shards: Shards, k: int, *, seed: int, round: int) -> np.ndar
     with reporting(lambda n: None):  # seeds are not picks of the selection
         sel, _ = seed_exact(shards, k, space="embedding", seed=seed, round=round, strategy="kmeans")
     ids = np.asarray(sel.indices_B, dtype=np.int64)
-    parts = shards.call(_OP + "km_take", ids)
-    got_ids = np.concatenate([p[0] for p in parts])
-    got = np.concatenate([p[1] for p in parts])
+    parts = shards.take(ids, ("embeddings",))
+    got_ids = np.concatenate([p.row_ids_R for p in parts])
+    got = np.concatenate([p.embeddings_R_D for p in parts])
     pos = {int(r): i for i, r in enumerate(got_ids)}
     return got[[pos[int(r)] for r in ids]]
 

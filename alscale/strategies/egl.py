@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.egl."
 _ROWS = 65536
@@ -49,7 +51,7 @@ def egl_prepare(state: ShardState, bias: bool) -> None:
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(options["bias"], bool):
-        raise AlscaleError(f"option bias of strategy egl must be true or false; got {options['bias']!r}")
+        raise AlscaleError(f"option bias of strategy egl must be true or false; got {short_repr(options['bias'])}")
     return options
 
 
@@ -58,3 +60,22 @@ def select_egl(shards: Shards, budget: int, *, options: dict[str, Any], seed: in
     shards.call(_OP + "egl_prepare", bool(options["bias"]))
     scores, ids = shards.topk(budget)
     return Selection(np.asarray(ids, np.int64), np.asarray(scores, np.float64), "egl")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class EGLOptions(_spec.StrategyOptions):
+    """``bias``: include the last layer's bias gradient."""
+
+    bias: bool = True
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "egl", "loop", "expected gradient length of the last layer, closed form (Settles et al., NIPS 2008)",
+    options_type=EGLOptions, needs=_spec.Needs(log_probs=True, embeddings=True),
+    supports=_spec.Supports(keeps=("log_probs", "embeddings")), select=select_egl)
+

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index import BACKENDS, NumpyBackend, get_backend, norm_upper_bound
 from alscale.index.exact import (
     canonical_min_sq_dist,
@@ -65,6 +65,7 @@ from alscale.index.exact import (
 from alscale.strategies import progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op, topk_order
 from alscale.types import Selection
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -86,23 +87,23 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     out = dict(options)
     backend = out.get("backend", "auto")
     if not isinstance(backend, str) or backend.lower() not in BACKENDS:
-        raise AlscaleError(f"option backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        raise AlscaleError(f"option backend must be one of {', '.join(BACKENDS)}; got {short_repr(backend)}")
     out["backend"] = backend.lower()
     if "mode" in out:
         mode = out["mode"]
         if not isinstance(mode, str) or mode.lower() not in MODES:
-            raise AlscaleError(f"option mode must be one of {', '.join(MODES)}; got {mode!r}")
+            raise AlscaleError(f"option mode must be one of {', '.join(MODES)}; got {short_repr(mode)}")
         out["mode"] = mode.lower()
     if "gather_bytes" in out:
         gb = out["gather_bytes"]
         if isinstance(gb, bool) or not isinstance(gb, (int, np.integer)) or gb < 0:
-            raise AlscaleError(f"option gather_bytes must be a non-negative integer (bytes); got {gb!r}")
+            raise AlscaleError(f"option gather_bytes must be a non-negative integer (bytes); got {short_repr(gb)}")
         out["gather_bytes"] = int(gb)
     if "offer_rows" in out and out["offer_rows"] is not None:
         m = out["offer_rows"]
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= MAX_OFFER:
             raise AlscaleError(
-                f"option offer_rows must be null (adaptive) or an integer in [1, {MAX_OFFER}]; got {m!r}"
+                f"option offer_rows must be null (adaptive) or an integer in [1, {MAX_OFFER}]; got {short_repr(m)}"
             )
         out["offer_rows"] = int(m)
     return out
@@ -114,7 +115,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class _ShardKC:
-    """One shard's k-center state (kept in ``ShardState.scratch["kcenter"]``).
+    """One shard's k-center state (kept in ``ShardState.strategy_state["kcenter"]``).
 
     ``mind[i]`` is an approximate squared min-distance of row i to the centers
     ``C[:seen[i]]`` it has been compared with (``+inf`` before any, ``-inf`` for rows that
@@ -296,13 +297,13 @@ class _ShardKC:
 
 
 def _kc(state: ShardState) -> _ShardKC:
-    kc = state.scratch.get("kcenter")
+    kc = state.strategy_state.get("kcenter")
     if kc is None:
         raise RuntimeError("kcenter shard state missing: run the init op first")
     return kc
 
 
-@shard_op
+@shard_op(mutates=False)
 def sizes(state: ShardState) -> dict[str, int]:
     """Row counts and embedding size of this shard (builds nothing)."""
     emb = state.embeddings_N_D
@@ -322,7 +323,7 @@ def init(state: ShardState, backend: str, device: str | None, want_sums: bool, l
     rows (ids and embeddings, in row_id order) and, if asked and nothing here is labelled,
     the exact column sums of the embeddings (for the mean; see ``exact_column_sums``)."""
     kc = _ShardKC(state, backend, device)
-    state.scratch["kcenter"] = kc
+    state.strategy_state["kcenter"] = kc
     n_lab = int(np.count_nonzero(state.labeled_N))
     sums = exact_column_sums(kc.x_np) if want_sums and n_lab == 0 else None
     lab_ids, lab_emb, _ = take_labeled(state, 0, labeled_rows) if n_lab and labeled_rows > 0 else (
@@ -339,7 +340,7 @@ def init(state: ShardState, backend: str, device: str | None, want_sums: bool, l
     }
 
 
-@shard_op
+@shard_op(mutates=False)
 def take_labeled(state: ShardState, start: int, count: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Labelled rows ``[start, start + count)`` of this shard in ``row_id`` order: (ids, embeddings, total)."""
     kc = _kc(state)
@@ -391,7 +392,7 @@ def sync(
     return kc.row_ids[top], kc.x_np[top], bound, {"pairs": kc.processed}
 
 
-@shard_op
+@shard_op(mutates=False)
 def gather(state: ShardState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All rows of this shard: (row_ids, float32 embeddings, labelled mask)."""
     if state.embeddings_N_D is None:
@@ -808,3 +809,81 @@ def select_kcenter_approx(
     """Registry entry of ``kcenter_approx``."""
     r = kcenter_approx(shards, budget, backend=options.get("backend", "auto"))
     return Selection(indices_B=r.row_ids_B, scores_B=r.scores_B, strategy="kcenter_approx")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class KCenterOptions(_spec.StrategyOptions):
+    """Options of ``kcenter`` (checked by :func:`check_options`)."""
+
+    backend: str = "auto"
+    mode: str = "auto"
+    gather_bytes: int = 2 << 30
+    offer_rows: int | None = None
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+@dataclass(frozen=True)
+class KCenterApproxOptions(_spec.StrategyOptions):
+    """Options of ``kcenter_approx``: the nearest-center backend."""
+
+    backend: str = "auto"
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+def select_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, *, options: Mapping[str, Any],
+                       seed: int = 0, round: int = 0, avail: np.ndarray | None = None
+                       ) -> tuple[Selection, np.ndarray]:
+    """k-center under class quotas (:mod:`alscale.strategies.quotas`), in phases: within one
+    the allowed classes cannot change, so the sharded greedy over the allowed rows, with the
+    labelled rows and all earlier picks as centers, makes the constrained greedy's picks."""
+    from alscale.strategies import quotas
+
+    c = lo.shape[0]
+    counts = np.zeros(c, dtype=np.int64)
+    ids_B: list[int] = []
+    scores_B: list[float] = []
+    while len(ids_B) < budget:
+        slots = budget - len(ids_B)
+        need = np.maximum(lo - counts, 0)
+        owed = int(need.sum())
+        allowed = quotas.allowed_classes(counts, lo, hi, slots)
+        if not allowed.any():
+            break
+        room = hi[allowed] - counts[allowed]
+        length = int(min(room.min(), need[allowed].min() if slots <= owed else slots - owed))
+        length = max(1, min(length, slots))
+        if quotas.restrict_classes(shards, ~allowed) == 0:
+            break  # no candidate row of an allowed class is left
+        sel = select_kcenter(shards, length, options=options)
+        if len(sel) == 0:
+            break
+        cls = quotas.classes_of(shards, sel.indices_B)
+        for r, s in zip(sel.indices_B.tolist(), sel.scores_B.tolist()):
+            ids_B.append(r)
+            scores_B.append(s)
+            counts[cls[r]] += 1
+        shards.exclude(sel.indices_B)  # earlier picks are centers of the next phase
+    return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "kcenter"), counts
+
+
+_NEEDS = _spec.Needs(log_probs=False, embeddings=True)
+SPECS = (
+    _spec.StrategySpec(
+        "kcenter", "loop", "exact k-center greedy / Core-Set (Sener & Savarese, ICLR 2018; Gonzalez 1985)",
+        options_type=KCenterOptions, needs=_NEEDS, aliases=("coreset", "core_set", "k_center", "k_center_greedy"),
+        supports=_spec.Supports(quotas=True, keeps=("embeddings",)), select=select_kcenter,
+        quota_select=select_with_quotas),
+    _spec.StrategySpec(
+        "kcenter_approx", "loop",
+        "k-center greedy per shard, then on the union (approximate; Malkomes et al., NeurIPS 2015)",
+        options_type=KCenterApproxOptions, needs=_NEEDS, supports=_spec.Supports(keeps=("embeddings",)),
+        select=select_kcenter_approx),
+)
+

@@ -6,7 +6,7 @@ Two spaces share one loop:
   Learning by Diverse, Uncertain Gradient Lower Bounds", ICLR 2020), never materialised:
   ``‖g_i − g_j‖² = ‖a_i‖²‖h_i‖² + ‖a_j‖²‖h_j‖² − 2(a_i·a_j)(h_i·h_j)`` (DESIGN §1.4; the
   factorisation is also in the BADGE reference code since 2023, after Zhang et al., arXiv
-  2306.09910 App. D). ``a`` comes from :func:`alscale.strategies.badge.gradient_factors`.
+  2306.09910 App. D). ``a`` comes from :func:`alscale.strategies.kmeanspp_kernels.gradient_factors`.
 - ``"embedding"``: plain k-means++ (Arthur & Vassilvitskii, "k-means++: The Advantages of
   Careful Seeding", SODA 2007) over the embeddings, i.e. the same formula with ``a ≡ 1``.
 
@@ -77,11 +77,11 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies.kmeanspp_kernels import (
     _GEMM_ELEMS,
     _ROW_ELEMS,
@@ -94,6 +94,7 @@ from alscale.strategies.kmeanspp_kernels import (
     bound_min_sq_dist,
     exact_sq_norms,
     filter_kappa,
+    gradient_factors,
     fixed_point_bits,
     grid_ceil,
     min_sq_dist,
@@ -108,6 +109,7 @@ from alscale.strategies.kmeanspp_kernels import (
 from alscale.strategies import progress
 from alscale.strategies.shards import ShardState, Shards, shard_op
 from alscale.types import Selection
+from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def _op(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Shard side: state in ShardState.scratch, ops registered with @shard_op.
+# Shard side: state in ShardState.strategy_state, ops registered with @shard_op.
 # ---------------------------------------------------------------------------------------
 @dataclass
 class _Space:
@@ -163,7 +165,7 @@ class _Space:
 
 
 def _space(state: ShardState) -> _Space:
-    sp = state.scratch.get("kmeanspp")
+    sp = state.strategy_state.get("kmeanspp")
     if sp is None:
         raise RuntimeError("k-means++ shard state missing: kpp_init must run first (after any exclude)")
     return sp
@@ -182,8 +184,6 @@ def _build_space(state: ShardState, space: str) -> _Space:
     n = np.empty(u, dtype=np.float64)
     a = None
     if space == "badge":
-        from alscale.strategies.badge import gradient_factors
-
         a = np.empty((u, lp.shape[2]), dtype=np.float32)
         step = max(64, _ROW_ELEMS // (lp.shape[1] * lp.shape[2] + d))
     else:
@@ -229,7 +229,7 @@ def kpp_init(state: ShardState, space: str, seed: int, round: int) -> dict[str, 
     plain k-means++ the keyed uniform (smallest wins); ties to the lower ``row_id``.
     """
     sp = _build_space(state, space)
-    state.scratch["kmeanspp"] = sp
+    state.strategy_state["kmeanspp"] = sp
     u = sp.row_ids_U.shape[0]
     dims = (None if sp.a_U_C is None else sp.a_U_C.shape[1], sp.h_U_D.shape[1])
     if u == 0:
@@ -334,20 +334,28 @@ def kpp_sync(
     return int(sp.cum_U[-1]), float(sp.u_U.max()), counts, sp.exact_rows
 
 
-@shard_op
-def kpp_propose(state: ShardState, targets_R: np.ndarray) -> tuple:
-    """Rows whose prefix interval ``[cum_{i−1}, cum_i)`` holds each local integer target.
+class Proposals(NamedTuple):
+    """One shard's D² proposals (:func:`kpp_propose`), one row per target: the row, its
+    integer weight ``q`` and its factors (``a`` None for plain k-means++)."""
 
-    Returns ``(row_ids, q, a, h, n)`` per target (``a`` None for plain k-means++).
-    """
+    row_ids_R: np.ndarray
+    q_R: np.ndarray
+    a_R_C: np.ndarray | None
+    h_R_D: np.ndarray
+    n_R: np.ndarray
+
+
+@shard_op(mutates=False)
+def kpp_propose(state: ShardState, targets_R: np.ndarray) -> Proposals:
+    """Rows whose prefix interval ``[cum_{i−1}, cum_i)`` holds each local integer target."""
     sp = _space(state)
     pos = np.searchsorted(sp.cum_U, np.asarray(targets_R, dtype=np.int64), side="right")
     q = sp.cum_U[pos] - np.where(pos > 0, sp.cum_U[np.maximum(pos - 1, 0)], 0)
     a = None if sp.a_U_C is None else sp.a_U_C[pos]
-    return sp.row_ids_U[pos], q, a, sp.h_U_D[pos], sp.n_U[pos]
+    return Proposals(sp.row_ids_U[pos], q, a, sp.h_U_D[pos], sp.n_U[pos])
 
 
-@shard_op
+@shard_op(mutates=False)
 def kpp_rest(state: ShardState, k: int, seed: int, round: int) -> tuple[np.ndarray, np.ndarray]:
     """The shard's ``k`` unchosen candidates with the smallest keyed uniforms (for D² mass 0)."""
     sp = _space(state)
@@ -463,7 +471,7 @@ class _Proposals:
 
 def _check_space(space: str) -> None:
     if space not in SPACES:
-        raise AlscaleError(f"space must be one of {', '.join(SPACES)}; got {space!r}")
+        raise AlscaleError(f"space must be one of {', '.join(SPACES)}; got {short_repr(space)}")
 
 
 def _init(shards: Shards, space: str, seed: int, round: int) -> tuple[int, tuple, float]:
@@ -509,14 +517,14 @@ def _fetch(
     # Back to trial order: position of each proposal in the shard-order concatenation.
     offsets = np.cumsum([0] + [len(t) for t in per_shard])
     pos = np.array([offsets[s] + i for s, i in where], dtype=np.int64)
-    cat = [np.concatenate([p[f] for p in parts]) if parts[0][f] is not None else None for f in range(5)]
-    a = None if cat[2] is None else cat[2][pos]
-    h, n = cat[3][pos], cat[4][pos].astype(np.float64)
+    cat = Proposals(*(np.concatenate(field) if field[0] is not None else None for field in zip(*parts)))
+    a = None if cat.a_R_C is None else cat.a_R_C[pos]
+    h, n = cat.h_R_D[pos], cat.n_R[pos].astype(np.float64)
     return _Proposals(
         first=first,
-        row_ids=cat[0][pos].astype(np.int64),
+        row_ids=cat.row_ids_R[pos].astype(np.int64),
         w=synced.min_dist(a, h, n),
-        q=cat[1][pos].astype(np.int64),
+        q=cat.q_R[pos].astype(np.int64),
         a=a,
         h=h,
         n=n,
@@ -813,9 +821,9 @@ def check_parallel_options(options: dict[str, Any]) -> dict[str, Any]:
     if isinstance(over, bool) or not isinstance(over, (int, float, np.integer, np.floating)) or not (
         math.isfinite(over) and over > 0
     ):
-        raise AlscaleError(f"option oversampling must be a positive number (ℓ = oversampling * budget); got {over!r}")
+        raise AlscaleError(f"option oversampling must be a positive number (ℓ = oversampling * budget); got {short_repr(over)}")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
-        raise AlscaleError(f"option rounds must be an integer >= 1; got {rounds!r}")
+        raise AlscaleError(f"option rounds must be an integer >= 1; got {short_repr(rounds)}")
     return {**options, "oversampling": float(over), "rounds": int(rounds)}
 
 
@@ -835,3 +843,31 @@ def select_kmeans_parallel(
         shards, budget, space="embedding", oversampling=opts.get("oversampling", 0.5),
         rounds=opts.get("rounds", 5), seed=seed, round=round, strategy="kmeans_parallel",
     )[0]
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParallelOptions(_spec.StrategyOptions):
+    """k-means‖ options: ``oversampling`` (ℓ = oversampling · B) and ``rounds``."""
+
+    oversampling: float = 0.5
+    rounds: int = 5
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_parallel_options(options)
+
+
+_NEEDS = _spec.Needs(log_probs=False, embeddings=True)
+_SUPPORTS = _spec.Supports(keeps=("embeddings",))
+SPECS = (
+    _spec.StrategySpec(
+        "kmeanspp", "loop",
+        "k-means++ seeding of the embeddings, exact D² sampling (Arthur & Vassilvitskii, SODA 2007)",
+        needs=_NEEDS, supports=_SUPPORTS, aliases=("kmeans++", "k_means++", "k_means_pp"), select=select_kmeanspp),
+    _spec.StrategySpec(
+        "kmeans_parallel", "loop", "k-means|| seeding of the embeddings (approximate; Bahmani et al., VLDB 2012)",
+        options_type=ParallelOptions, needs=_NEEDS, supports=_SUPPORTS, aliases=("kmeans||", "k_means||"),
+        select=select_kmeans_parallel),
+)
+

@@ -243,3 +243,22 @@ def seeding_cost(
             d = (na * nh)[lo:hi, None] + (nac * nhc)[None, :] - 2 * g
         total += float(np.maximum(d.min(axis=1), 0).astype(np.float64).sum())
     return total
+
+
+def gradient_factors(log_probs_N_K_C: np.ndarray) -> np.ndarray:
+    """BADGE's class factor ``a = p − onehot(argmax p)``, ``p`` = mean_k exp(log_probs).
+
+    Args:
+        log_probs_N_K_C: natural-log probabilities ``[N, K, C]``.
+
+    Returns:
+        float64 ``[N, C]``; ``‖a ⊗ h‖ = ‖a‖·‖h‖`` is BADGE's gradient-embedding norm.
+    """
+    if log_probs_N_K_C.shape[1] == 1:
+        p_N_C = np.array(log_probs_N_K_C[:, 0, :], dtype=np.float64)
+        np.exp(p_N_C, out=p_N_C)
+    else:
+        p_N_C = np.exp(np.asarray(log_probs_N_K_C, dtype=np.float64)).mean(axis=1)
+    y_N = np.argmax(p_N_C, axis=1)
+    p_N_C[np.arange(p_N_C.shape[0]), y_N] -= 1.0
+    return p_N_C

@@ -17,6 +17,7 @@ import numpy as np
 from alscale.errors import AlscaleError
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
+from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.learning_loss."
 
@@ -24,7 +25,7 @@ _OP = "alscale.strategies.learning_loss."
 @shard_op
 def ll_prepare(state: ShardState) -> None:
     """Rank this shard's rows by their predicted loss."""
-    loss = state.base_scores.get("learning_loss")
+    loss = state.model_outputs.get("loss")
     if loss is None:
         raise AlscaleError("strategy learning_loss needs the model's predicted loss: return (logits, embedding, "
                          "predicted_loss [N]) from forward (a Learning Loss module)")
@@ -37,3 +38,12 @@ def select_learning_loss(shards: Shards, budget: int, *, options: dict[str, Any]
     shards.call(_OP + "ll_prepare")
     scores, ids = shards.topk(budget)
     return Selection(np.asarray(ids, np.int64), np.asarray(scores, np.float64), "learning_loss")
+
+
+# -- registry spec -----------------------------------------------------------------------
+SPEC = _spec.StrategySpec(
+    "learning_loss", "loop",
+    "largest loss predicted by the model's loss-prediction module (Yoo & Kweon, CVPR 2019)",
+    needs=_spec.Needs(log_probs=True, model_output="loss"), supports=_spec.Supports(keeps=("log_probs",)),
+    select=select_learning_loss)
+

@@ -30,20 +30,22 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_int_options
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.probcover."
 _PAIRS = 1 << 22  # row pairs per block of canonical distances
 
 
 def _normed(state: ShardState, normalize: bool) -> np.ndarray:
-    sc = state.scratch.setdefault("probcover", {})
+    sc = state.strategy_state.setdefault("probcover", {})
     if "x" not in sc:
         if state.embeddings_N_D is None:
             raise ValueError("ProbCover needs embeddings, but this shard has none")
@@ -82,7 +84,7 @@ def _pairs_within(a: np.ndarray, b: np.ndarray, limit_sq: float, *, strict: bool
 def pc_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``[start, stop)`` of this shard: (row_ids, normalised embeddings, k-means labels or empty)."""
     x = _normed(state, normalize)
-    labels = state.scratch.get("kmeans")
+    labels = state.strategy_state.get("kmeans")
     lab = labels[start:stop] if labels is not None else np.empty(0, np.int64)
     return state.row_ids_N[start:stop], x[start:stop], lab
 
@@ -91,8 +93,8 @@ def pc_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> tuple
 def pc_other_label_dist(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarray, normalize: bool) -> None:
     """Lower each row's squared distance to its nearest row of another pseudo-label."""
     x = _normed(state, normalize)
-    sc = state.scratch["probcover"]
-    mine = state.scratch["kmeans"]
+    sc = state.strategy_state["probcover"]
+    mine = state.strategy_state["kmeans"]
     r = sc.setdefault("r_sq", np.full(x.shape[0], np.inf))
     rows = max(1, _PAIRS // max(1, x_M_D.shape[0]))
     m_sq = (x_M_D.astype(np.float64) ** 2).sum(1)
@@ -112,7 +114,7 @@ def pc_other_label_dist(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarr
 
 @shard_op
 def pc_other_label_values(state: ShardState) -> np.ndarray:
-    return state.scratch["probcover"]["r_sq"]
+    return state.strategy_state["probcover"]["r_sq"]
 
 
 # -- shard ops: the graph and the greedy ---------------------------------------------------
@@ -121,7 +123,7 @@ def pc_other_label_values(state: ShardState) -> np.ndarray:
 def pc_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq: float, normalize: bool) -> int:
     """Add edges from this shard's rows to the chunk's rows within δ; returns edges added."""
     x = _normed(state, normalize)
-    sc = state.scratch["probcover"]
+    sc = state.strategy_state["probcover"]
     i, j, _ = _pairs_within(x, x_M_D, delta_sq)
     sc.setdefault("src", []).append(i.astype(np.int64))
     sc.setdefault("dst", []).append(np.asarray(ids_M, np.int64)[j])
@@ -131,7 +133,7 @@ def pc_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq: 
 @shard_op
 def pc_finish(state: ShardState) -> None:
     """Freeze the edges: CSR by source row, and (target id -> source rows) for the updates."""
-    sc = state.scratch["probcover"]
+    sc = state.strategy_state["probcover"]
     src = np.concatenate(sc.pop("src", [np.empty(0, np.int64)]))
     dst = np.concatenate(sc.pop("dst", [np.empty(0, np.int64)]))
     o = np.lexsort((dst, src))
@@ -147,7 +149,7 @@ def pc_finish(state: ShardState) -> None:
 @shard_op
 def pc_ball(state: ShardState, row_ids: np.ndarray) -> np.ndarray:
     """The union of the balls (neighbour ids) of the requested rows held here."""
-    sc = state.scratch["probcover"]
+    sc = state.strategy_state["probcover"]
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
     parts = [sc["csr_dst"][sc["csr_ptr"][p]:sc["csr_ptr"][p + 1]] for p in pos]
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
@@ -157,7 +159,7 @@ def pc_ball(state: ShardState, row_ids: np.ndarray) -> np.ndarray:
 def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) -> tuple[int, int]:
     """Mark ``new_ids`` covered (lowering the degree of every row with an edge to one), take
     ``exclude_ids`` out of the candidates; return this shard's best (degree, row_id)."""
-    sc = state.scratch["probcover"]
+    sc = state.strategy_state["probcover"]
     new_ids = np.asarray(new_ids, np.int64)
     if new_ids.size:
         lo = np.searchsorted(sc["rev_ids"], new_ids, side="left")
@@ -179,7 +181,7 @@ def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) ->
 @shard_op
 def pc_random(state: ShardState, seed: int, round: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """This shard's best ``k`` unlabelled rows by keyed uniform noise (the random fill)."""
-    cand = np.flatnonzero(state.candidates_N & ~state.scratch["probcover"]["picked"])
+    cand = np.flatnonzero(state.candidates_N & ~state.strategy_state["probcover"]["picked"])
     u = noise.keyed_uniform(seed, round, state.row_ids_N[cand])
     o = np.lexsort((state.row_ids_N[cand], -u))[:k]
     return u[o], state.row_ids_N[cand][o]
@@ -216,13 +218,13 @@ def pc_size(state: ShardState) -> int:
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     d = options["delta"]
     if d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0):
-        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {d!r}")
+        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {short_repr(d)}")
     p = options["purity"]
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {p!r}")
+        raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {short_repr(p)}")
     check_int_options(options, ("n_classes", "chunk_rows", "max_edges", "kmeans_iters"), strategy="probcover")
     if not isinstance(options["normalize"], bool):
-        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {options['normalize']!r}")
+        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {short_repr(options['normalize'])}")
     return options
 
 
@@ -278,3 +280,28 @@ def select_probcover(shards: Shards, budget: int, *, options: dict[str, Any], se
 @shard_op
 def pc_labeled_ids(state: ShardState) -> np.ndarray:
     return state.row_ids_N[state.labeled_N]
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbCoverOptions(_spec.StrategyOptions):
+    """Options of ``probcover`` (checked by :func:`check_options`)."""
+
+    delta: Any = "auto"
+    purity: float = 0.95
+    n_classes: int = 10
+    normalize: bool = True
+    chunk_rows: int = 8192
+    max_edges: int = 200_000_000
+    kmeans_iters: int = 100
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "probcover", "loop", "greedy max coverage of δ-balls, δ by the purity rule (Yehuda et al., NeurIPS 2022)",
+    options_type=ProbCoverOptions, needs=_spec.Needs(log_probs=False, embeddings=True),
+    supports=_spec.Supports(keeps=("embeddings",)), select=select_probcover)
+

@@ -13,20 +13,17 @@ still add up to more than the budget are an error (before any pick).
 
 Sharded and exact: each shard sorts its candidates per class once; the coordinator merges
 the classes' streams lazily, fetching pages of ``page`` rows per (shard, class) only when a
-stream runs dry, so a batch costs a few fan-outs and moves O(B + C·page) rows. Quotas apply
-to the score-based strategies (uncertainty, committee, random, Power/Softmax — not SoftRank,
-whose keys need global ranks) and to k-center.
+stream runs dry, so a batch costs a few fan-outs and moves O(B + C·page) rows. The greedy
+applies to every strategy whose spec ranks rows by a per-row key (``StrategySpec.ranks_by_score``:
+scores, random, per-row stochastic keys) and supports quotas.
 
-k-center with quotas runs the exact greedy in *phases*: within a phase the allowed classes
-cannot change (its length is the fewest picks after which a class could reach its maximum,
-or the reserve for minimums could begin or end), so the sharded greedy over the allowed rows,
-with the labelled rows and all earlier picks as centers, makes exactly the constrained
-greedy's picks; then the classes are counted and the next phase starts. Tight quotas mean
-more phases (each a fresh greedy start). BADGE samples each pick from D² restricted to the
-rows allowed at that step: the shards are restricted to the initially allowed classes (so
-the first center, the largest gradient norm, is allowed), and later proposals of classes
-that have become disallowed are rejected, which leaves the law of each accepted pick D²
-over the allowed rows.
+A selection loop that supports quotas brings its own constrained loop
+(``StrategySpec.quota_select``, ``(shards, budget, lo, hi, *, options, seed, round, avail)
+-> (Selection, picks per class)``) built from the helpers here: :func:`allowed_classes`
+(which classes the next pick may have), :func:`restrict_classes` (a candidate filter by
+predicted class), :func:`classes_of` and :class:`QuotaGate` (accept/reject rule for a
+sampler). E.g. k-center runs its exact greedy in phases within which the allowed classes
+cannot change; BADGE rejects D² proposals of classes that have become disallowed.
 """
 
 from __future__ import annotations
@@ -59,7 +56,7 @@ def predicted_class(log_probs_N_K_C: np.ndarray) -> np.ndarray:
 
 
 @shard_op
-def quota_prepare(state: ShardState, strategy: str, options: Mapping[str, Any], seed: int, round: int
+def quota_prepare(state: ShardState, strategy: Any, options: Mapping[str, Any], seed: int, round: int
                   ) -> np.ndarray:
     """Score this shard, sort its candidates per predicted class; returns the candidates per class ``[C]``."""
     if state.log_probs_N_K_C is None:
@@ -71,14 +68,14 @@ def quota_prepare(state: ShardState, strategy: str, options: Mapping[str, Any], 
     order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
     c = int(state.log_probs_N_K_C.shape[2])
     by_class = [order[cls[order] == j] for j in range(c)]
-    state.scratch["quotas"] = by_class
+    state.strategy_state["quotas"] = by_class
     return np.array([b.shape[0] for b in by_class], dtype=np.int64)
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each (class, start rank): this shard's ranks [start, start + page) of that class."""
-    by_class = state.scratch["quotas"]
+    by_class = state.strategy_state["quotas"]
     out = []
     for c, start in requests:
         pos = by_class[c][start:start + page]
@@ -96,11 +93,11 @@ def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
         state.base_scores["_eligible_before_quotas"] = state.eligible_N.copy()
     cls = state.base_scores["_predicted_class"]
     state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
-    state.scratch.clear()
+    state.strategy_state.clear()
     return int(np.count_nonzero(state.candidates_N))
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_class_counts(state: ShardState) -> np.ndarray:
     """Candidates per predicted class (before any restriction)."""
     if state.log_probs_N_K_C is None:
@@ -109,7 +106,7 @@ def quota_class_counts(state: ShardState) -> np.ndarray:
     return np.bincount(cls[state.candidates_N], minlength=state.log_probs_N_K_C.shape[2]).astype(np.int64)
 
 
-@shard_op
+@shard_op(mutates=False)
 def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
     return state.row_ids_N[pos], predicted_class(state.log_probs_N_K_C[pos])
@@ -123,41 +120,21 @@ def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: i
     return (counts < hi) & ((need > 0) if reserve else True)
 
 
-def _kcenter_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, options: Mapping[str, Any]
-                         ) -> tuple[Selection, np.ndarray]:
-    from alscale.strategies.kcenter import select_kcenter
-
-    c = lo.shape[0]
-    counts = np.zeros(c, dtype=np.int64)
-    ids_B: list[int] = []
-    scores_B: list[float] = []
-    while len(ids_B) < budget:
-        slots = budget - len(ids_B)
-        need = np.maximum(lo - counts, 0)
-        owed = int(need.sum())
-        allowed = allowed_classes(counts, lo, hi, slots)
-        if not allowed.any():
-            break
-        room = hi[allowed] - counts[allowed]
-        length = int(min(room.min(), need[allowed].min() if slots <= owed else slots - owed))
-        length = max(1, min(length, slots))
-        if sum(shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed).tolist())) == 0:
-            break  # no candidate row of an allowed class is left
-        sel = select_kcenter(shards, length, options=options)
-        if len(sel) == 0:
-            break
-        parts = shards.call(_OP + "quota_class_of", sel.indices_B)
-        cls = {int(r): int(k) for p in parts for r, k in zip(p[0], p[1])}
-        for r, s in zip(sel.indices_B.tolist(), sel.scores_B.tolist()):
-            ids_B.append(r)
-            scores_B.append(s)
-            counts[cls[r]] += 1
-        shards.exclude(sel.indices_B)  # earlier picks are centers of the next phase
-    return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "kcenter"), counts
+def restrict_classes(shards: Shards, disallowed_C: np.ndarray) -> int:
+    """Only candidates whose predicted class is not disallowed (bool ``[C]``) stay pickable;
+    returns how many candidates are left."""
+    return int(sum(shards.call(_OP + "quota_restrict", np.flatnonzero(disallowed_C).tolist())))
 
 
-class _QuotaGate:
-    """The constrained step's rule for a sampler (BADGE): which rows it may accept now."""
+def classes_of(shards: Shards, row_ids: np.ndarray) -> dict[int, int]:
+    """row_id -> predicted class of the given rows."""
+    parts = shards.call(_OP + "quota_class_of", np.asarray(row_ids, np.int64))
+    return {int(r): int(k) for p in parts for r, k in zip(p[0].tolist(), p[1].tolist())}
+
+
+class QuotaGate:
+    """The constrained step's rule for a sampler (e.g. BADGE's D² draws): which rows it may
+    accept now (``prefetch`` their classes, ``ok``, ``picked``, ``done``)."""
 
     def __init__(self, shards: Shards, lo: np.ndarray, hi: np.ndarray, budget: int, avail: np.ndarray) -> None:
         self.shards, self.lo, self.hi, self.budget, self.avail = shards, lo, hi, budget, avail
@@ -184,19 +161,6 @@ class _QuotaGate:
     def picked(self, row: int) -> None:
         self.counts[self.cls[row]] += 1
         self.n += 1
-
-
-def _badge_with_quotas(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, seed: int, round: int,
-                       avail: np.ndarray) -> tuple[Selection, np.ndarray]:
-    """BADGE's D² sampling restricted, at each step, to the allowed rows (by rejection)."""
-    from alscale.strategies.kmeanspp import seed_exact
-
-    need = lo.copy()
-    allowed0 = (hi > 0) & ((need > 0) if budget <= int(need.sum()) else True)
-    shards.call(_OP + "quota_restrict", np.flatnonzero(~allowed0).tolist())  # the first center is allowed
-    gate = _QuotaGate(shards, lo, hi, budget, avail)
-    sel, _ = seed_exact(shards, budget, space="badge", seed=seed, round=round, strategy="badge", allow=gate)
-    return sel, gate.counts
 
 
 class _Stream:
@@ -257,11 +221,19 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
     raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {short_repr(spec)}")
 
 
-def quotas_supported(name: str) -> bool:
-    """Whether strategy ``name`` takes class quotas."""
+def quotas_supported(name: Any) -> bool:
+    """Whether strategy ``name`` takes class quotas (its spec's ``supports.quotas``: a
+    per-row ranking through the greedy below, a loop through its ``quota_select``)."""
     info = registry.get_strategy(name)
-    return (info.kind in ("score", "random", "stochastic") and info.name != "softrank") or \
-        info.name in ("kcenter", "badge")
+    return info.supports.quotas and (info.ranks_by_score or info.quota_select is not None)
+
+
+def unsupported_message(name: Any) -> str:
+    """Why strategy ``name`` takes no quotas, listing the loops that do."""
+    loops = [s.name for s in registry.all_strategies() if s.kind == "loop" and quotas_supported(s)]
+    which = ", ".join(loops[:-1]) + " and " + loops[-1] if len(loops) > 1 else "".join(loops)
+    return (f"strategy.quotas work with the score-based strategies, {which}, not "
+            f"{registry.get_strategy(name).name} (the other loops do not take quotas yet)")
 
 
 def check_quotas(quotas: Any) -> dict[str, Any]:
@@ -283,17 +255,17 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                        page: int | None = None) -> QuotaResult:
     """The constrained greedy of the module docstring over a score-based strategy."""
     info = registry.get_strategy(strategy)
-    if not quotas_supported(info.name):
-        raise AlscaleError(f"class quotas work with the score-based strategies, kcenter and badge (not "
-                           f"{info.name}); the other loops do not take quotas yet")
+    if not quotas_supported(info):
+        raise AlscaleError(unsupported_message(info))
     quotas = check_quotas(quotas)
-    opts = registry.check_options(info.name, options or {})
+    opts = registry.check_options(info, options or {})
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
-    if info.name in ("kcenter", "badge"):
+    loop = info.quota_select
+    if loop is not None:
         prepared = shards.call(_OP + "quota_class_counts")
     else:
-        prepared = shards.call(_OP + "quota_prepare", info.name, dict(opts), int(seed), int(round))
+        prepared = shards.call(_OP + "quota_prepare", registry.wire(info), dict(opts), int(seed), int(round))
     avail = np.sum(prepared, axis=0)
     c, n_shards = int(avail.shape[0]), len(prepared)
     lo = _bounds(quotas.get("min"), c, "min")
@@ -310,11 +282,9 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     if lo.sum() > budget:
         raise AlscaleError(f"strategy.quotas: the minimums add up to {int(lo.sum())}, more than the budget {budget}; "
                            "lower them or raise strategy.budget")
-    if info.name == "kcenter":
-        sel, counts_k = _kcenter_with_quotas(shards, budget, lo, hi, opts)
-        return QuotaResult(sel, counts_k.tolist(), unmet)
-    if info.name == "badge":
-        sel, counts_k = _badge_with_quotas(shards, budget, lo, hi, int(seed), int(round), avail)
+    if loop is not None:  # the strategy's own constrained loop
+        sel, counts_k = registry.resolve(loop)(shards, budget, lo, hi, options=opts, seed=int(seed),
+                                               round=int(round), avail=avail)
         return QuotaResult(sel, counts_k.tolist(), unmet)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
     streams = [_Stream(n_shards) for _ in range(c)]

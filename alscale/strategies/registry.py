@@ -1,423 +1,292 @@
-"""Strategy registry: name -> :class:`StrategyInfo` (what it computes, what it needs, its options).
+"""Strategy registry: name -> :class:`~alscale.strategies.spec.StrategySpec`, built from the specs.
 
-Four kinds of strategy live here:
+Every built-in strategy module exports its spec(s) as ``SPEC`` / ``SPECS``
+(:data:`BUILTIN_MODULES`, imported on first lookup so that this module stays light); a user
+adds one with :func:`register_strategy`, or names it in a job by import path
+(``strategy.name: mypkg.mymodule:MyStrategy``, an attribute that is a ``StrategySpec`` or
+has one as ``.spec``).
 
-- ``"score"``: deterministic top-B of a per-row score (``score_fn``, from
-  :mod:`alscale.strategies.scores`; higher = picked first).
+Kinds (``StrategySpec.kind``):
+
+- ``"score"``: deterministic top-B of a per-row score (``score``; higher = picked first).
 - ``"stochastic"``: Gumbel-top-B of a transform of a *base* score strategy (Kirsch et al.,
-  "Stochastic Batch Acquisition", TMLR 2023): ``power`` (p ∝ s^beta), ``softmax``
-  (p ∝ exp(beta s)), ``softrank`` (p ∝ rank^-beta). Options ``beta`` (> 0, default 1) and
-  ``base`` (a registered score strategy, default ``entropy``). Their ``min_samples`` and
-  ``needs_log_probs`` are those of the *default* base; a caller must resolve the real
-  requirements through the chosen base: ``get_strategy(check_options(name, opts)["base"])``
-  (or :func:`score_strategy`).
+  "Stochastic Batch Acquisition", TMLR 2023), options ``beta`` and ``base``. Their
+  ``min_samples`` and ``needs_log_probs`` are those of the *default* base; a caller must
+  resolve the real requirements through the chosen base (:func:`requirements`,
+  :func:`score_strategy`).
 - ``"random"``: uniform sampling (keyed noise; needs no model output).
 - ``"loop"``: a selection loop of its own over the ``Shards`` seam (k-center, BADGE,
-  BatchBALD ...), named by ``select_fn`` (``"module:function"``, imported on first use, so
-  this module stays light). Its options are checked by its ``check_fn`` when it has one.
+  BatchBALD ...), its ``select`` function.
 
 Names are matched case-insensitively, with ``-`` and spaces read as ``_``; aliases map to a
 canonical name. There is deliberately no ``powerbald`` entry: the paper's PowerBALD is
-``power`` with ``base: bald``, and an entry would only duplicate ``power`` with another
-default (callers dispatch the stochastic transform on the canonical name).
+``power`` with ``base: bald``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+import importlib
+import re
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
-import numpy as np
-
 from alscale.errors import AlscaleError, short_repr
-from alscale.strategies import scores
+from alscale.strategies import spec as _spec
+
+StrategySpec = _spec.StrategySpec
+#: Kept for callers of the former name.
+StrategyInfo = StrategySpec
 
 __all__ = [
+    "BUILTIN_MODULES",
     "Requirements",
     "StrategyInfo",
+    "StrategySpec",
     "check_options",
     "get_strategy",
+    "register_strategy",
     "requirements",
     "resolve",
     "score_strategy",
     "strategy_names",
+    "strategy_ref",
 ]
 
+#: The built-in strategy modules listed first, in this order (each exports ``SPEC`` or
+#: ``SPECS``); any other module of this package that defines ``SPEC`` / ``SPECS`` at its top
+#: level is found too (after these, by name), so a new built-in strategy is one module.
+BUILTIN_MODULES = (
+    "alscale.strategies.scores",
+    "alscale.strategies.topk",
+    "alscale.strategies.batchbald",
+    "alscale.strategies.kcenter",
+    "alscale.strategies.badge",
+    "alscale.strategies.kmeanspp",
+    "alscale.strategies.typiclust",
+    "alscale.strategies.probcover",
+    "alscale.strategies.cluster_margin",
+    "alscale.strategies.alfamix",
+    "alscale.strategies.learning_loss",
+    "alscale.strategies.egl",
+)
 
-@dataclass(frozen=True)
-class StrategyInfo:
-    """What a registered strategy is and needs.
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_FORM = "expected 'package.module:Attribute' naming a StrategySpec"
 
-    Attributes:
-        name: canonical name.
-        kind: ``"score"`` (deterministic top-k of a score), ``"stochastic"`` (Gumbel-top-k
-            of a transform of a base score) or ``"random"``.
-        score_fn: ``log_probs_N_K_C -> scores_N`` (float64, higher = picked first) for kind
-            ``"score"``; None otherwise.
-        min_samples: the least K the score needs (2 for the disagreement scores). For
-            ``"stochastic"`` it is the default base's; resolve through the chosen base.
-        needs_log_probs: whether the strategy needs model log-probs (same caveat).
-        options: allowed options with their defaults (read-only).
-        summary: one line, citing the paper.
-        select_fn: for kind ``"loop"``, ``"module:function"`` with the signature
-            ``(shards, budget, *, options, seed, round) -> Selection``.
-        needs_embeddings: whether the shards must hold embeddings.
-        check_fn: optional ``"module:function"`` ``(options: dict) -> dict`` run by
-            :func:`check_options` after the generic checks (range checks of its own).
-    """
-
-    name: str
-    kind: str
-    score_fn: Callable[[np.ndarray], np.ndarray] | None
-    min_samples: int
-    needs_log_probs: bool
-    options: Mapping[str, Any]
-    summary: str
-    select_fn: str | None = None
-    needs_embeddings: bool = False
-    check_fn: str | None = None
+_lock = threading.RLock()
+_STRATEGIES: dict[str, StrategySpec] = {}  # canonical name -> spec, in registration order
+_ALIASES: dict[str, str] = {}
+_REFS: dict[str, str] = {}  # canonical name -> the import path it was loaded from (user strategies)
+_BUILTIN: set[str] = set()
+_loaded = False
 
 
-def resolve(path: str) -> Any:
-    """Import ``"package.module:attribute"``."""
-    import importlib
-
+def resolve(path: Any) -> Any:
+    """Import ``"package.module:attribute"`` (a callable is returned as it is)."""
+    if not isinstance(path, str):
+        return path
     module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
-_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
-_STOCHASTIC_OPTIONS: Mapping[str, Any] = MappingProxyType({"beta": 1.0, "base": "entropy"})
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
-def _score(name: str, fn: Callable[[np.ndarray], np.ndarray], min_samples: int, summary: str) -> StrategyInfo:
-    return StrategyInfo(name, "score", fn, min_samples, True, _NO_OPTIONS, summary)
+def _add(spec: StrategySpec, ref: str | None = None) -> StrategySpec:
+    """Register ``spec`` (same spec again: a no-op; another spec of a taken name: an error)."""
+    if not isinstance(spec, StrategySpec):
+        raise AlscaleError(f"register_strategy needs a StrategySpec; got {type(spec).__name__}")
+    for key in (spec.name, *(_key(a) for a in spec.aliases)):
+        owner = _STRATEGIES.get(key) or _STRATEGIES.get(_ALIASES.get(key, ""))
+        if owner is not None and owner is not spec and owner != spec:
+            raise AlscaleError(f"strategy name {short_repr(key)} of {spec.name} is taken by strategy {owner.name}; "
+                               "give the strategy another name")
+    _STRATEGIES[spec.name] = spec
+    for a in spec.aliases:
+        _ALIASES[_key(a)] = spec.name
+    if ref is not None:
+        _REFS[spec.name] = ref
+    return spec
 
 
-def _stochastic(name: str, summary: str) -> StrategyInfo:
-    # min_samples / needs_log_probs: those of the default base, entropy (K >= 1, log-probs).
-    return StrategyInfo(name, "stochastic", None, 1, True, _STOCHASTIC_OPTIONS, summary)
+def _ensure_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    with _lock:
+        if _loaded:
+            return
+        for module in (*BUILTIN_MODULES, *_other_spec_modules()):
+            mod = importlib.import_module(module)
+            specs = getattr(mod, "SPECS", None) or (getattr(mod, "SPEC"),)
+            for s in specs:
+                _add(s)
+                _BUILTIN.add(s.name)
+        _loaded = True
 
 
-_STRATEGIES: dict[str, StrategyInfo] = {
-    s.name: s
-    for s in (
-        StrategyInfo(
-            "random", "random", None, 1, False, _NO_OPTIONS, "uniform random sample of the unlabelled rows (baseline)"
-        ),
-        _score("least_confidence", scores.least_confidence, 1, "1 - max_c p(c|x) (Lewis & Gale, SIGIR 1994)"),
-        _score("margin", scores.margin, 1, "1 - (p_top1 - p_top2) (Scheffer et al., IDA 2001)"),
-        _score("entropy", scores.entropy, 1, "predictive entropy H[p(y|x)] (Shannon 1948; Gal et al., ICML 2017)"),
-        _score(
-            "bald", scores.bald, 2, "mutual information of label and weights (Houlsby et al. 2011; Gal et al. 2017)"
-        ),
-        _score(
-            "variation_ratios",
-            scores.variation_ratios,
-            2,
-            "1 - modal-class vote share over K samples (Freeman 1965; Gal et al., ICML 2017)",
-        ),
-        _score(
-            "mean_std",
-            scores.mean_std,
-            2,
-            "mean over classes of the std of p(c|x,w) over K samples (Kampffmeyer et al., CVPR-W 2016)",
-        ),
-        _score(
-            "vote_entropy",
-            scores.vote_entropy,
-            2,
-            "entropy of the committee's argmax votes (QBC; Dagan & Engelson, ICML 1995)",
-        ),
-        _score(
-            "consensus_kl",
-            scores.consensus_kl,
-            2,
-            "mean KL of each member to the consensus (QBC; McCallum & Nigam, ICML 1998)",
-        ),
-        _stochastic("power", "Gumbel-top-k with p ∝ score^beta, e.g. PowerBALD (Kirsch et al., TMLR 2023)"),
-        _stochastic("softmax", "Gumbel-top-k with p ∝ exp(beta * score) (Kirsch et al., TMLR 2023)"),
-        _stochastic("softrank", "Gumbel-top-k with p ∝ rank^-beta over the whole pool (Kirsch et al., TMLR 2023)"),
-        # BatchBALD (issue 4): options documented in alscale.strategies.batchbald.check_options.
-        StrategyInfo(
-            "batchbald",
-            "loop",
-            None,
-            2,
-            True,
-            MappingProxyType(
-                {"num_samples": 1000, "max_configs": None, "device": "auto", "chunk_rows": None, "prune": True}
-            ),
-            "greedy joint mutual information of the batch's labels and the weights (Kirsch et al., NeurIPS 2019)",
-            select_fn="alscale.strategies.batchbald:select_batchbald",
-            check_fn="alscale.strategies.batchbald:check_options",
-        ),
-        StrategyInfo(
-            "batchbald_prefilter",
-            "loop",
-            None,
-            2,
-            True,
-            MappingProxyType(
-                {
-                    "num_samples": 1000,
-                    "max_configs": None,
-                    "device": "auto",
-                    "chunk_rows": None,
-                    "prune": True,
-                    "prefilter": None,
-                }
-            ),
-            "BatchBALD on the top-`prefilter` rows by BALD (approximate; Kirsch et al., NeurIPS 2019)",
-            select_fn="alscale.strategies.batchbald:select_batchbald_prefilter",
-            check_fn="alscale.strategies.batchbald:check_options",
-        ),
-        # k-center greedy (issue 3): alscale.strategies.kcenter (options checked by its check_options).
-        StrategyInfo(
-            "kcenter",
-            "loop",
-            None,
-            1,
-            False,
-            MappingProxyType({"backend": "auto", "mode": "auto", "gather_bytes": 2 << 30, "offer_rows": None}),
-            "exact k-center greedy / Core-Set (Sener & Savarese, ICLR 2018; Gonzalez 1985)",
-            select_fn="alscale.strategies.kcenter:select_kcenter",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.kcenter:check_options",
-        ),
-        StrategyInfo(
-            "kcenter_approx",
-            "loop",
-            None,
-            1,
-            False,
-            MappingProxyType({"backend": "auto"}),
-            "k-center greedy per shard, then on the union (approximate; Malkomes et al., NeurIPS 2015)",
-            select_fn="alscale.strategies.kcenter:select_kcenter_approx",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.kcenter:check_options",
-        ),
-        # BADGE / k-means++ (issue 3): alscale.strategies.badge and .kmeanspp.
-        StrategyInfo(
-            "badge",
-            "loop",
-            None,
-            1,
-            True,
-            _NO_OPTIONS,
-            "k-means++ seeding on gradient embeddings (p - onehot(argmax p)) x h, exact D² sampling "
-            "(Ash et al., ICLR 2020)",
-            select_fn="alscale.strategies.badge:select_badge",
-            needs_embeddings=True,
-        ),
-        StrategyInfo(
-            "badge_parallel",
-            "loop",
-            None,
-            1,
-            True,
-            MappingProxyType({"oversampling": 0.5, "rounds": 5}),
-            "BADGE seeded by k-means|| (approximate; Ash et al., ICLR 2020; Bahmani et al., VLDB 2012)",
-            select_fn="alscale.strategies.badge:select_badge_parallel",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.kmeanspp:check_parallel_options",
-        ),
-        StrategyInfo(
-            "kmeanspp",
-            "loop",
-            None,
-            1,
-            False,
-            _NO_OPTIONS,
-            "k-means++ seeding of the embeddings, exact D² sampling (Arthur & Vassilvitskii, SODA 2007)",
-            select_fn="alscale.strategies.kmeanspp:select_kmeanspp",
-            needs_embeddings=True,
-        ),
-        StrategyInfo(
-            "kmeans_parallel",
-            "loop",
-            None,
-            1,
-            False,
-            MappingProxyType({"oversampling": 0.5, "rounds": 5}),
-            "k-means|| seeding of the embeddings (approximate; Bahmani et al., VLDB 2012)",
-            select_fn="alscale.strategies.kmeanspp:select_kmeans_parallel",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.kmeanspp:check_parallel_options",
-        ),
-        # Cold start and huge batches (issue 9).
-        StrategyInfo(
-            "typiclust",
-            "loop",
-            None,
-            1,
-            False,
-            MappingProxyType({"max_clusters": 500, "knn": 20, "min_cluster_size": 5, "kmeans_iters": 100}),
-            "most typical row of each uncovered k-means cluster (Hacohen et al., ICML 2022)",
-            select_fn="alscale.strategies.typiclust:select_typiclust",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.typiclust:check_options",
-        ),
-        StrategyInfo(
-            "probcover",
-            "loop",
-            None,
-            1,
-            False,
-            MappingProxyType({"delta": "auto", "purity": 0.95, "n_classes": 10, "normalize": True,
-                              "chunk_rows": 8192, "max_edges": 200_000_000, "kmeans_iters": 100}),
-            "greedy max coverage of δ-balls, δ by the purity rule (Yehuda et al., NeurIPS 2022)",
-            select_fn="alscale.strategies.probcover:select_probcover",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.probcover:check_options",
-        ),
-        StrategyInfo(
-            "cluster_margin",
-            "loop",
-            None,
-            1,
-            True,
-            MappingProxyType({"n_clusters": 100, "margin_ratio": 10.0, "kmeans_iters": 20}),
-            "lowest-margin rows round-robin over k-means clusters, smallest first (Citovsky et al., NeurIPS 2021)",
-            select_fn="alscale.strategies.cluster_margin:select_cluster_margin",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.cluster_margin:check_options",
-        ),
-        StrategyInfo(
-            "alfamix",
-            "loop",
-            None,
-            1,
-            True,
-            MappingProxyType({"eps": 0.2, "head": None, "labels": None}),
-            "feature mixing toward labelled class anchors, then k-means over the changed rows "
-            "(Parvaneh et al., CVPR 2022)",
-            select_fn="alscale.strategies.alfamix:select_alfamix",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.alfamix:check_options",
-        ),
-        StrategyInfo(
-            "learning_loss",
-            "loop",
-            None,
-            1,
-            True,
-            _NO_OPTIONS,
-            "largest loss predicted by the model's loss-prediction module (Yoo & Kweon, CVPR 2019)",
-            select_fn="alscale.strategies.learning_loss:select_learning_loss",
-        ),
-        StrategyInfo(
-            "egl",
-            "loop",
-            None,
-            1,
-            True,
-            MappingProxyType({"bias": True}),
-            "expected gradient length of the last layer, closed form (Settles et al., NIPS 2008)",
-            select_fn="alscale.strategies.egl:select_egl",
-            needs_embeddings=True,
-            check_fn="alscale.strategies.egl:check_options",
-        ),
-    )
-}
+_DEFINES_SPEC = re.compile(r"^SPECS? *[:=]", re.MULTILINE)
 
-_ALIASES: dict[str, str] = {
-    "lc": "least_confidence",
-    "least_confident": "least_confidence",
-    "max_entropy": "entropy",
-    "varratios": "variation_ratios",
-    "var_ratios": "variation_ratios",
-    "qbc": "vote_entropy",
-    "vote": "vote_entropy",
-    "kl": "consensus_kl",
-    "uniform": "random",
-    "kmeans++": "kmeanspp",
-    "k_means++": "kmeanspp",
-    "k_means_pp": "kmeanspp",
-    "kmeans||": "kmeans_parallel",
-    "k_means||": "kmeans_parallel",
-    "badge||": "badge_parallel",
-    "coreset": "kcenter",
-    "core_set": "kcenter",
-    "k_center": "kcenter",
-    "k_center_greedy": "kcenter",
-}
+
+def _other_spec_modules() -> list[str]:
+    """Modules of this package, not in :data:`BUILTIN_MODULES`, whose source defines a
+    top-level ``SPEC`` / ``SPECS`` (read as text, so other modules are not imported)."""
+    from pathlib import Path
+
+    package = Path(__file__).parent
+    listed = set(BUILTIN_MODULES)
+    out = []
+    for path in sorted(package.glob("*.py")):
+        name = f"{__package__}.{path.stem}"
+        if name in listed or path.stem.startswith("_") or path.stem in ("registry", "spec"):
+            continue
+        if _DEFINES_SPEC.search(path.read_text(encoding="utf-8")):
+            out.append(name)
+    return out
+
+
+def register_strategy(spec: Any) -> StrategySpec:
+    """Make a user strategy known by its name (and aliases); returns its spec.
+
+    ``spec``: a :class:`StrategySpec`, or an object (e.g. a class) with one as ``.spec``.
+    Its ``select`` / ``score`` functions and shard ops must live in an importable module
+    (not ``__main__``) for the Ray executor; :func:`alscale.testing.check_strategy` checks
+    a strategy's invariants.
+    """
+    _ensure_builtins()
+    with _lock:
+        return _add(_as_spec(spec, repr(spec)))
+
+
+def _as_spec(obj: Any, where: str) -> StrategySpec:
+    if isinstance(obj, StrategySpec):
+        return obj
+    inner = getattr(obj, "spec", None)
+    if isinstance(inner, StrategySpec):
+        return inner
+    raise AlscaleError(f"{where} is not a strategy: it is a {type(obj).__name__}, neither a StrategySpec nor an "
+                       "object with a StrategySpec as .spec")
+
+
+def _load_path(path: str) -> StrategySpec:
+    """The strategy named by import path ``"pkg.mod:Attr"``, registered on first use."""
+    if not _PATH.match(path.strip()):
+        raise AlscaleError(f"bad strategy import path {short_repr(path)}: {_FORM}")
+    path = path.strip()
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise AlscaleError(f"cannot import module {short_repr(module_name)} of strategy {short_repr(path)} ({exc}); the module must "
+                           "be importable (installed, or its directory on PYTHONPATH)") from exc
+    except Exception as exc:
+        raise AlscaleError(f"importing module {short_repr(module_name)} of strategy {short_repr(path)} raised "
+                           f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AlscaleError(f"module {short_repr(module_name)} has no attribute {short_repr(attr)} (strategy {short_repr(path)}); {_FORM}")
+        obj = getattr(obj, part)
+    spec = _as_spec(obj, f"strategy {short_repr(path)}")
+    with _lock:
+        return _add(spec, ref=path)
 
 
 def _canonical(name: str) -> str | None:
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    _ensure_builtins()
+    key = _key(name)
     key = _ALIASES.get(key, key)
     return key if key in _STRATEGIES else None
 
 
 def strategy_names() -> list[str]:
     """The canonical strategy names, sorted (aliases not included)."""
+    _ensure_builtins()
     return sorted(_STRATEGIES)
 
 
-def get_strategy(name: str) -> StrategyInfo:
-    """Look a strategy up by name or alias (case-insensitive).
+def all_strategies() -> list[StrategySpec]:
+    """Every registered spec, built-ins first in :data:`BUILTIN_MODULES` order."""
+    _ensure_builtins()
+    return list(_STRATEGIES.values())
+
+
+def get_strategy(name: Any) -> StrategySpec:
+    """Look a strategy up by name or alias (case-insensitive), by import path
+    (``"pkg.mod:Attr"``), or pass a :class:`StrategySpec` through (registering it).
 
     Raises:
         AlscaleError: ``unknown strategy 'foo'; valid: bald, consensus_kl, ...``.
     """
+    if isinstance(name, StrategySpec):
+        return name if _STRATEGIES.get(name.name) is name else register_strategy(name)
     if not isinstance(name, str):
+        inner = getattr(name, "spec", None)
+        if isinstance(inner, StrategySpec):
+            return get_strategy(inner)
         raise AlscaleError(f"strategy name must be a string; got {short_repr(name)}")
     canonical = _canonical(name)
     if canonical is None:
+        if ":" in name:
+            return _load_path(name)
         raise AlscaleError(f"unknown strategy {short_repr(name)}; valid: {', '.join(strategy_names())}")
     return _STRATEGIES[canonical]
 
 
-def check_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+def is_builtin(spec: StrategySpec) -> bool:
+    """Whether ``spec`` is the built-in strategy of its name (found in every process)."""
+    _ensure_builtins()
+    return spec.name in _BUILTIN and _STRATEGIES.get(spec.name) is spec
+
+
+def wire(spec: StrategySpec) -> Any:
+    """What a worker is sent to name ``spec``: a built-in's name (known to every worker),
+    else the spec itself (pickled by reference to its module)."""
+    return spec.name if is_builtin(spec) else spec
+
+
+def strategy_ref(spec: StrategySpec) -> str:
+    """How a process that has not registered ``spec`` finds it: its import path for a
+    strategy loaded by one, else its name."""
+    return _REFS.get(spec.name, spec.name)
+
+
+def check_options(name: Any, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a strategy's options and fill in the defaults; returns the full option dict.
 
-    ``beta`` must be a positive finite number (returned as float); ``base`` must name a
-    registered ``"score"`` strategy (aliases allowed; returned canonical). Unknown keys are
-    errors that list the allowed keys.
+    Unknown keys are errors that list the allowed keys; the spec's options dataclass then
+    checks the values (:meth:`~alscale.strategies.spec.StrategyOptions.check`).
     """
     info = get_strategy(name)
     if options is None:
         options = {}
     if not isinstance(options, Mapping):
         raise AlscaleError(f"options of strategy {info.name} must be a mapping; got {type(options).__name__}")
-    unknown = sorted(str(k) for k in options if k not in info.options)
+    defaults = info.options
+    unknown = sorted(str(k) for k in options if k not in defaults)
     if unknown:
-        allowed = ", ".join(sorted(info.options)) if info.options else "none"
+        allowed = ", ".join(sorted(defaults)) if defaults else "none"
         raise AlscaleError(
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(short_repr(k, 40) for k in unknown[:8])}"
             f"{', ...' if len(unknown) > 8 else ''} "
             f"for strategy {info.name}; allowed: {allowed}"
         )
-    merged = {**info.options, **options}
-    if "beta" in merged:
-        beta = merged["beta"]
-        if (
-            isinstance(beta, bool)
-            or not isinstance(beta, (int, float, np.integer, np.floating))
-            or not math.isfinite(beta)
-            or beta <= 0
-        ):
-            raise AlscaleError(f"option beta of strategy {info.name} must be a positive number; "
-                               f"got {short_repr(beta)}")
-        merged["beta"] = float(beta)
-    if "base" in merged:
-        merged["base"] = _check_base(info.name, merged["base"])
-    if info.check_fn is not None:
-        merged = resolve(info.check_fn)(merged)
-    return merged
+    return info.options_type.check({**defaults, **options})
 
 
-def _check_base(strategy: str, base: object) -> str:
-    score_names = sorted(n for n, s in _STRATEGIES.items() if s.kind == "score")
+def check_base(strategy: str, base: object) -> str:
+    """The canonical name of ``base`` when it names a strategy that may be a stochastic base."""
+    names = sorted(s.name for s in all_strategies() if s.supports.stochastic_base)
     canonical = _canonical(base) if isinstance(base, str) else None
-    if canonical is None or _STRATEGIES[canonical].kind != "score":
+    if canonical is None or not _STRATEGIES[canonical].supports.stochastic_base:
         raise AlscaleError(
             f"option base of strategy {strategy} must be a score strategy; got {short_repr(base)}; "
-            f"valid: {', '.join(score_names)}"
+            f"valid: {', '.join(names)}"
         )
     return canonical
 
@@ -431,21 +300,21 @@ class Requirements:
     needs_embeddings: bool
 
 
-def requirements(name: str, options: Mapping[str, Any] | None = None) -> Requirements:
+def requirements(name: Any, options: Mapping[str, Any] | None = None) -> Requirements:
     """Resolve a strategy's needs (through the base score for a stochastic strategy)."""
     info = get_strategy(name)
-    base = score_strategy(info.name, options) if info.kind == "stochastic" else info
+    base = score_strategy(info, options) if info.kind == "stochastic" else info
     return Requirements(base.needs_log_probs, base.min_samples, info.needs_embeddings)
 
 
-def score_strategy(name: str, options: Mapping[str, Any] | None = None) -> StrategyInfo | None:
+def score_strategy(name: Any, options: Mapping[str, Any] | None = None) -> StrategySpec | None:
     """The ``"score"`` strategy whose ``score_fn`` / ``min_samples`` / ``needs_log_probs`` apply.
 
-    Itself for a score strategy, the (validated) base for a stochastic one, None for random.
+    Itself for a score strategy, the (validated) base for a stochastic one, None otherwise.
     """
     info = get_strategy(name)
     if info.kind == "score":
         return info
     if info.kind == "stochastic":
-        return _STRATEGIES[check_options(info.name, options)["base"]]
+        return _STRATEGIES[check_options(info, options)["base"]]
     return None

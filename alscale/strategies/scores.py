@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 __all__ = [
     "bald",
@@ -147,7 +147,7 @@ def _check_chunk_rows(chunk_rows: object) -> None:
     if chunk_rows is None:
         return
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise AlscaleError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
+        raise AlscaleError(f"chunk_rows must be a positive integer or None; got {short_repr(chunk_rows)}")
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -502,7 +502,7 @@ def _check_keys_args(
         or not math.isfinite(beta)
         or beta <= 0
     ):
-        raise AlscaleError(f"beta must be a positive number; got {beta!r}")
+        raise AlscaleError(f"beta must be a positive number; got {short_repr(beta)}")
     return values_N, gumbel_N, float(beta)
 
 
@@ -547,3 +547,34 @@ def softrank_keys(ranks_N: np.ndarray, gumbel_N: np.ndarray, beta: float) -> np.
         i = int(np.flatnonzero(small)[0])
         raise AlscaleError(f"ranks must be >= 1 (rank 1 = highest score); ranks[{i}] = {ranks_N[i]:g}")
     return -beta * np.log(ranks_N) + gumbel_N
+
+
+# -- the score strategies (registry specs) ---------------------------------------------
+from alscale.strategies import spec as _spec  # noqa: E402  (specs below the kernels they name)
+
+_SCORE_SUPPORTS = _spec.Supports(quotas=True, keeps=("base_score",), stochastic_base=True)
+
+
+def _score_spec(name: str, fn: Callable[[np.ndarray], np.ndarray], min_samples: int, summary: str,
+                aliases: tuple[str, ...] = ()) -> _spec.StrategySpec:
+    return _spec.StrategySpec(name, "score", summary, needs=_spec.Needs(log_probs=True, min_samples=min_samples),
+                              supports=_SCORE_SUPPORTS, aliases=aliases, score=fn)
+
+
+SPECS = (
+    _score_spec("least_confidence", least_confidence, 1, "1 - max_c p(c|x) (Lewis & Gale, SIGIR 1994)",
+                ("lc", "least_confident")),
+    _score_spec("margin", margin, 1, "1 - (p_top1 - p_top2) (Scheffer et al., IDA 2001)"),
+    _score_spec("entropy", entropy, 1, "predictive entropy H[p(y|x)] (Shannon 1948; Gal et al., ICML 2017)",
+                ("max_entropy",)),
+    _score_spec("bald", bald, 2, "mutual information of label and weights (Houlsby et al. 2011; Gal et al. 2017)"),
+    _score_spec("variation_ratios", variation_ratios, 2,
+                "1 - modal-class vote share over K samples (Freeman 1965; Gal et al., ICML 2017)",
+                ("varratios", "var_ratios")),
+    _score_spec("mean_std", mean_std, 2,
+                "mean over classes of the std of p(c|x,w) over K samples (Kampffmeyer et al., CVPR-W 2016)"),
+    _score_spec("vote_entropy", vote_entropy, 2,
+                "entropy of the committee's argmax votes (QBC; Dagan & Engelson, ICML 1995)", ("qbc", "vote")),
+    _score_spec("consensus_kl", consensus_kl, 2,
+                "mean KL of each member to the consensus (QBC; McCallum & Nigam, ICML 1998)", ("kl",)),
+)

@@ -2,7 +2,7 @@
 
 Score-based strategies go through the exact sharded top-k
 (:func:`~alscale.strategies.topk.select_by_score`); ``"loop"`` strategies through their own
-loop, named in the registry. Callers (the coordinator, the in-memory API) use only this.
+loop (the spec's ``select``). ``strategy`` is a name, an import path or a spec. Callers (the coordinator, the in-memory API) use only this.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from alscale.validation import check_budget
 
 def run_strategy(
     shards: Shards,
-    strategy: str,
+    strategy: Any,
     budget: int,
     *,
     options: Mapping[str, Any] | None = None,
@@ -33,8 +33,7 @@ def run_strategy(
     """
     info = registry.get_strategy(strategy)
     budget = check_budget(budget)
-    opts = registry.check_options(info.name, options or {})
+    opts = registry.check_options(info, options or {})
     if info.kind == "loop":
-        assert info.select_fn is not None
-        return registry.resolve(info.select_fn)(shards, budget, options=opts, seed=seed, round=round)
-    return select_by_score(shards, info.name, budget, options=opts, seed=seed, round=round)
+        return info.select_fn(shards, budget, options=opts, seed=seed, round=round)
+    return select_by_score(shards, info, budget, options=opts, seed=seed, round=round)

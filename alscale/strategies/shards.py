@@ -11,7 +11,8 @@ Row order everywhere: higher score first, ties to the lower ``row_id``.
 
 Selection loops with shard-side state of their own (k-center min-distances, k-means++
 masses, BatchBALD scoring) register *shard ops* with :func:`shard_op`: plain functions
-``fn(state: ShardState, *args)`` that keep their state in ``state.scratch``. A loop calls
+``fn(state: ShardState, *args)`` that keep their state in ``state.strategy_state`` (one
+typed object per strategy module, under its key). A loop calls
 them on every shard with ``FanoutShards.call(op, *args)`` (one fan-out). The op's module
 must be imported where the shard lives; ``ShardState.call`` imports it from the op name
 (``"alscale.strategies.kcenter.offer"`` lives in ``alscale.strategies.kcenter``).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -41,19 +42,49 @@ class Fanout(Protocol):
 
 
 _SHARD_OPS: dict[str, Callable[..., Any]] = {}
+_READ_ONLY: set[str] = set()  # ops declared mutates=False
 
 
-def shard_op(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Register ``fn(state, *args)`` as the shard op ``"<its module>.<its name>"``."""
-    _SHARD_OPS[f"{fn.__module__}.{fn.__name__}"] = fn
-    return fn
+def shard_op(fn: Callable[..., Any] | None = None, *, mutates: bool = True) -> Any:
+    """Register ``fn(state, *args)`` as the shard op ``"<its module>.<its name>"``.
+
+    ``@shard_op`` or ``@shard_op(mutates=False)``: an op that only reads the shard's state
+    says so (``mutates=False``); one that changes it (its scores, its strategy state, its
+    candidates) keeps the default. An executor that rebuilds a lost worker by replaying its
+    state-changing calls asks :func:`op_mutates`.
+    """
+
+    def register(f: Callable[..., Any]) -> Callable[..., Any]:
+        name = f"{f.__module__}.{f.__name__}"
+        _SHARD_OPS[name] = f
+        if mutates:
+            _READ_ONLY.discard(name)
+        else:
+            _READ_ONLY.add(name)
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+def op_mutates(op: str) -> bool:
+    """Whether shard op ``op`` may change the shard's state (True unless declared read-only)."""
+    _lookup_op(op)
+    return op not in _READ_ONLY
 
 
 def _lookup_op(op: str) -> Callable[..., Any]:
-    if op not in _SHARD_OPS:
-        module = op.rpartition(".")[0]
-        if module.startswith("alscale."):
+    """The shard op ``op``, importing its module by the op's declared path first (a user's
+    strategy module too: it must be importable where the shard lives)."""
+    fn = _SHARD_OPS.get(op)
+    if fn is not None:
+        return fn
+    module = op.rpartition(".")[0]
+    if module and module != "__main__":
+        try:
             importlib.import_module(module)
+        except ImportError as exc:
+            raise KeyError(f"no shard op {op!r}: its module {module!r} does not import here ({exc}); install it on "
+                           "every worker or ship it (Ray runtime_env py_modules)") from exc
     if op not in _SHARD_OPS:
         raise KeyError(f"no shard op {op!r} is registered")
     return _SHARD_OPS[op]
@@ -70,7 +101,7 @@ class Shards(Protocol):
 
     def restrict(self, row_ids: np.ndarray) -> int: ...
 
-    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None: ...
+    def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None: ...
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -79,6 +110,8 @@ class Shards(Protocol):
     def softrank_candidates(
         self, m: int, beta: float, seed: int, round: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]: ...
+
+    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ..., where: str = ...) -> list[Rows]: ...
 
     def call(self, op: str, *args: Any) -> list: ...
 
@@ -113,6 +146,40 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
     return scores_M[pos], row_ids_M[pos]
 
 
+class Rows(NamedTuple):
+    """Rows fetched from one shard by :func:`take`: their ids and the requested columns
+    (None when not requested or not held). Embeddings are float32; log-probs as held."""
+
+    row_ids_R: np.ndarray
+    embeddings_R_D: np.ndarray | None
+    log_probs_R_K_C: np.ndarray | None
+
+
+#: What :func:`take` may restrict to: every row, the labelled rows, or the candidates.
+TAKE_WHERE = ("all", "labeled", "candidates")
+
+
+def _take(state: "ShardState", row_ids: np.ndarray | None, columns: Sequence[str], where: str) -> Rows:
+    """The one "fetch these rows" op (see :meth:`FanoutShards.take`)."""
+    if where not in TAKE_WHERE:
+        raise ValueError(f"take: where must be one of {', '.join(TAKE_WHERE)}; got {where!r}")
+    mask = {"all": None, "labeled": state.labeled_N, "candidates": None}[where]
+    if where == "candidates":
+        mask = state.candidates_N
+    if row_ids is not None:
+        hit = np.isin(state.row_ids_N, np.asarray(row_ids, dtype=np.int64))
+        mask = hit if mask is None else hit & mask
+    pos = np.arange(state.n_rows()) if mask is None else np.flatnonzero(mask)
+    emb = lp = None
+    if "embeddings" in columns:
+        if state.embeddings_N_D is None:
+            raise ValueError("take: this shard holds no embeddings")
+        emb = np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+    if "log_probs" in columns and state.log_probs_N_K_C is not None:
+        lp = np.ascontiguousarray(state.log_probs_N_K_C[pos])
+    return Rows(state.row_ids_N[pos], emb, lp)
+
+
 class ShardState:
     """One partition of candidate rows in memory: ids, model outputs, labelled mask, scores.
 
@@ -123,6 +190,8 @@ class ShardState:
         base_scores: score-strategy name -> its scores ``[N]`` computed ahead (a worker that
             streams its shard keeps these instead of the log-probs); used in place of the
             log-probs for that score.
+        model_outputs: further per-row model outputs by name (``StrategySpec.needs.model_output``),
+            e.g. ``"loss"``: a Learning Loss module's predicted loss ``[N]``.
     """
 
     def __init__(
@@ -131,17 +200,27 @@ class ShardState:
         log_probs_N_K_C: np.ndarray | None = None,
         embeddings_N_D: np.ndarray | None = None,
         base_scores: Mapping[str, np.ndarray] | None = None,
+        model_outputs: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.row_ids_N = np.asarray(row_ids_N, dtype=np.int64)
         self.log_probs_N_K_C = log_probs_N_K_C
         self.embeddings_N_D = embeddings_N_D
         self.base_scores = dict(base_scores or {})
+        self.model_outputs = dict(model_outputs or {})  # further per-row model outputs, e.g. "loss"
         self.labeled_N = np.zeros(self.row_ids_N.shape[0], dtype=bool)
         self.eligible_N = np.ones(self.row_ids_N.shape[0], dtype=bool)  # candidate filter (e.g. SEALS)
         self._scores_N: np.ndarray | None = None  # ranking key per row
         self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
         self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
-        self.scratch: dict[str, Any] = {}  # state of the selection loops' shard ops
+        # Per-strategy shard state: each strategy module keeps its own typed state object
+        # here under its key (e.g. k-center's min-distances); cleared when the candidates
+        # change. The one place a worker's selection state lives besides the arrays above.
+        self.strategy_state: dict[str, Any] = {}
+
+    @property
+    def scratch(self) -> dict[str, Any]:
+        """The former name of :attr:`strategy_state` (the same dict)."""
+        return self.strategy_state
 
     # -- bookkeeping -------------------------------------------------------------------
     def n_rows(self) -> int:
@@ -160,7 +239,7 @@ class ShardState:
         e.g. as k-center centers); returns how many of them are here."""
         self.eligible_N = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         self._base_order = None
-        self.scratch.clear()
+        self.strategy_state.clear()
         return int(np.count_nonzero(self.eligible_N))
 
     def exclude(self, row_ids: np.ndarray) -> int:
@@ -168,7 +247,7 @@ class ShardState:
         hit = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         self.labeled_N |= hit
         self._base_order = None
-        self.scratch.clear()
+        self.strategy_state.clear()
         return int(np.count_nonzero(hit))
 
     def call(self, op: str, *args: Any) -> Any:
@@ -176,25 +255,25 @@ class ShardState:
         return _lookup_op(op)(self, *args)
 
     # -- scores ----------------------------------------------------------------------
-    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
-        """Compute this partition's ranking key for ``strategy`` (higher = picked first)."""
+    def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
+        """Compute this partition's ranking key for ``strategy`` (a name or a
+        :class:`~alscale.strategies.spec.StrategySpec`; higher = picked first)."""
         info = registry.get_strategy(strategy)
-        opts = registry.check_options(info.name, options)
+        opts = registry.check_options(info, options)
         if info.kind == "random":
             self._base_N = noise.keyed_uniform(seed, round, self.row_ids_N)
             self._scores_N = self._base_N
         elif info.kind == "score":
-            self._base_N = self._score(info.name, info.name)
+            self._base_N = self._score(info, info.name)
             self._scores_N = self._base_N
-        else:  # stochastic: Gumbel-top-k over a transform of a base score
-            self._base_N = self._score(registry.get_strategy(opts["base"]).name, info.name)
-            gumbel_N = noise.keyed_gumbel(seed, round, self.row_ids_N)
-            if info.name == "power":
-                self._scores_N = scores.power_keys(self._base_N, gumbel_N, opts["beta"])
-            elif info.name == "softmax":
-                self._scores_N = scores.softmax_keys(self._base_N, gumbel_N, opts["beta"])
-            else:  # softrank: the key needs global ranks, see softrank_candidates
+        elif info.kind == "stochastic":  # Gumbel-top-k over a transform of a base score
+            self._base_N = self._score(registry.get_strategy(opts["base"]), info.name)
+            if info.keys is not None:
+                self._scores_N = info.keys(self._base_N, noise.keyed_gumbel(seed, round, self.row_ids_N), opts["beta"])
+            else:  # the key needs global ranks (SoftRank), see softrank_candidates
                 self._scores_N = None
+        else:
+            raise ValueError(f"strategy {info.name} is a selection loop, not a per-row score")
         self._base_order = None
         if self._scores_N is not None and np.isnan(self._scores_N).any():
             raise ValueError(f"strategy {info.name} produced NaN scores")  # kernels assume valid input
@@ -205,11 +284,12 @@ class ShardState:
         self._base_N = self._scores_N = np.asarray(scores_N, dtype=np.float64)
         self._base_order = None
 
-    def _score(self, score_name: str, strategy: str) -> np.ndarray:
-        """The score ``score_name`` of every row: computed ahead, or from the log-probs."""
-        if score_name in self.base_scores:
-            return self.base_scores[score_name]
-        return registry.get_strategy(score_name).score_fn(self._need_log_probs(strategy))
+    def _score(self, score: Any, strategy: str) -> np.ndarray:
+        """The score of ``score`` (a score strategy's spec) for every row: computed ahead,
+        or from the log-probs."""
+        if score.name in self.base_scores:
+            return self.base_scores[score.name]
+        return score.score_fn(self._need_log_probs(strategy))
 
     def _need_log_probs(self, name: str) -> np.ndarray:
         if self.log_probs_N_K_C is None:
@@ -303,7 +383,7 @@ class FanoutShards:
         """Keep only ``row_ids`` pickable (a candidate filter); returns how many exist."""
         return int(sum(self._all("restrict", np.asarray(row_ids, dtype=np.int64))))
 
-    def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
+    def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._all("compute_scores", strategy, dict(options), int(seed), int(round))
 
     def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,6 +404,13 @@ class FanoutShards:
         bound = max((p[3] for p in parts), default=-np.inf)
         return upper, base, ids, float(bound)
 
+    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ("embeddings",), where: str = "all"
+             ) -> list[Rows]:
+        """One fan-out fetching rows to the coordinator: per shard (in shard order) its
+        :class:`Rows` among ``row_ids`` (None: all) that are ``where``."""
+        ids = None if row_ids is None else np.asarray(row_ids, dtype=np.int64)
+        return self.call(TAKE_OP, ids, tuple(columns), where)
+
     def call(self, op: str, *args: Any) -> list:
         """Run shard op ``op`` with the same arguments on every shard; results in shard order."""
         return self._all("call", op, *args)
@@ -332,3 +419,14 @@ class FanoutShards:
         """Run shard op ``op`` with per-shard arguments; results in shard order."""
         self.round_trips += 1
         return self.fanout.map("call", [(op, *args) for args in args_per_shard])
+
+
+@shard_op(mutates=False)
+def take(state: ShardState, row_ids: np.ndarray | None, columns: Sequence[str], where: str = "all") -> Rows:
+    """Shard op: this shard's rows among ``row_ids`` (None: every row) that are ``where``
+    (``"all"``, ``"labeled"``, ``"candidates"``), with ``columns`` (``"embeddings"``,
+    ``"log_probs"``), in shard order."""
+    return _take(state, row_ids, columns, where)
+
+
+TAKE_OP = f"{__name__}.take"

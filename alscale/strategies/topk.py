@@ -12,13 +12,16 @@ more fan-out, and accepts the batch once its worst key beats every un-offered bo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise, registry, scores
+from alscale.strategies import spec as _spec
 from alscale.strategies.shards import Shards, topk_order
 from alscale.types import Selection
 
@@ -27,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def select_by_score(
     shards: Shards,
-    strategy: str,
+    strategy: Any,
     budget: int,
     *,
     options: Mapping[str, Any] | None = None,
@@ -40,17 +43,17 @@ def select_by_score(
     order with their ranking keys; ``indices_B`` holds ``row_id`` values.
     """
     info = registry.get_strategy(strategy)
-    if info.kind not in ("score", "random", "stochastic"):
+    if info.kind == "loop":
         raise AlscaleError(f"strategy {info.name} is not score-based")
     if not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget <= 0:
-        raise AlscaleError(f"budget must be a positive integer; got {budget!r}")
-    opts = registry.check_options(info.name, options or {})
+        raise AlscaleError(f"budget must be a positive integer; got {short_repr(budget)}")
+    opts = registry.check_options(info, options or {})
     n_cand = shards.n_candidates()
     if budget > n_cand:
         logger.warning("budget %d exceeds the %d unlabelled rows; selecting all of them", budget, n_cand)
     k = min(int(budget), n_cand)
-    shards.compute_scores(info.name, opts, seed, round)
-    if info.name == "softrank":
+    shards.compute_scores(registry.wire(info), opts, seed, round)
+    if info.kind == "stochastic" and info.keys is None:  # SoftRank: keys need global ranks
         keys_B, row_ids_B = _softrank_topk(shards, k, opts["beta"], seed, round)
     else:
         keys_B, row_ids_B = shards.topk(k)
@@ -74,3 +77,54 @@ def _softrank_topk(shards: Shards, k: int, beta: float, seed: int, round: int) -
         logger.debug("softrank: %d offered rows per shard were not enough; retrying with %d", m, 4 * m)
         m *= 4
 
+
+
+# -- the ranking strategies' specs: random and the stochastic transforms ----------------
+@dataclass(frozen=True)
+class StochasticOptions(_spec.StrategyOptions):
+    """``beta`` (> 0): the sharpness of the transform; ``base``: the score it transforms."""
+
+    beta: float = 1.0
+    base: str = "entropy"
+
+
+def _stochastic_check(name: str) -> type[StochasticOptions]:
+    """The options dataclass of stochastic strategy ``name`` (its messages name it)."""
+
+    def check(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+        beta = options["beta"]
+        if (isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating))
+                or not math.isfinite(beta) or beta <= 0):
+            raise AlscaleError(f"option beta of strategy {name} must be a positive number; got {short_repr(beta)}")
+        options["beta"] = float(beta)
+        options["base"] = registry.check_base(name, options["base"])
+        return options
+
+    return dataclass(frozen=True)(type(f"{name.title()}Options", (StochasticOptions,),
+                                       {"check": classmethod(check), "__module__": __name__}))
+
+
+PowerOptions = _stochastic_check("power")
+SoftmaxOptions = _stochastic_check("softmax")
+SoftrankOptions = _stochastic_check("softrank")
+
+# min_samples / log_probs: those of the default base, entropy (the caller resolves the real base).
+_STOCHASTIC_NEEDS = _spec.Needs(log_probs=True, min_samples=1)
+
+SPECS = (
+    _spec.StrategySpec("random", "random", "uniform random sample of the unlabelled rows (baseline)",
+                       needs=_spec.Needs(log_probs=False), aliases=("uniform",),
+                       supports=_spec.Supports(quotas=True, keeps=("base_score",))),
+    _spec.StrategySpec("power", "stochastic",
+                       "Gumbel-top-k with p ∝ score^beta, e.g. PowerBALD (Kirsch et al., TMLR 2023)",
+                       options_type=PowerOptions, needs=_STOCHASTIC_NEEDS, keys=scores.power_keys,
+                       supports=_spec.Supports(quotas=True, keeps=("base_score",))),
+    _spec.StrategySpec("softmax", "stochastic", "Gumbel-top-k with p ∝ exp(beta * score) (Kirsch et al., TMLR 2023)",
+                       options_type=SoftmaxOptions, needs=_STOCHASTIC_NEEDS,
+                       keys=scores.softmax_keys, supports=_spec.Supports(quotas=True, keeps=("base_score",))),
+    # SoftRank's key needs global ranks (no per-row keys): no quotas; select_by_score certifies it.
+    _spec.StrategySpec("softrank", "stochastic",
+                       "Gumbel-top-k with p ∝ rank^-beta over the whole pool (Kirsch et al., TMLR 2023)",
+                       options_type=SoftrankOptions, needs=_STOCHASTIC_NEEDS,
+                       supports=_spec.Supports(quotas=False, keeps=("base_score",))),
+)

@@ -29,6 +29,8 @@ from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 from alscale.validation import check_int_options
+from dataclasses import dataclass
+from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.clustering."
 _BLOCK = 2048
@@ -137,3 +139,25 @@ def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], se
             scores_B.append(float(typ[best]))
             progress.advance()
     return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "typiclust")
+
+
+# -- registry spec -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TypiClustOptions(_spec.StrategyOptions):
+    """Options of ``typiclust`` (checked by :func:`check_options`)."""
+
+    max_clusters: int = 500
+    knn: int = 20
+    min_cluster_size: int = 5
+    kmeans_iters: int = 100
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_options(options)
+
+
+SPEC = _spec.StrategySpec(
+    "typiclust", "loop", "most typical row of each uncovered k-means cluster (Hacohen et al., ICML 2022)",
+    options_type=TypiClustOptions, needs=_spec.Needs(log_probs=False, embeddings=True),
+    supports=_spec.Supports(keeps=("embeddings",)), select=select_typiclust)
+

@@ -3,8 +3,6 @@ and --resume; a model without one is a clear error."""
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
 import pyarrow.ipc as ipc

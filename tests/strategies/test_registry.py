@@ -22,6 +22,7 @@ NAMES = [
     "batchbald",
     "batchbald_prefilter",
     "cluster_margin",
+    "confidence_ratio",
     "consensus_kl",
     "egl",
     "entropy",
@@ -52,6 +53,9 @@ SCORE_NAMES = [
     "variation_ratios",
     "vote_entropy",
 ]
+
+# Every per-row score may be a stochastic strategy's base: scores.py's and ratio.py's.
+BASE_NAMES = sorted([*SCORE_NAMES, "confidence_ratio"])
 
 
 def test_names_are_canonical_and_sorted():
@@ -167,7 +171,7 @@ def test_check_options_errors():
         with pytest.raises(AlscaleError) as err:
             check_options("power", {"base": base})
         assert f"option base of strategy power must be a score strategy; got {base!r}" in str(err.value)
-        assert f"valid: {', '.join(SCORE_NAMES)}" in str(err.value)
+        assert f"valid: {', '.join(BASE_NAMES)}" in str(err.value)
     with pytest.raises(AlscaleError, match="options of strategy power must be a mapping; got list"):
         check_options("power", [("beta", 1.0)])
     with pytest.raises(AlscaleError, match="unknown strategy 'foo'"):
