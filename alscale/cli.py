@@ -7,12 +7,13 @@ stderr and exits with code 2, leaving no output behind.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 from collections.abc import Sequence
 
-from alscale.errors import AlscaleError, WorkerLostError
+from alscale.errors import AlscaleError, OutputWriteError, WorkerLostError
 
 logger = logging.getLogger("alscale")
 
@@ -225,14 +226,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except AlscaleError as exc:
-        print(f"alscale: error: {exc}", file=sys.stderr)
+        print(f"alscale: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except WorkerLostError as exc:
-        print(f"alscale: failed: {exc}", file=sys.stderr)
+    except (WorkerLostError, OutputWriteError) as exc:
+        print(f"alscale: failed: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        from alscale.fsio import write_error  # a write outside alscale.fsio's helpers: still one line
+
+        print(f"alscale: failed: {_one_line(write_error(exc.filename or 'a file', exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("alscale: interrupted", file=sys.stderr)
         return 130
+
+
+#: OS errors that are the environment's, not a bug: a full disk, a read-only or unwritable place.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+#: Longest message printed (values inside messages are bounded already; this is the last guard).
+_MESSAGE_LIMIT = 4000
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -389,6 +408,7 @@ def _jobs(args: argparse.Namespace) -> int:
         from alscale.jobspec import load_job
 
         job = load_job(args.job, args.overrides)
+        _print_code_references(job)
         sid = ray_jobs.submit(job, address=args.address, out_dir=args.out, force=args.force,
                               package=not args.no_package)
         print(f"submitted {sid} to {ray_jobs.resolve_address(args.address)}", flush=True)
@@ -410,6 +430,16 @@ def _jobs(args: argparse.Namespace) -> int:
         return ray_jobs.exit_code(state)
     print(ray_jobs.logs(args.submission_id, address=args.address), end="")
     return 0
+
+
+def _print_code_references(job) -> None:
+    """Say which code outside alscale the job loads (a job file is code; on stderr, so the
+    submission id stays the first word of stdout)."""
+    from alscale.jobspec import code_references
+
+    refs = code_references(job)
+    text = "; ".join(f"{where} {value}" for where, value in refs) if refs else "none (alscale's built-ins only)"
+    print(f"alscale: code this job loads and runs: {text}", file=sys.stderr)
 
 
 def _simulate(args: argparse.Namespace) -> int:

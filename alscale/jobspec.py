@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from alscale.errors import AlscaleError, JobError
+from alscale.errors import AlscaleError, JobError, short_repr
+from alscale.yamlfile import load_yaml, read_text_bounded
 
 EXECUTORS = ("local", "ray")
+#: A job with more problems lists this many and counts the rest.
+MAX_ERRORS_SHOWN = 20
 #: Where the diversity strategies (k-center, BADGE, k-means++) take embeddings from:
 #: ``column`` = the pool's ``embedding`` column; ``model`` = the model's penultimate layer;
 #: ``auto`` = the model when the job has one, else the column.
@@ -132,17 +133,8 @@ class JobSpec:
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
     """Read, override and validate a job file. Raises one :class:`JobError` listing every problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise JobError(f"job {path}: cannot read it ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise JobError(f"job {path}: malformed YAML{where}: {problem}") from None
+    text = read_text_bounded(path, what="job")
+    raw = load_yaml(text, source=str(path), what="job")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -157,10 +149,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], *, source:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-            raise JobError(f"override {item!r} must look like key.path=value (e.g. strategy.budget=500)")
+            raise JobError(f"override {short_repr(item)} must look like key.path=value (e.g. strategy.budget=500)")
         try:
-            parsed = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
+            parsed = load_yaml(value, source=f"override {short_repr(key)}", what="job") if value != "" else None
+        except JobError as exc:
+            if "refused YAML" in str(exc):  # a bound (size, aliases, duplicates): not a plain string
+                raise
             parsed = value
         node = out
         parts = key.split(".")
@@ -185,7 +179,8 @@ def _unknown_keys(raw: Mapping[str, Any], schema: Mapping[str, Any], prefix: str
         if key not in schema:
             where = f"{prefix}{key}"
             valid = ", ".join(sorted(schema))
-            errors.append(f"unknown field {where!r} (valid{' under ' + prefix.rstrip('.') if prefix else ''}: {valid})")
+            under = " under " + prefix.rstrip(".") if prefix else ""
+            errors.append(f"unknown field {short_repr(where)} (valid{under}: {valid})")
         elif isinstance(schema[key], dict) and isinstance(raw[key], dict):
             _unknown_keys(raw[key], schema[key], f"{prefix}{key}.", errors)
 
@@ -208,25 +203,25 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
                 errors.append(f"{name} is missing")
             return {}
         if not isinstance(v, dict):
-            errors.append(f"{name} must be a mapping; got {v!r}")
+            errors.append(f"{name} must be a mapping; got {short_repr(v)}")
             return {}
         return v
 
     pool = section("pool", True)
     pool_path = pool.get("path")
     if isinstance(raw.get("pool"), dict) and not (isinstance(pool_path, str) and pool_path):
-        errors.append(f"pool.path must be a path or URI string; got {pool_path!r}")
+        errors.append(f"pool.path must be a path or URI string; got {short_repr(pool_path)}")
 
     labeled = section("labeled", False)
     labeled_path = labeled.get("path")
     if labeled_path is not None and not (isinstance(labeled_path, str) and labeled_path):
-        errors.append(f"labeled.path must be a path string or null; got {labeled_path!r}")
+        errors.append(f"labeled.path must be a path string or null; got {short_repr(labeled_path)}")
 
     model_raw = raw.get("model")
     model: ModelConfig | None = None
     if model_raw is not None:
         if not isinstance(model_raw, dict):
-            errors.append(f"model must be a mapping or null; got {model_raw!r}")
+            errors.append(f"model must be a mapping or null; got {short_repr(model_raw)}")
         else:
             model = _validate_model(model_raw, errors)
 
@@ -238,7 +233,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         errors.append("strategy.name is missing (valid: " + ", ".join(registry.strategy_names()) + ")")
     elif name is not None:
         if not isinstance(name, str):
-            errors.append(f"strategy.name must be a string; got {name!r}")
+            errors.append(f"strategy.name must be a string; got {short_repr(name)}")
         else:
             try:
                 info = registry.get_strategy(name)
@@ -246,10 +241,10 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
                 errors.append(f"strategy.name: {exc}")
     budget = strat.get("budget")
     if strat_given and not (is_int(budget) and budget > 0):
-        errors.append(f"strategy.budget must be a positive integer; got {budget!r}")
+        errors.append(f"strategy.budget must be a positive integer; got {short_repr(budget)}")
     options = strat.get("options") or {}
     if not isinstance(options, dict):
-        errors.append(f"strategy.options must be a mapping; got {options!r}")
+        errors.append(f"strategy.options must be a mapping; got {short_repr(options)}")
         options = {}
     elif info is not None:
         try:
@@ -258,30 +253,30 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
             errors.append(f"strategy.options: {exc}")
     rnd = strat.get("round", 0)
     if not (is_int(rnd) and rnd >= 0):
-        errors.append(f"strategy.round must be a non-negative integer; got {rnd!r}")
+        errors.append(f"strategy.round must be a non-negative integer; got {short_repr(rnd)}")
     embedding = strat.get("embedding")
     embedding = "auto" if embedding is None else embedding
     if embedding not in EMBEDDING_SOURCES:
-        errors.append(f"strategy.embedding must be one of {', '.join(EMBEDDING_SOURCES)}; got {embedding!r}")
+        errors.append(f"strategy.embedding must be one of {', '.join(EMBEDDING_SOURCES)}; got {short_repr(embedding)}")
     elif embedding == "model" and raw.get("model") is None:
         errors.append("strategy.embedding is model but the job has no model; add a model or use embedding: column")
 
     seals = strat.get("seals")
     if seals is not None and not (is_int(seals) and seals >= 1):
         errors.append(f"strategy.seals must be a number of neighbours >= 1 (SEALS candidate filter) or null; "
-                      f"got {seals!r}")
+                      f"got {short_repr(seals)}")
     elif seals is not None and info is not None and not info.supports.seals:
         errors.append(f"strategy.seals: strategy {info.name} does not take the SEALS candidate filter; "
                       "set strategy.seals: null")
 
     seals_index = strat.get("seals_index")
     if seals_index is not None and (not isinstance(seals_index, str) or not seals_index or seals is None):
-        errors.append(f"strategy.seals_index must be a directory path and needs strategy.seals; got {seals_index!r}")
+        errors.append(f"strategy.seals_index must be a directory path and needs strategy.seals; got {short_repr(seals_index)}")
     seals_mode = strat.get("seals_mode") or "exact"
     from alscale.index.neighbours import MODES
 
     if seals_mode not in MODES:
-        errors.append(f"strategy.seals_mode must be one of {', '.join(MODES)}; got {seals_mode!r}")
+        errors.append(f"strategy.seals_mode must be one of {', '.join(MODES)}; got {short_repr(seals_mode)}")
 
     quotas = strat.get("quotas")
     if quotas is not None:
@@ -299,30 +294,32 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
     rt = section("runtime", False)
     executor = rt.get("executor", "ray")
     if executor not in EXECUTORS:
-        errors.append(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
+        errors.append(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {short_repr(executor)}")
     shards = rt.get("shards", 2)
     if not (is_int(shards) and shards >= 1):
-        errors.append(f"runtime.shards must be an integer >= 1; got {shards!r}")
+        errors.append(f"runtime.shards must be an integer >= 1; got {short_repr(shards)}")
     address = rt.get("address")
     if address is not None and not isinstance(address, str):
-        errors.append(f"runtime.address must be a string (e.g. ray://head:10001 or auto) or null; got {address!r}")
+        errors.append("runtime.address must be a string (e.g. ray://head:10001 or auto) or null; "
+                      f"got {short_repr(address)}")
     if address is not None and executor == "local":
         errors.append("runtime.address is set but runtime.executor is local; use runtime.executor=ray")
     for key in ("cpus_per_worker", "gpus_per_worker"):
         v = rt.get(key)
         if v is not None and not (is_num(v) and v >= 0 and (key == "gpus_per_worker" or v > 0)):
-            errors.append(f"runtime.{key} must be a positive number or null; got {v!r}")
+            errors.append(f"runtime.{key} must be a positive number or null; got {short_repr(v)}")
     chunk_rows = rt.get("chunk_rows", 65536)
     if not (is_int(chunk_rows) and chunk_rows >= 1):
-        errors.append(f"runtime.chunk_rows must be a positive integer; got {chunk_rows!r}")
+        errors.append(f"runtime.chunk_rows must be a positive integer; got {short_repr(chunk_rows)}")
 
     startup_timeout_s = rt.get("startup_timeout_s", 300.0)
     if not (is_num(startup_timeout_s) and startup_timeout_s > 0):
-        errors.append(f"runtime.startup_timeout_s must be a positive number of seconds; got {startup_timeout_s!r}")
+        errors.append("runtime.startup_timeout_s must be a positive number of seconds; "
+                      f"got {short_repr(startup_timeout_s)}")
 
     cache = rt.get("cache", True)
     if not isinstance(cache, bool):
-        errors.append(f"runtime.cache must be true or false; got {cache!r}")
+        errors.append(f"runtime.cache must be true or false; got {short_repr(cache)}")
 
     budget_raw = rt.get("memory_budget")
     memory_budget = None
@@ -332,20 +329,20 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         memory_budget = parse_bytes(budget_raw)
         if memory_budget is None:
             errors.append(f"runtime.memory_budget must be a size per worker such as 4GiB, 512MB or a number of bytes, "
-                          f"or null; got {budget_raw!r}")
+                          f"or null; got {short_repr(budget_raw)}")
 
     seed = raw.get("seed", 0)
     if not (is_int(seed) and seed >= 0):
-        errors.append(f"seed must be a non-negative integer; got {seed!r}")
+        errors.append(f"seed must be a non-negative integer; got {short_repr(seed)}")
     output = raw.get("output")
     if output is not None and not (isinstance(output, str) and output):
-        errors.append(f"output must be a directory path or null; got {output!r}")
+        errors.append(f"output must be a directory path or null; got {short_repr(output)}")
     loop = raw.get("loop")
     if loop is not None and not isinstance(loop, dict):
-        errors.append(f"loop must be a mapping (see alscale simulate) or null; got {loop!r}")
+        errors.append(f"loop must be a mapping (see alscale simulate) or null; got {short_repr(loop)}")
     stream = raw.get("stream")
     if stream is not None and not isinstance(stream, dict):
-        errors.append(f"stream must be a mapping (see alscale stream) or null; got {stream!r}")
+        errors.append(f"stream must be a mapping (see alscale stream) or null; got {short_repr(stream)}")
 
     # Cross-field: what the strategy needs from the model.
     if info is not None and model is not None and not errors:
@@ -358,7 +355,8 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
     if errors:
         n = len(errors)
-        raise JobError(f"job {source}: {n} error{'s' if n > 1 else ''}: " + "; ".join(errors))
+        shown = errors[:MAX_ERRORS_SHOWN] + ([f"and {n - MAX_ERRORS_SHOWN} more"] if n > MAX_ERRORS_SHOWN else [])
+        raise JobError(f"job {source}: {n} error{'s' if n > 1 else ''}: " + "; ".join(shown))
 
     return JobSpec(
         pool=pool_path,
@@ -393,38 +391,39 @@ def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | No
     factory = m.get("factory")
     ok = True
     if not (isinstance(factory, str) and factory):
-        errors.append(f"model.factory must be a built-in name or 'package.module:callable'; got {factory!r}")
+        errors.append(f"model.factory must be a built-in name or 'package.module:callable'; got {short_repr(factory)}")
         ok = False
     elif ":" not in factory and "." in factory:
-        errors.append(f"model.factory {factory!r} looks like an import path; write it as 'package.module:callable'")
+        errors.append(f"model.factory {short_repr(factory)} looks like an import path; "
+                      "write it as 'package.module:callable'")
         ok = False
     kwargs = m.get("kwargs") or {}
     if not isinstance(kwargs, dict):
-        errors.append(f"model.kwargs must be a mapping; got {kwargs!r}")
+        errors.append(f"model.kwargs must be a mapping; got {short_repr(kwargs)}")
         ok = False
     checkpoint = m.get("checkpoint")
     if checkpoint is not None and not isinstance(checkpoint, str):
-        errors.append(f"model.checkpoint must be a file path or null; got {checkpoint!r}")
+        errors.append(f"model.checkpoint must be a file path or null; got {short_repr(checkpoint)}")
         ok = False
     mc = m.get("mc_samples", 1)
     if not (is_int(mc) and mc >= 1):
-        errors.append(f"model.mc_samples must be an integer >= 1; got {mc!r}")
+        errors.append(f"model.mc_samples must be an integer >= 1; got {short_repr(mc)}")
         ok = False
     bs = m.get("batch_size", 4096)
     if not (is_int(bs) and bs >= 1):
-        errors.append(f"model.batch_size must be a positive integer; got {bs!r}")
+        errors.append(f"model.batch_size must be a positive integer; got {short_repr(bs)}")
         ok = False
     device = m.get("device", "auto")
     if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
-        errors.append(f"model.device must be auto, cpu, cuda or cuda:N; got {device!r}")
+        errors.append(f"model.device must be auto, cpu, cuda or cuda:N; got {short_repr(device)}")
         ok = False
     transform = m.get("transform")
     if transform is not None and not (isinstance(transform, str) and transform):
-        errors.append(f"model.transform must be 'pixels' or 'package.module:callable'; got {transform!r}")
+        errors.append(f"model.transform must be 'pixels' or 'package.module:callable'; got {short_repr(transform)}")
         ok = False
     threads = m.get("decode_threads", 2)
     if not (is_int(threads) and threads >= 1):
-        errors.append(f"model.decode_threads must be a positive integer; got {threads!r}")
+        errors.append(f"model.decode_threads must be a positive integer; got {short_repr(threads)}")
         ok = False
     if not ok:
         return None
@@ -432,3 +431,45 @@ def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | No
         factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, mc_samples=mc, batch_size=bs, device=device,
         transform=transform, decode_threads=threads,
     )
+
+
+def code_references(job: JobSpec) -> list[tuple[str, str]]:
+    """``(field, import path or program)`` of every piece of code outside alscale the job will
+    load or run: a job file is code, like a Python script (README, "What alscale guarantees").
+
+    Import paths (``package.module:name``): ``model.factory``, ``model.transform``,
+    ``strategy.name`` and the ``loop`` section's strategy names; programs: ``command``
+    oracles of the ``loop`` and ``stream`` sections.
+    """
+    refs: list[tuple[str, str]] = []
+
+    def path(where: str, value: Any) -> None:
+        if isinstance(value, str) and ":" in value:
+            refs.append((where, value))
+
+    if job.model is not None:
+        path("model.factory", job.model.factory)
+        path("model.transform", job.model.transform)
+    path("strategy.name", job.strategy.name)
+    loop = job.loop or {}
+    entries = loop.get("strategies") if isinstance(loop.get("strategies"), list) else []
+    for i, entry in enumerate(entries):
+        path(f"loop.strategies[{i}]", entry.get("name") if isinstance(entry, dict) else entry)
+    initial = loop.get("initial")
+    if isinstance(initial, dict):
+        path("loop.initial.method", initial.get("method"))
+
+    def oracle(where: str, cfg: Any) -> None:
+        if not isinstance(cfg, dict):
+            return
+        if cfg.get("kind") == "command":
+            argv = cfg.get("command")
+            shown = " ".join(map(str, argv)) if isinstance(argv, list) else str(argv)
+            refs.append((f"{where}.command", short_repr(shown, 200)))
+        for sub in ("machine", "people"):
+            oracle(f"{where}.{sub}", cfg.get(sub))
+
+    for section, cfg in (("loop", job.loop), ("stream", job.stream)):
+        if isinstance(cfg, dict):
+            oracle(f"{section}.oracle", cfg.get("oracle"))
+    return refs

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 
 def check_budget(budget: Any, name: str = "budget") -> int:
     """A positive integer (bool is rejected)."""
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0:
-        raise AlscaleError(f"{name} must be a positive integer; got {budget!r}")
+        raise AlscaleError(f"{name} must be a positive integer; got {short_repr(budget)}")
     return int(budget)
 
 
@@ -94,4 +94,4 @@ def check_int_options(options: dict[str, Any], keys: tuple[str, ...], *, minimum
     for key in keys:
         v = options[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise AlscaleError(f"option {key}{where} must be an integer >= {minimum}; got {v!r}")
+            raise AlscaleError(f"option {key}{where} must be an integer >= {minimum}; got {short_repr(v)}")

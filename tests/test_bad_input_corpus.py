@@ -150,6 +150,16 @@ CASES = [
      "runtime.memory_budget 100 B per worker cannot hold what strategy kcenter keeps for a shard of 60 rows"),
     ("cache flag that is not a boolean", "good", {"runtime": {"executor": "local", "cache": "yes please"}},
      "runtime.cache must be true or false; got 'yes please'"),
+    # A job file is code; but a factory that is not model code is refused before it is called.
+    ("factory that is a builtin (os:system)", "good",
+     {"model": {"factory": "os:system", "kwargs": {"command": "touch /tmp/alscale-corpus-pwned"}}},
+     "model factory 'os:system' is a builtin_function_or_method, not a Python function or class"),
+    ("factory from the standard library", "good", {"model": {"factory": "subprocess:run", "kwargs": {"args": "true"}}},
+     "model factory 'subprocess:run' is defined in the Python standard library (subprocess)"),
+    ("factory class that is not an nn.Module", "good", {"model": {"factory": "collections:Counter"}},
+     "is the class Counter, which is not a torch.nn.Module"),
+    ("a huge option value", "good", {"strategy": {"name": "power", "budget": 5, "options": {"beta": ["x"] * 50_000}}},
+     "option beta of strategy power must be a positive number; got ['x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', ...]"),
 ]
 
 
@@ -214,3 +224,45 @@ def test_a_synthetic_pool_passes(tmp_path, capsys):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({**_base(info.path), "output": str(tmp_path / "out")}))
     assert main(["run", str(path), "--no-progress"]) == 0
+
+
+def _bomb(levels: int) -> str:
+    return "".join([f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}" if i else "lol"] * 9) + "]\n"
+                    for i in range(levels + 1)])
+
+
+# (case id, raw job text -- POOL and OUT are filled in --, overrides, expected text in the one-line error)
+RAW_CASES = [
+    ("alias bomb in an option value",
+     "defs:\n" + "".join("  " + line for line in _bomb(8).splitlines(True))
+     + "pool: {path: POOL}\nstrategy: {name: power, budget: 5, options: {beta: *a8}}\noutput: OUT\n", [],
+     "refused YAML at line 7, column 7: the value expands to more than 100,000 elements"),
+    ("alias bomb in an override", "pool: {path: POOL}\nstrategy: {name: power, budget: 5}\noutput: OUT\n",
+     ["strategy.options.beta=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], "
+      "&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"],
+     "override 'strategy.options.beta': refused YAML"),
+    ("duplicate key", "pool: {path: POOL}\nstrategy: {name: entropy, budget: 5}\noutput: OUT\n"
+                      "strategy: {name: bald, budget: 5}\n", [],
+     "refused YAML at line 4, column 1: duplicate key 'strategy' (lines 2 and 4); keep one"),
+    ("duplicate key in the loop section", "pool: {path: POOL}\nstrategy: {name: entropy, budget: 5}\noutput: OUT\n"
+                                          "loop:\n  trials: 1\n  trials: 3\n", [],
+     "duplicate key 'trials' (lines 5 and 6)"),
+    ("nesting too deep", "pool: {path: POOL}\nstrategy: {name: entropy, budget: 5}\noutput: OUT\nseed: "
+                         + "[" * 3000 + "]" * 3000 + "\n", [], "nesting deeper than 64 levels"),
+    ("job file too large", "pool: {path: POOL}\nstrategy: {name: entropy, budget: 5}\noutput: OUT\n#"
+                           + "x" * (1 << 20) + "\n", [], "is larger than the 1,048,576 bytes a job file may have"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "over", "expected"), RAW_CASES, ids=[c[0] for c in RAW_CASES])
+def test_hostile_job_files_are_refused_in_one_short_line(files, tmp_path, capsys, case, text, over, expected):
+    out = tmp_path / "out"
+    path = tmp_path / "job.yaml"
+    path.write_text(text.replace("POOL", files["good"]).replace("OUT", str(out)))
+    rc = main(["run", str(path), "--no-progress", *over])
+    err = capsys.readouterr().err
+    assert rc == 2, (case, err[:500])
+    assert err.startswith("alscale: error: ") and err.count("\n") == 1 and len(err) < 600, err[:500]
+    assert expected in err, (case, err)
+    assert not out.exists(), case
+

@@ -106,3 +106,75 @@ def test_pool_reader_raises_only_pool_errors(tmp_path_factory, pool_bytes, suffi
                    if info.feature_dim is not None else [])
     except (PoolError, AlscaleError) as exc:
         assert "\n" not in str(exc).strip()
+
+
+_SECTIONS = st.sampled_from(["strategy.options.beta", "runtime.shards", "model.kwargs.width", "loop.trials",
+                             "stream.threshold", "seed"])
+
+
+def _nest(where: str, value: str) -> str:
+    """``a.b.c`` + value -> the YAML line ``a: {b: {c: value}}`` (strategy keeps its name and budget)."""
+    head, *rest = where.split(".")
+    for key in reversed(rest):
+        value = f"{{{key}: {value}}}"
+    if head == "strategy":
+        return f"strategy: {{name: entropy, budget: 5, {value[1:-1]}}}\n"
+    return f"{head}: {value}\n"
+
+
+@settings(max_examples=120, deadline=None)
+@given(levels=st.integers(0, 12), width=st.integers(1, 12), where=_SECTIONS, pad_kib=st.sampled_from([0, 4, 1100]),
+       as_override=st.booleans())
+def test_job_yaml_alias_expansion_and_size_are_bounded(levels, width, where, pad_kib, as_override):
+    """Nested anchors of any depth and width, in any section, in the file or an override: the
+    job loads when the value's expansion is within MAX_NODES, else one short JobError line
+    naming the bound; the file-size cap holds at any size. Nothing expands the value."""
+    from alscale.jobspec import apply_overrides
+    from alscale.yamlfile import MAX_FILE_BYTES, MAX_NODES, load_yaml
+
+    chain = "[&a0 [" + ", ".join(["x"] * width) + "]" + "".join(
+        f", &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)) + "]"
+    size, total = 1 + width, 1  # nodes of a0, and of the whole chain (its list + every entry)
+    for _ in range(levels + 1):
+        total += size
+        size = 1 + width * size
+    base = "pool: {path: p.arrow}\n" + ("" if where.startswith("strategy") and not as_override
+                                         else "strategy: {name: entropy, budget: 5}\n")
+    text = base + ("" if as_override else _nest(where, chain)) + "#" * (pad_kib * 1024) + "\n"
+    try:
+        raw = load_yaml(text, source="job")
+        if as_override:
+            raw = apply_overrides(raw, [f"{where}={chain}"])
+    except JobError as exc:
+        msg = str(exc)
+        assert "\n" not in msg and len(msg) < 600, msg[:300]
+        if len(text) > MAX_FILE_BYTES:
+            assert "larger than" in msg
+        else:
+            assert "expands to more than" in msg and total + 20 > MAX_NODES, (levels, width, msg)
+        return
+    assert len(text) <= MAX_FILE_BYTES and total <= MAX_NODES, (levels, width)  # a bomb never loads
+    try:
+        validate_job(raw)
+    except JobError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 3000, str(exc)[:300]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["pool", "strategy", "seed", "output", "runtime"]), min_size=1, max_size=8),
+       st.booleans())
+def test_duplicate_keys_are_always_refused(keys, nested):
+    """A mapping that repeats a key is refused naming both lines, at the top or nested."""
+    from alscale.yamlfile import load_yaml
+
+    body = "".join(f"{'  ' if nested else ''}{k}: {i}\n" for i, k in enumerate(keys))
+    text = ("runtime:\n" + body) if nested else body
+    dupe = len(set(keys)) < len(keys)
+    try:
+        load_yaml(text, source="job")
+    except JobError as exc:
+        assert dupe and "duplicate key" in str(exc) and "\n" not in str(exc)
+        first = keys.index(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        assert f"lines {first + 1 + nested} and" in str(exc)
+        return
+    assert not dupe

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.base import DistanceBackend, norm_upper_bound, sq_dist_error_bound
 from alscale.index.exact import canonical_min_sq_dist, sq_dist_rows, sq_dist_to_point
 from alscale.index.numpy_backend import NumpyBackend
@@ -105,7 +105,7 @@ def get_backend(name: str = "auto", device: str | None = None) -> DistanceBacken
         AlscaleError: unknown name, or the backend's package is not installed.
     """
     if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
-        raise AlscaleError(f"unknown distance backend {name!r}; valid: {', '.join(BACKENDS)}")
+        raise AlscaleError(f"unknown distance backend {short_repr(name)}; valid: {', '.join(BACKENDS)}")
     key = (name.strip().lower(), device)
     if key not in _CACHE:
         _CACHE[key] = _build(key[0], device)
@@ -115,10 +115,10 @@ def get_backend(name: str = "auto", device: str | None = None) -> DistanceBacken
 
 def _build(name: str, device: str | None) -> DistanceBackend:
     if device is not None and device != "cpu" and not device.startswith("cuda"):
-        raise AlscaleError(f"device must be cpu, cuda or cuda:N; got {device!r}")
+        raise AlscaleError(f"device must be cpu, cuda or cuda:N; got {short_repr(device)}")
     if name == "numpy":
         if device not in (None, "cpu"):
-            raise AlscaleError(f"the numpy backend runs on the CPU only; got device {device!r}")
+            raise AlscaleError(f"the numpy backend runs on the CPU only; got device {short_repr(device)}")
         return NumpyBackend()
     cuda = device if device is not None and device.startswith("cuda") else (None if device == "cpu" else cuda_device())
     if name == "auto":

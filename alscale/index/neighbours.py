@@ -37,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.base import norm_upper_bound, sq_dist_error_bound
 from alscale.index.exact import sq_dist_rows
 
@@ -67,7 +67,7 @@ def check_mode(mode: Any, where: str = "index") -> str:
     """``mode`` if it names a neighbour-search mode; otherwise one clear error."""
     if not isinstance(mode, str) or mode not in MODES:
         raise AlscaleError(f"{where} must be one of {', '.join(MODES)} (approximate modes say so in their "
-                           f"name); got {mode!r}")
+                           f"name); got {short_repr(mode)}")
     return mode
 
 

@@ -8,11 +8,14 @@ a trial that never reaches the target counts as ∞).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from alscale.fsio import atomic_write
 
 _NEVER = 1e12  # stands for ∞ inside the percentile computation
 
@@ -105,8 +108,8 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, *, title
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue())
     return path

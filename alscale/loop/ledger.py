@@ -2,14 +2,18 @@
 
 DESIGN §4: append-only, never edited in place. A ledger is a directory of Parquet files,
 one per append (``round-00003.parquet``: columns ``row_id`` int64, ``label`` int64,
-``round`` int32, ``source`` string). An append writes a temporary file, fsyncs it and
-hard-links it to its final name, which fails if the name exists, so an existing file is
-never replaced or reopened for writing; a crash leaves at most a stray temporary file,
-which readers ignore. A row is labelled at most once (checked on every append and on open).
+``round`` int32, ``source`` string). An append holds the directory's lock
+(:class:`alscale.fsio.DirLock`, waiting briefly for another writer), reads the rounds other
+writers appended since the ledger was opened (so the checks below see them), and writes through
+:class:`alscale.fsio.AtomicFile` with ``replace=False``: a temporary file, fsync'd and
+hard-linked to its final name, which fails if the name exists, so an existing file is never
+replaced or reopened for writing; a crash leaves at most a stray temporary file, which
+readers ignore. A row is labelled at most once (checked on every append and on open).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -19,8 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alscale.errors import AlscaleError
+from alscale.fsio import AtomicFile, DirLock, write_error
 
 _NAME = re.compile(r"^round-(\d{5})\.parquet$")
+#: Seconds an append waits for another writer's append to finish.
+LOCK_WAIT_S = 30.0
 SCHEMA = pa.schema([("row_id", pa.int64()), ("label", pa.int64()), ("round", pa.int32()), ("source", pa.string())])
 
 
@@ -29,16 +36,27 @@ class Ledger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(f"ledger {self.path}", exc) from None
         self._row_ids: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._rounds: list[int] = []
+        self._seen: set[str] = set()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Read the round files not read yet (all of them on open; another writer's since)."""
         for round_, file in self._files():
+            if file.name in self._seen:
+                continue
             table = pq.read_table(file)
             if table.schema.remove_metadata() != SCHEMA:
                 raise AlscaleError(f"ledger file {file} has schema {table.schema}, expected {SCHEMA}; "
                                    "it was not written by alscale")
             self._add(table["row_id"].to_numpy(), table["label"].to_numpy(), round_, str(file))
+            self._seen.add(file.name)
 
     def _files(self) -> list[tuple[int, Path]]:
         found = sorted((int(m.group(1)), self.path / name) for name in os.listdir(self.path)
@@ -83,24 +101,20 @@ class Ledger:
         if row_ids.shape != labels.shape or row_ids.ndim != 1:
             raise AlscaleError(f"ledger append: {row_ids.shape[0]} row_ids but labels of shape {labels.shape}")
         final = self.path / f"round-{round_:05d}.parquet"
-        self._add(row_ids, labels, round_, str(final))  # validates before writing
         table = pa.table({"row_id": row_ids, "label": labels,
                           "round": np.full(row_ids.size, round_, np.int32),
                           "source": pa.array([source] * row_ids.size, pa.string())}, schema=SCHEMA)
-        tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
-        try:
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.link(tmp, final)  # fails if the name exists: never replaces a ledger file
-        except BaseException:
-            self._row_ids.pop(), self._labels.pop(), self._rounds.pop()
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with DirLock(self.path, what="ledger", wait_s=LOCK_WAIT_S,
+                     busy="another process is appending to it; try again"):
+            if final.exists() and final.name not in self._seen:  # another writer's round: never replaced
+                raise FileExistsError(errno.EEXIST, "ledger round file exists; a round is appended once", str(final))
+            self._refresh()  # what other writers appended since: the checks below see it
+            self._add(row_ids, labels, round_, str(final))  # validates before writing
+            try:
+                with AtomicFile(final, replace=False) as out:
+                    pq.write_table(table, out.open())
+            except BaseException:
+                self._row_ids.pop(), self._labels.pop(), self._rounds.pop()
+                raise
+            self._seen.add(final.name)
         return final

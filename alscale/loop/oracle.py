@@ -11,13 +11,14 @@ to people, and records the routing.
 from __future__ import annotations
 
 import logging
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _check_answers(where: str, row_ids_B: np.ndarray, answers: dict[int, Any], n
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (n_classes is not None
                                                                                      and v >= n_classes):
             allowed = f"0..{n_classes - 1}" if n_classes else ">= 0"
-            raise AlscaleError(f"{where} labelled row_id {rid} {v!r}; labels are class indices {allowed}")
+            raise AlscaleError(f"{where} labelled row_id {rid} {short_repr(v)}; labels are class indices {allowed}")
         out[i] = int(v)
     return out
 
@@ -88,7 +89,7 @@ class CommandOracle:
     def __init__(self, argv: Sequence[str], *, n_classes: int | None = None, timeout_s: float = 600.0,
                  describe: Callable[[np.ndarray], list[dict[str, Any]]] | None = None) -> None:
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) and a for a in argv):
-            raise AlscaleError(f"command oracle: give the program as a list of arguments; got {argv!r}")
+            raise AlscaleError(f"command oracle: give the program as a list of arguments; got {short_repr(argv)}")
         self.argv = list(argv)
         self.n_classes = n_classes
         self.timeout_s = float(timeout_s)
@@ -120,7 +121,7 @@ class CommandOracle:
                 rec = json.loads(line)
                 rid, lab = int(rec["row_id"]), rec["label"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise AlscaleError(f"{where} printed {line[:80]!r} on line {n}; expected "
+                raise AlscaleError(f"{where} printed {short_repr(line[:80])} on line {n}; expected "
                                    '{"row_id": .., "label": ..} per line') from None
             if rid in answers and answers[rid] != lab:
                 raise AlscaleError(f"{where} labelled row_id {rid} twice, differently")
@@ -151,13 +152,13 @@ class HumanOracle:
         import time
 
         from alscale.loop.ledger import Ledger
-        from alscale.runtime.output import atomic_write_text
+        from alscale.fsio import atomic_write
 
         row_ids_B = np.asarray(row_ids_B, dtype=np.int64)
         self.inbox.mkdir(parents=True, exist_ok=True)
         extra = self.describe(row_ids_B) if self.describe else [{} for _ in range(row_ids_B.size)]
         batch = self.inbox / f"pending-{self.batches:05d}.jsonl"
-        atomic_write_text(batch, "".join(json.dumps({"row_id": int(r), **e}) + "\n"
+        atomic_write(batch, "".join(json.dumps({"row_id": int(r), **e}) + "\n"
                                          for r, e in zip(row_ids_B.tolist(), extra)))
         self.batches += 1
         logger.info("human oracle: %d rows to label in %s; waiting for them in ledger %s", row_ids_B.size, batch,
@@ -204,6 +205,18 @@ class HybridOracle:
         raise AlscaleError("the hybrid oracle routes by uncertainty: call label_scored(row_ids, scores)")
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Every redirect is an error naming where it pointed (the loopback check covers the
+    configured URL only, and a 307/308 would re-send the POST body to any host)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise AlscaleError(f"{self.where}: the service answered {code} {msg} to {short_repr(newurl)}; "
+                           "redirects are refused (the oracle must answer at the configured URL)")
+
+
 class HttpOracle:
     """A labelling service on this machine (loopback only: ``http://127.0.0.1:PORT/...`` or
     ``http://localhost:PORT/...``): one POST per batch with a JSON list of ``{"row_id": ..}``
@@ -232,8 +245,11 @@ class HttpOracle:
         body = json.dumps([{"row_id": int(r), **e} for r, e in zip(row_ids_B.tolist(), extra)]).encode()
         req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
         where = f"http oracle {self.url}"
+        # No redirects (a 307/308 would re-send the rows to any host) and no proxies (a
+        # loopback URL must not go through http_proxy): the service on this machine answers.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _RefuseRedirects(where))
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 -- loopback only
+            with opener.open(req, timeout=self.timeout_s) as resp:
                 reply = json.loads(resp.read().decode())
         except (urllib.error.URLError, OSError) as exc:
             raise AlscaleError(f"{where}: no answer ({exc}); is the service running?") from None
@@ -244,7 +260,7 @@ class HttpOracle:
         answers = {}
         for rec in reply:
             if not isinstance(rec, dict) or "row_id" not in rec or "label" not in rec:
-                raise AlscaleError(f"{where}: reply item {rec!r} is not a {{row_id, label}} object")
+                raise AlscaleError(f"{where}: reply item {short_repr(rec)} is not a {{row_id, label}} object")
             answers[int(rec["row_id"])] = rec["label"]
         self.queries += int(row_ids_B.size)
         return _check_answers(where, row_ids_B, answers, self.n_classes)
@@ -265,7 +281,7 @@ def make_oracle(cfg: dict[str, Any] | None, *, simulated: Callable[[], Oracle], 
     allowed = {"simulated": set(), "command": {"command", "timeout_s"}, "http": {"url", "timeout_s"},
                "human": {"inbox", "ledger", "poll_s", "timeout_s"}, "hybrid": {"threshold", "machine", "people"}}
     if kind not in allowed:
-        raise AlscaleError(f"oracle.kind must be one of {', '.join(ORACLE_KINDS)}; got {kind!r}")
+        raise AlscaleError(f"oracle.kind must be one of {', '.join(ORACLE_KINDS)}; got {short_repr(kind)}")
     unknown = sorted(set(cfg) - allowed[kind])
     if unknown:
         raise AlscaleError(f"oracle ({kind}): unknown field(s) {', '.join(unknown)}; allowed: "
@@ -284,7 +300,7 @@ def make_oracle(cfg: dict[str, Any] | None, *, simulated: Callable[[], Oracle], 
                            describe=describe)
     if not isinstance(cfg.get("threshold"), (int, float)) or isinstance(cfg.get("threshold"), bool):
         raise AlscaleError(f"oracle (hybrid): threshold must be a number (rows scoring below it go to the machine "
-                           f"oracle); got {cfg.get('threshold')!r}")
+                           f"oracle); got {short_repr(cfg.get('threshold'))}")
     machine = make_oracle(cfg.get("machine"), simulated=simulated, n_classes=n_classes, out_dir=out_dir,
                           describe=describe)
     people = make_oracle(cfg.get("people") or {"kind": "human"}, simulated=simulated, n_classes=n_classes,

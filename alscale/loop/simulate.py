@@ -33,6 +33,7 @@ Output directory::
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import shutil
@@ -49,6 +50,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from alscale.errors import AlscaleError
+from alscale.fsio import AtomicFile, atomic_write
 from alscale.jobspec import JobSpec, StrategyConfig
 from alscale.loop import curves
 from alscale.loop.ledger import Ledger
@@ -162,7 +164,6 @@ def simulate(
 def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bool, targets: Sequence[float],
               pool_arrays: tuple, test: tuple) -> SimulationResult:
     from alscale.runtime.coordinator import make_executor
-    from alscale.runtime.output import atomic_write_text
 
     ids, x, y, info = pool_arrays
     test_x, test_y = test
@@ -206,7 +207,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
     finally:
         executor.close()
     table = curves.summary_table(records, targets)
-    atomic_write_text(out / "labels_to_reach.md", curves.markdown_table(table))
+    atomic_write(out / "labels_to_reach.md", curves.markdown_table(table))
     _write_csv(out / "labels_to_reach.csv", table)
     curves.plot_curves(records, out / "curves.png", targets=targets,
                        title=f"{Path(job.source or 'job').stem}: {info.n_rows:,}-row pool, b = "
@@ -218,7 +219,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
                "stop_reasons": {s: {str(t): r for t, r in v.items()} for s, v in stop_reasons.items()},
                "seconds": round(time.perf_counter() - started, 3), "versions": output.versions(),
                "git_revision": output.git_revision(), "machine": output.machine()}
-    atomic_write_text(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
+    atomic_write(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
                                                    allow_nan=False) + "\n")
     return SimulationResult(out_dir=out, records=records, table=table, stop_reasons=stop_reasons)
 
@@ -295,9 +296,9 @@ def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor
 def _save_state(model: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def _run_one(
@@ -412,7 +413,8 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
         model_config = dataclasses.replace(job.model, checkpoint=str(ckpt))
     ids = labelled if loop.subsample is None else np.intersect1d(labelled, pool.row_ids_N[cand])
     ids_path = work / "labeled.parquet"
-    pq.write_table(pa.table({"row_id": ids}), ids_path)
+    with AtomicFile(ids_path) as f:
+        pq.write_table(pa.table({"row_id": ids}), f.open())
     acq = dataclasses.replace(
         acq, pool=pool_path, labeled=str(ids_path), loop=None, output=None, model=model_config,
         seed=derive_seed(job.seed, _ACQUIRE, trial, rnd))
@@ -425,15 +427,13 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pacsv.write_csv(pa.Table.from_pylist(list(rows)), tmp)
-    tmp.replace(path)
+    with AtomicFile(path) as f:
+        pacsv.write_csv(pa.Table.from_pylist(list(rows)), f.open())
 
 
 def _write_records(out: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite the per-round tables (atomically) so a long simulation shows its progress."""
     table = pa.Table.from_pylist(records)
-    tmp = out / ".rounds.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(out / "rounds.parquet")
+    with AtomicFile(out / "rounds.parquet") as f:
+        pq.write_table(table, f.open())
     _write_csv(out / "rounds.csv", records)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alscale.errors import JobError
+from alscale.errors import JobError, short_repr
 from alscale.jobspec import JobSpec, StrategyConfig, is_int, is_num
 
 TRAIN_MODES = ("scratch", "finetune")
@@ -99,7 +99,7 @@ def _mapping(raw: Any, where: str, keys: Mapping[str, Any], errors: list[str]) -
     if raw is None:
         return dict(keys)
     if not isinstance(raw, dict):
-        errors.append(f"{where} must be a mapping; got {raw!r}")
+        errors.append(f"{where} must be a mapping; got {short_repr(raw)}")
         return dict(keys)
     for key in raw:
         if key not in keys:
@@ -114,7 +114,7 @@ def _strategy_entry(entry: Any, default: StrategyConfig, where: str, errors: lis
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict):
-        errors.append(f"{where} must be a strategy name or a mapping like strategy; got {entry!r}")
+        errors.append(f"{where} must be a strategy name or a mapping like strategy; got {short_repr(entry)}")
         return None
     valid = ("name", "budget", "options", "embedding")
     unknown = [k for k in entry if k not in valid]
@@ -129,7 +129,7 @@ def _strategy_entry(entry: Any, default: StrategyConfig, where: str, errors: lis
         return None
     budget = entry.get("budget", default.budget)
     if not (is_int(budget) and budget > 0):
-        errors.append(f"{where}.budget must be a positive integer; got {budget!r}")
+        errors.append(f"{where}.budget must be a positive integer; got {short_repr(budget)}")
         return None
     embedding = entry.get("embedding", default.embedding)
     return StrategyConfig(name=info.name, budget=int(budget), options=dict(options), embedding=embedding)
@@ -152,33 +152,34 @@ def parse_loop(job: JobSpec) -> LoopSpec:
         errors.append("the loop trains a model each round; add a model section (e.g. factory: mnist_cnn)")
     test = raw.get("test")
     if not (isinstance(test, str) and test):
-        errors.append(f"loop.test must be the path of a held-out pool with features and label; got {test!r}")
+        errors.append(f"loop.test must be the path of a held-out pool with features and label; got {short_repr(test)}")
     validation = raw.get("validation", 0)
     if not (is_int(validation) and validation >= 0):
         errors.append(f"loop.validation must be an integer >= 0 (rows held out for early stopping); "
-                      f"got {validation!r}")
+                      f"got {short_repr(validation)}")
     initial = _mapping(raw.get("initial"), "loop.initial", {"size": 20, "method": "balanced"}, errors)
     if not (is_int(initial["size"]) and initial["size"] >= 1):
-        errors.append(f"loop.initial.size must be an integer >= 1; got {initial['size']!r}")
+        errors.append(f"loop.initial.size must be an integer >= 1; got {short_repr(initial['size'])}")
     method = initial["method"]
     if method not in INITIAL_METHODS:
         try:
             method = registry.get_strategy(method).name
         except Exception:
-            errors.append(f"loop.initial.method must be balanced, random or a strategy name; got {method!r}")
+            errors.append(f"loop.initial.method must be balanced, random or a strategy name; got {short_repr(method)}")
     subsample = raw.get("subsample")
     if subsample is not None and not (is_int(subsample) and subsample >= 1):
-        errors.append(f"loop.subsample must be a positive integer or null; got {subsample!r}")
+        errors.append(f"loop.subsample must be a positive integer or null; got {short_repr(subsample)}")
     trials = raw.get("trials", 1)
     if not (is_int(trials) and trials >= 1):
-        errors.append(f"loop.trials must be an integer >= 1; got {trials!r}")
+        errors.append(f"loop.trials must be an integer >= 1; got {short_repr(trials)}")
 
     entries = raw.get("strategies")
     strategies: list[StrategyConfig] = []
     if entries is None:
         strategies = [job.strategy]
     elif not isinstance(entries, list) or not entries:
-        errors.append(f"loop.strategies must be a non-empty list of strategy names or mappings; got {entries!r}")
+        errors.append("loop.strategies must be a non-empty list of strategy names or mappings; "
+                      f"got {short_repr(entries)}")
     else:
         for i, entry in enumerate(entries):
             parsed = _strategy_entry(entry, job.strategy, f"loop.strategies[{i}]", errors)
@@ -224,17 +225,17 @@ def parse_loop(job: JobSpec) -> LoopSpec:
 def _train_config(t: dict[str, Any], errors: list[str]) -> TrainConfig | None:
     n = len(errors)
     if t["mode"] not in TRAIN_MODES:
-        errors.append(f"loop.train.mode must be one of {', '.join(TRAIN_MODES)}; got {t['mode']!r}")
+        errors.append(f"loop.train.mode must be one of {', '.join(TRAIN_MODES)}; got {short_repr(t['mode'])}")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if not (is_int(t[key]) and t[key] >= 1):
-            errors.append(f"loop.train.{key} must be an integer >= 1; got {t[key]!r}")
+            errors.append(f"loop.train.{key} must be an integer >= 1; got {short_repr(t[key])}")
     for key in ("draws_per_epoch", "patience"):
         if t[key] is not None and not (is_int(t[key]) and t[key] >= 1):
-            errors.append(f"loop.train.{key} must be an integer >= 1 or null; got {t[key]!r}")
+            errors.append(f"loop.train.{key} must be an integer >= 1 or null; got {short_repr(t[key])}")
     if not (is_num(t["lr"]) and t["lr"] > 0):
-        errors.append(f"loop.train.lr must be a positive number; got {t['lr']!r}")
+        errors.append(f"loop.train.lr must be a positive number; got {short_repr(t['lr'])}")
     if not (is_num(t["weight_decay"]) and t["weight_decay"] >= 0):
-        errors.append(f"loop.train.weight_decay must be a number >= 0; got {t['weight_decay']!r}")
+        errors.append(f"loop.train.weight_decay must be a number >= 0; got {short_repr(t['weight_decay'])}")
     if len(errors) > n:
         return None
     return TrainConfig(mode=t["mode"], epochs=t["epochs"], draws_per_epoch=t["draws_per_epoch"],
@@ -246,23 +247,23 @@ def _stop_config(s: dict[str, Any], errors: list[str]) -> StopConfig | None:
     n = len(errors)
     for key in ("budget", "max_rounds"):
         if s[key] is not None and not (is_int(s[key]) and s[key] >= 1):
-            errors.append(f"loop.stop.{key} must be an integer >= 1 or null; got {s[key]!r}")
+            errors.append(f"loop.stop.{key} must be an integer >= 1 or null; got {short_repr(s[key])}")
     target = s["target_accuracy"]
     if target is not None and not (is_num(target) and 0 < target <= 1):
-        errors.append(f"loop.stop.target_accuracy must be in (0, 1] or null; got {target!r}")
+        errors.append(f"loop.stop.target_accuracy must be in (0, 1] or null; got {short_repr(target)}")
     if s["metric"] not in METRICS:
-        errors.append(f"loop.stop.metric must be one of {', '.join(METRICS)}; got {s['metric']!r}")
+        errors.append(f"loop.stop.metric must be one of {', '.join(METRICS)}; got {short_repr(s['metric'])}")
     unc = s["max_uncertainty"]
     if unc is not None and not is_num(unc):
-        errors.append(f"loop.stop.max_uncertainty must be a number or null; got {unc!r}")
+        errors.append(f"loop.stop.max_uncertainty must be a number or null; got {short_repr(unc)}")
     plateau = None
     p = s["plateau"]
     if p is not None:
         p = _mapping(p, "loop.stop.plateau", {"epsilon": 0.001, "rounds": 5}, errors)
         if not (is_num(p["epsilon"]) and p["epsilon"] >= 0):
-            errors.append(f"loop.stop.plateau.epsilon must be a number >= 0; got {p['epsilon']!r}")
+            errors.append(f"loop.stop.plateau.epsilon must be a number >= 0; got {short_repr(p['epsilon'])}")
         elif not (is_int(p["rounds"]) and p["rounds"] >= 1):
-            errors.append(f"loop.stop.plateau.rounds must be an integer >= 1; got {p['rounds']!r}")
+            errors.append(f"loop.stop.plateau.rounds must be an integer >= 1; got {short_repr(p['rounds'])}")
         else:
             plateau = Plateau(float(p["epsilon"]), int(p["rounds"]))
     if len(errors) > n:

@@ -1,14 +1,18 @@
 """Write pool tables as Arrow IPC or Parquet, atomically on local filesystems.
 
-Local paths (and ``file://`` URIs): the data goes to a hidden temporary file in the target
-directory (``.NAME.tmp-PID-RANDOM``), is fsync'ed, then ``os.replace``d over the final name,
-so a reader sees either the old file or the complete new one, never a partial file. Pool
-directory listings skip names starting with ``.``, so an in-progress file is never read.
+Every file goes through :class:`alscale.fsio.AtomicFile`, the one atomic-write helper of
+all alscale writers. Local paths (and ``file://`` URIs): the data goes to a hidden
+temporary file in the target directory (``.NAME.tmp-PID-RANDOM``), is fsync'ed, then
+``os.replace``d over the final name (and the directory fsync'ed), so a reader sees either
+the old file or the complete new one, never a partial file. Pool directory listings skip
+names starting with ``.``, so an in-progress file is never read.
 
 Object stores (``s3://``, ``gs://``) have no rename: the object is written under its final
 name directly. S3/GCS make an upload visible only once it completes, but a failed write
 may leave a partial object behind (it is deleted on a best-effort basis); callers that need
-a commit point should write a small manifest last.
+a commit point should write a small manifest last. A write that fails for a reason outside
+the data (a full disk, a read-only location) raises
+:class:`~alscale.errors.OutputWriteError`: one line naming the path and the cause.
 
 Formats: IPC is written uncompressed (Feather's default is LZ4, which defeats
 memory-mapping) in record batches of ``rows_per_batch``; Parquet uses zstd, row groups of
@@ -18,8 +22,6 @@ memory-mapping) in record batches of ``rows_per_batch``; Parquet uses zstd, row 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from types import TracebackType
 
 import pyarrow as pa
@@ -27,7 +29,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from alscale.errors import PoolError
-from alscale.pool.location import choose_format, one_line, resolve
+from alscale.fsio import AtomicFile, write_error
+from alscale.pool.location import choose_format, resolve
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,7 @@ class PoolWriter:
         self.rows_per_batch = int(rows_per_batch)
         self._loc = resolve(path)
         self._schema = schema
-        self._target = (os.path.join(os.path.dirname(self._loc.path),
-                                     f".{os.path.basename(self._loc.path)}.tmp-{os.getpid()}-"
-                                     f"{secrets.token_hex(4)}")
-                        if self._loc.is_local else self._loc.path)
+        self._file = AtomicFile(self._loc)
         self._sink: pa.NativeFile | None = None
         self._writer: ipc.RecordBatchFileWriter | pq.ParquetWriter | None = None
         self._done = False
@@ -62,9 +62,7 @@ class PoolWriter:
 
     # -- lifecycle ---------------------------------------------------------------------
     def _start(self, schema: pa.Schema) -> None:
-        if self._loc.is_local:  # object stores have no directories to create
-            os.makedirs(os.path.dirname(self._target), exist_ok=True)
-        self._sink = self._loc.fs.open_output_stream(self._target)
+        self._sink = self._file.open()
         self._schema = schema
         if self.format == "ipc":
             options = ipc.IpcWriteOptions(compression=None)
@@ -89,6 +87,9 @@ class PoolWriter:
                 self._writer.write_table(table, max_chunksize=self.rows_per_batch)
             else:
                 self._writer.write_table(table, row_group_size=self.rows_per_batch)
+        except OSError as exc:
+            self.abort()
+            raise write_error(self._loc.display, exc) from None
         except BaseException:
             self.abort()
             raise
@@ -105,11 +106,10 @@ class PoolWriter:
                                     "given; write at least one table")
                 self._start(self._schema)
             self._writer.close()
-            self._sink.close()
-            if self._loc.is_local:
-                _fsync_file(self._target)
-                os.replace(self._target, self._loc.path)
-                _fsync_dir(os.path.dirname(self._loc.path))
+            self._file.commit()
+        except OSError as exc:
+            self.abort()
+            raise write_error(self._loc.display, exc) from None
         except BaseException:
             self.abort()
             raise
@@ -121,17 +121,12 @@ class PoolWriter:
         if self._done:
             return
         self._done = True
-        for closer in (self._writer, self._sink):
-            try:
-                if closer is not None:
-                    closer.close()
-            except Exception:  # already failed; the file is being discarded anyway
-                pass
-        if self._sink is not None:
-            try:
-                self._loc.fs.delete_file(self._target)
-            except Exception as exc:
-                log.warning("could not remove partial file %s: %s", self._target, one_line(exc))
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: S110 -- already failed; the file is being discarded anyway
+            pass
+        self._file.abort()
 
     def __enter__(self) -> "PoolWriter":
         return self
@@ -149,25 +144,3 @@ def write_table(table: pa.Table, path: str, *, format: str | None = None,
     """Write ``table`` to ``path`` (format from ``format`` or the suffix), atomically when local."""
     with PoolWriter(path, table.schema, format=format, rows_per_batch=rows_per_batch) as w:
         w.write(table)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    """Persist a rename (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
+from alscale.errors import OutputWriteError
+from alscale.fsio import atomic_write, write_error
 from alscale.pool.location import Location, resolve
 
 logger = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ class ChunkCache:
         self.reuse = reuse
         self.stats = CacheStats()
         self._made_dir = False
+        self._write_failed = False
 
     def _names(self, start: int, stop: int) -> tuple[Location, Location]:
         stem = f"rows-{start:012d}-{stop:012d}"
@@ -222,31 +225,31 @@ class ChunkCache:
             "job": self.record,
         }
         data, meta = self._names(start, stop)
-        if not self._made_dir:
-            self.dir.fs.create_dir(self.dir.path, recursive=True)
-            self._made_dir = True
-        _atomic_bytes(data, body)
-        _atomic_bytes(meta, (json.dumps(rec, indent=1, default=str) + "\n").encode())
+        if self._write_failed:
+            return
+        try:
+            if not self._made_dir:
+                try:
+                    self.dir.fs.create_dir(self.dir.path, recursive=True)
+                except OSError as exc:
+                    raise write_error(self.dir.display, exc) from None
+                self._made_dir = True
+            atomic_write(data, body)
+            try:
+                atomic_write(meta, (json.dumps(rec, indent=1, default=str) + "\n").encode())
+            except OutputWriteError:
+                try:  # a file without its record is never used: remove it
+                    self.dir.fs.delete_file(data.path)
+                except OSError:
+                    pass
+                raise
+        except OutputWriteError as exc:
+            # The cache only speeds up --resume: scoring goes on without it (and a full
+            # disk then fails the job's own output writes, with one line).
+            self._write_failed = True
+            logger.warning("cache: %s; scoring continues without caching", exc)
+            return
         self.stats.computed.append([int(start), int(stop)])
-
-
-def _atomic_bytes(loc: Location, payload: Any) -> None:
-    """Local: temporary name, fsync, rename. Object stores: one upload (atomic by itself)."""
-    if not loc.is_local:
-        with loc.fs.open_output_stream(loc.path) as fh:
-            fh.write(payload)
-        return
-    path = Path(loc.path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(memoryview(payload))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def has_caches(out_dir: Location) -> bool:

@@ -333,11 +333,15 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
     }
     # The manifest cannot time its own write: on disk, "write" covers the selection file
     # only; the returned manifest has the full figure.
-    with _phase(timings, "write"):
-        output.write_selection(out_path, selection, job.strategy.round)
-    _add_throughput(manifest, timings, info.n_rows)
-    with _phase(timings, "write"):
-        output.write_manifest(out_path, manifest)
+    try:
+        with _phase(timings, "write"):
+            output.write_selection(out_path, selection, job.strategy.round)
+        _add_throughput(manifest, timings, info.n_rows)
+        with _phase(timings, "write"):
+            output.write_manifest(out_path, manifest)
+    except BaseException:  # a full disk, a kill: no selection without its manifest stays behind
+        output.discard_unfinished(out_path)
+        raise
     _add_throughput(manifest, timings, info.n_rows)
     logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
     return RunResult(selection=selection, out_dir=out_path, manifest=manifest)

@@ -1,11 +1,12 @@
 """The output directory of a job: ``selection.parquet`` and ``manifest.json``, written atomically.
 
 The directory is a local path or a ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``;
-credentials from the environment, as for pools) — one code path. Locally each file goes to
-a temporary name in the same directory, is fsync'd, then renamed over its final name, so a
-reader never sees a half-written file; in an object store an object appears only when its
-upload completes. The manifest is written last: a directory whose manifest exists holds a
-finished selection.
+credentials from the environment, as for pools) — one code path. Every file goes through
+:mod:`alscale.fsio` (temporary name, fsync, rename; one upload in an object store), so a
+reader never sees a half-written file. The manifest is written last and defines a finished
+output: a directory whose manifest exists holds a finished selection; a selection without
+its manifest is the remainder of a failed or killed write (a failed write removes it; the
+next run rewrites it).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from alscale.errors import AlscaleError
+from alscale.fsio import LOCK_FILE, DirLock, atomic_write, cause, write_error
 from alscale.pool import write_table
 from alscale.pool import location
 from alscale.pool.location import Location, is_uri, one_line
@@ -57,10 +57,9 @@ def check_output_dir(out_dir: str | Path, *, force: bool, resume: bool = False) 
     loc = output_location(out_dir)
     if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
         raise AlscaleError(f"output {loc.display} exists and is not a directory; choose another --out")
-    done = [name for name in (SELECTION_FILE, MANIFEST_FILE)
-            if loc.fs.get_file_info(loc.child(name).path).type == pafs.FileType.File]
-    if resume and MANIFEST_FILE not in done:
-        done = []  # a selection without its manifest was cut off while writing: resume rewrites it
+    # The manifest, written last, defines a finished output; a selection without one was
+    # cut off while writing (a run rewrites it).
+    done = [name for name in (MANIFEST_FILE,) if loc.fs.get_file_info(loc.child(name).path).type == pafs.FileType.File]
     if done and not force:
         if resume:
             raise AlscaleError(f"output {loc.display} already holds a finished selection ({done[0]}); pass --force "
@@ -104,24 +103,20 @@ def selection_table(selection: Selection, round: int) -> pa.Table:
     )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a fsync'd temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_selection(out_dir: str | Path, selection: Selection, round: int) -> None:
-    """Write ``selection.parquet`` atomically (creating a local directory)."""
+    """Write ``selection.parquet`` atomically (creating a local directory).
+
+    An earlier manifest is removed first: from here until :func:`write_manifest` the
+    directory does not hold a finished selection (a crash in between leaves no old manifest
+    describing a new selection)."""
     loc = output_location(out_dir)
-    loc.fs.create_dir(loc.path, recursive=True)  # a directory locally; a no-op marker in object stores
+    try:
+        loc.fs.create_dir(loc.path, recursive=True)  # a directory locally; a no-op marker in object stores
+        man = loc.child(MANIFEST_FILE)
+        if loc.fs.get_file_info(man.path).type == pafs.FileType.File:
+            loc.fs.delete_file(man.path)
+    except OSError as exc:
+        raise write_error(loc.display, exc) from None
     write_table(selection_table(selection, round), loc.child(SELECTION_FILE).canonical, format="parquet")
 
 
@@ -129,11 +124,21 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` atomically; written last, it marks a finished selection."""
     loc = output_location(out_dir)
     text = json.dumps(manifest, indent=2, default=_jsonable) + "\n"
-    if loc.is_local:
-        atomic_write_text(Path(loc.child(MANIFEST_FILE).path), text)
-    else:
-        with loc.fs.open_output_stream(loc.child(MANIFEST_FILE).path) as fh:
-            fh.write(text.encode())
+    atomic_write(loc.child(MANIFEST_FILE), text)
+
+
+def discard_unfinished(out_dir: str | Path) -> None:
+    """Remove a ``selection.parquet`` that has no manifest (a write that failed part-way):
+    what a failed run wrote is rolled back, and the directory reads as not finished."""
+    loc = output_location(out_dir)
+    try:
+        if loc.fs.get_file_info(loc.child(MANIFEST_FILE).path).type != pafs.FileType.File:
+            sel = loc.child(SELECTION_FILE)
+            if loc.fs.get_file_info(sel.path).type == pafs.FileType.File:
+                loc.fs.delete_file(sel.path)
+    except OSError as exc:  # the original failure is the one to report
+        logging.getLogger(__name__).warning("output %s: could not remove the unfinished %s (%s)", loc.display,
+                                            SELECTION_FILE, cause(exc))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -201,67 +206,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-LOCK_FILE = ".alscale.lock"
-
-
-class OutputLock:
-    """Exclusive use of a local output directory by one job (a second job refuses, clearly).
-
-    The lock is a file created with ``O_CREAT | O_EXCL`` holding ``pid host start-time``; it
-    is removed when the job ends. A lock left by a process that no longer runs on this host
-    (a killed driver) is taken over with a warning. Object-store outputs are not locked
-    (pyarrow.fs has no exclusive create); give each job its own output URI.
+class OutputLock(DirLock):
+    """Exclusive use of a local output directory by one job (a second job refuses, clearly):
+    :class:`alscale.fsio.DirLock` on the directory, held for the job's life. Object-store
+    outputs are not locked (pyarrow.fs has no locking); give each job its own output URI.
     """
 
     def __init__(self, out_dir: str | Path) -> None:
         self.loc = output_location(out_dir)
-        self.path = Path(self.loc.path) / LOCK_FILE if self.loc.is_local else None
-        self._held = False
-        self._made_dir = False
-
-    def __enter__(self) -> "OutputLock":
-        if self.path is None:
-            return self
-        self._made_dir = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{os.getpid()} {platform.node()} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.path.read_text(errors="replace").split()
-                pid, host = (int(holder[0]) if holder and holder[0].isdigit() else -1), (holder[1:2] or ["?"])[0]
-                since = (holder[2:3] or ["?"])[0]
-                if host == platform.node() and pid > 0 and not _alive(pid):
-                    logging.getLogger(__name__).warning(
-                        "output %s: taking over the lock of process %d, which no longer runs", self.loc.display, pid)
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise AlscaleError(
-                    f"output {self.loc.display} is in use by another alscale job (pid {pid} on {host}, since "
-                    f"{since}); wait for it to finish or choose another --out") from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me)
-            self._held = True
-            return self
-        raise AlscaleError(f"output {self.loc.display}: could not take the lock {self.path}; remove it if no job runs")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held and self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self._held = False
-            if self._made_dir:  # a failed job leaves no empty directory behind
-                try:
-                    self.path.parent.rmdir()
-                except OSError:
-                    pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        super().__init__(self.loc, what="output")

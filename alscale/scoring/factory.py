@@ -6,12 +6,13 @@ import importlib
 import inspect
 import logging
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.scoring.builtins import BUILTINS, builtin_models
 from alscale.scoring.checkpoint import load_checkpoint, one_line
 from alscale.scoring.spec import ModelSpec
@@ -22,12 +23,13 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _FORM = "expected 'package.module:callable'"
 
 
-def resolve_factory(factory: str) -> Callable[..., Any]:
+def resolve_factory(factory: str, *, kind: str = "model factory") -> Callable[..., Any]:
     """The callable named by ``factory``: a builtin name or ``"package.module:callable"``.
 
     ``callable`` may be a dotted attribute path (``"pkg.mod:Class.create"``). Raises
     :class:`AlscaleError` for an unknown builtin (listing the builtins), a malformed path,
-    a module that does not import, a missing attribute, or a non-callable object.
+    a module that does not import, a missing attribute, a non-callable object, or a target
+    :func:`check_import_target` refuses (checked before anything calls it).
     """
     if ":" not in factory:
         if factory in BUILTINS:
@@ -59,8 +61,46 @@ def resolve_factory(factory: str) -> Callable[..., Any]:
             )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise AlscaleError(f"model factory {factory!r} is not callable (it is of type {type(obj).__name__})")
+        raise AlscaleError(f"{kind} {factory!r} is not callable (it is of type {type(obj).__name__})")
+    check_import_target(obj, factory, kind=kind)
     return obj
+
+
+def check_import_target(obj: Any, path: str, *, kind: str = "model factory") -> None:
+    """The trust rule for the import paths of a job file, checked *before* calling them.
+
+    A job file is code, like a Python script: importing its module runs that module. What
+    this rule stops is a job that *calls* something never meant as a factory with
+    arguments of its choosing (``os:system`` with ``kwargs: {command: ...}``):
+
+    - a class must subclass ``torch.nn.Module`` (a model factory; an image transform may be
+      any class), or
+    - a plain Python function (or a method of a class), and
+    - in neither case defined in the standard library or ``builtins`` (``os:system``,
+      ``subprocess:run``, ``builtins:exec``, ``functools:partial`` are refused), and not a
+      builtin function or another callable object.
+
+    A model factory's result must then be an ``nn.Module`` (:func:`build_model`).
+    """
+    fn = obj.__func__ if inspect.ismethod(obj) else obj
+    if inspect.isclass(fn):
+        if kind == "model factory" and not issubclass(fn, nn.Module):
+            raise AlscaleError(f"{kind} {short_repr(path)} is the class {fn.__qualname__}, which is not a "
+                               "torch.nn.Module; name an nn.Module class or a function that returns one")
+    elif not inspect.isfunction(fn):
+        raise AlscaleError(f"{kind} {short_repr(path)} is a {type(obj).__name__}, not a Python function or class; "
+                           "name a function or class of your own code or a model library (a job file may only "
+                           "call those)")
+    module = getattr(fn, "__module__", None) or ""
+    top = module.partition(".")[0]
+    if top in _STDLIB and top != "__main__":
+        raise AlscaleError(f"{kind} {short_repr(path)} is defined in the Python standard library ({module}); "
+                           "name a function or class of your own code or a model library (a job file may only "
+                           "call those)")
+
+
+#: Top-level modules of the standard library (and builtins), whose callables a job may not name.
+_STDLIB = frozenset(sys.stdlib_module_names) | {"builtins"}
 
 
 def _builtin_kwargs(name: str, fn: Callable[..., Any], kwargs: dict[str, Any], in_features: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def resolve_transform(name: str | None) -> Transform:
     if ":" not in name:
         raise AlscaleError(f"unknown image transform {name!r}; builtins are {', '.join(BUILTIN_TRANSFORMS)} "
                            "(or give an import path 'package.module:callable')")
-    return resolve_factory(name)
+    return resolve_factory(name, kind="image transform")
 
 
 def _open(data: bytes, where: str) -> Any:

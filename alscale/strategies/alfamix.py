@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
@@ -93,7 +93,7 @@ def alfa_random(state: ShardState, seed: int, round: int, k: int, exclude: np.nd
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     eps = options["eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        raise AlscaleError(f"option eps of strategy alfamix must be in (0, 1]; got {eps!r}")
+        raise AlscaleError(f"option eps of strategy alfamix must be in (0, 1]; got {short_repr(eps)}")
     for key in ("head", "labels"):
         if options[key] is not None and isinstance(options[key], (str, int, float, bool)):
             raise AlscaleError(f"option {key} of strategy alfamix is filled by the job (the model's head layer, "

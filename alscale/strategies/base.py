@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import progress
 from alscale.strategies import spec as _spec
 from alscale.strategies.quotas import _Stream, predicted_class
@@ -184,10 +184,10 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     """``distance`` in auto/feature/logit, ``order`` in round_robin/sequential, ``head`` not a scalar."""
     if options["distance"] not in DISTANCES:
         raise AlscaleError(f"option distance of strategy base_balanced must be one of {', '.join(DISTANCES)}; "
-                           f"got {options['distance']!r}")
+                           f"got {short_repr(options['distance'])}")
     if options["order"] not in ORDERS:
         raise AlscaleError(f"option order of strategy base_balanced must be one of {', '.join(ORDERS)}; "
-                           f"got {options['order']!r}")
+                           f"got {short_repr(options['order'])}")
     head = options["head"]
     if head is not None and isinstance(head, (str, int, float, bool)):
         raise AlscaleError("option head of strategy base_balanced is filled by the job (the model's 'head' "

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies.joint_entropy import (
     MAX_CONFIGS_LIMIT,
     MAX_SAMPLES_LIMIT,
@@ -143,7 +143,7 @@ def _opt_int(opts: dict[str, Any], key: str, lo: int, hi: int, *, allow_none: bo
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
         none = " or null" if allow_none else ""
-        raise AlscaleError(f"option {key} of strategy batchbald must be an integer in [{lo}, {hi}]{none}; got {value!r}")
+        raise AlscaleError(f"option {key} of strategy batchbald must be an integer in [{lo}, {hi}]{none}; got {short_repr(value)}")
     opts[key] = int(value)
 
 
@@ -165,9 +165,9 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         _opt_int(opts, "prefilter", 1, 1 << 40, allow_none=True)
     device = opts["device"]
     if not isinstance(device, str) or not _DEVICE.match(device):
-        raise AlscaleError(f"option device of strategy batchbald must be auto, cpu, cuda or cuda:N; got {device!r}")
+        raise AlscaleError(f"option device of strategy batchbald must be auto, cpu, cuda or cuda:N; got {short_repr(device)}")
     if not isinstance(opts["prune"], (bool, np.bool_)):
-        raise AlscaleError(f"option prune of strategy batchbald must be true or false; got {opts['prune']!r}")
+        raise AlscaleError(f"option prune of strategy batchbald must be true or false; got {short_repr(opts['prune'])}")
     opts["prune"] = bool(opts["prune"])
     return opts
 
@@ -206,7 +206,7 @@ def _resolve_device(name: str) -> Any:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AlscaleError(f"option device {name!r} of strategy batchbald: CUDA is not available here; use auto or cpu")
+        raise AlscaleError(f"option device {short_repr(name)} of strategy batchbald: CUDA is not available here; use auto or cpu")
     return torch.device(name)
 
 

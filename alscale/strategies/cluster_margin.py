@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
@@ -56,7 +56,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     check_int_options(options, ("n_clusters", "kmeans_iters"), strategy="cluster_margin")
     r = options["margin_ratio"]
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 1:
-        raise AlscaleError(f"option margin_ratio of strategy cluster_margin must be a number >= 1; got {r!r}")
+        raise AlscaleError(f"option margin_ratio of strategy cluster_margin must be a number >= 1; got {short_repr(r)}")
     return options
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
 from dataclasses import dataclass
@@ -51,7 +51,7 @@ def egl_prepare(state: ShardState, bias: bool) -> None:
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(options["bias"], bool):
-        raise AlscaleError(f"option bias of strategy egl must be true or false; got {options['bias']!r}")
+        raise AlscaleError(f"option bias of strategy egl must be true or false; got {short_repr(options['bias'])}")
     return options
 
 

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise
 from alscale.validation import check_log_probs
 
@@ -461,7 +461,7 @@ def grouped_state(post_M_K: np.ndarray, weights_M: np.ndarray, labels_M: np.ndar
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise AlscaleError(f"{name} must be an integer in [{lo}, {hi}]; got {value!r}")
+        raise AlscaleError(f"{name} must be an integer in [{lo}, {hi}]; got {short_repr(value)}")
     return int(value)
 
 

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index import BACKENDS, NumpyBackend, get_backend, norm_upper_bound
 from alscale.index.exact import (
     canonical_min_sq_dist,
@@ -87,23 +87,23 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     out = dict(options)
     backend = out.get("backend", "auto")
     if not isinstance(backend, str) or backend.lower() not in BACKENDS:
-        raise AlscaleError(f"option backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        raise AlscaleError(f"option backend must be one of {', '.join(BACKENDS)}; got {short_repr(backend)}")
     out["backend"] = backend.lower()
     if "mode" in out:
         mode = out["mode"]
         if not isinstance(mode, str) or mode.lower() not in MODES:
-            raise AlscaleError(f"option mode must be one of {', '.join(MODES)}; got {mode!r}")
+            raise AlscaleError(f"option mode must be one of {', '.join(MODES)}; got {short_repr(mode)}")
         out["mode"] = mode.lower()
     if "gather_bytes" in out:
         gb = out["gather_bytes"]
         if isinstance(gb, bool) or not isinstance(gb, (int, np.integer)) or gb < 0:
-            raise AlscaleError(f"option gather_bytes must be a non-negative integer (bytes); got {gb!r}")
+            raise AlscaleError(f"option gather_bytes must be a non-negative integer (bytes); got {short_repr(gb)}")
         out["gather_bytes"] = int(gb)
     if "offer_rows" in out and out["offer_rows"] is not None:
         m = out["offer_rows"]
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= MAX_OFFER:
             raise AlscaleError(
-                f"option offer_rows must be null (adaptive) or an integer in [1, {MAX_OFFER}]; got {m!r}"
+                f"option offer_rows must be null (adaptive) or an integer in [1, {MAX_OFFER}]; got {short_repr(m)}"
             )
         out["offer_rows"] = int(m)
     return out

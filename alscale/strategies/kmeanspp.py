@@ -81,7 +81,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies.kmeanspp_kernels import (
     _GEMM_ELEMS,
     _ROW_ELEMS,
@@ -471,7 +471,7 @@ class _Proposals:
 
 def _check_space(space: str) -> None:
     if space not in SPACES:
-        raise AlscaleError(f"space must be one of {', '.join(SPACES)}; got {space!r}")
+        raise AlscaleError(f"space must be one of {', '.join(SPACES)}; got {short_repr(space)}")
 
 
 def _init(shards: Shards, space: str, seed: int, round: int) -> tuple[int, tuple, float]:
@@ -821,9 +821,9 @@ def check_parallel_options(options: dict[str, Any]) -> dict[str, Any]:
     if isinstance(over, bool) or not isinstance(over, (int, float, np.integer, np.floating)) or not (
         math.isfinite(over) and over > 0
     ):
-        raise AlscaleError(f"option oversampling must be a positive number (ℓ = oversampling * budget); got {over!r}")
+        raise AlscaleError(f"option oversampling must be a positive number (ℓ = oversampling * budget); got {short_repr(over)}")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
-        raise AlscaleError(f"option rounds must be an integer >= 1; got {rounds!r}")
+        raise AlscaleError(f"option rounds must be an integer >= 1; got {short_repr(rounds)}")
     return {**options, "oversampling": float(over), "rounds": int(rounds)}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 __all__ = ["keyed_gumbel", "keyed_uniform"]
 
@@ -62,7 +62,7 @@ def _stream_key(seed: int, round: int) -> int:
 
 def _check_key(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise AlscaleError(f"{name} must be an integer; got {value!r}")
+        raise AlscaleError(f"{name} must be an integer; got {short_repr(value)}")
     return int(value)
 
 

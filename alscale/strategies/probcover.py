@@ -32,7 +32,7 @@ import numpy as np
 
 import logging
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
 from alscale.strategies.clustering import kmeans
@@ -222,22 +222,22 @@ def pc_size(state: ShardState) -> int:
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     d = options["delta"]
     if d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0):
-        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {d!r}")
+        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {short_repr(d)}")
     p = options["purity"]
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {p!r}")
+        raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {short_repr(p)}")
     check_int_options(options, ("n_classes", "chunk_rows", "max_edges", "kmeans_iters"), strategy="probcover")
     from alscale.index.neighbours import check_mode
 
     check_mode(options["index"], "option index of strategy probcover")
     if options["index_params"] is not None and not isinstance(options["index_params"], dict):
         raise AlscaleError(f"option index_params of strategy probcover must be a mapping or null; "
-                           f"got {options['index_params']!r}")
+                           f"got {short_repr(options['index_params'])}")
     if options["purity_sample"] is not None:
         check_int_options(options, ("purity_sample",), strategy="probcover")
     check_int_options(options, ("offer",), strategy="probcover")
     if not isinstance(options["normalize"], bool):
-        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {options['normalize']!r}")
+        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {short_repr(options['normalize'])}")
     return options
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import registry
 from alscale.strategies.shards import Shards, ShardState, order_desc, shard_op
 from alscale.types import Selection
@@ -222,7 +222,8 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
     if spec is None:
         return np.full(c, 0 if name == "min" else np.iinfo(np.int64).max, dtype=np.int64)
     if isinstance(spec, bool):
-        raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
+        raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; "
+                           f"got {short_repr(spec)}")
     if isinstance(spec, (int, np.integer)):
         if spec < 0:
             raise AlscaleError(f"strategy.quotas.{name} must be >= 0; got {spec}")
@@ -233,14 +234,14 @@ def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
             try:
                 j = int(k)
             except (TypeError, ValueError):
-                raise AlscaleError(f"strategy.quotas.{name}: class {k!r} is not a class index") from None
+                raise AlscaleError(f"strategy.quotas.{name}: class {short_repr(k)} is not a class index") from None
             if not 0 <= j < c:
                 raise AlscaleError(f"strategy.quotas.{name}: class {j} is outside the model's {c} classes (0..{c - 1})")
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise AlscaleError(f"strategy.quotas.{name}[{j}] must be a count >= 0; got {v!r}")
+                raise AlscaleError(f"strategy.quotas.{name}[{j}] must be a count >= 0; got {short_repr(v)}")
             out[j] = int(v)
         return out
-    raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {spec!r}")
+    raise AlscaleError(f"strategy.quotas.{name} must be a count or a mapping class -> count; got {short_repr(spec)}")
 
 
 def quotas_supported(name: Any) -> bool:
@@ -266,14 +267,14 @@ def check_quotas(quotas: Any) -> dict[str, Any]:
     if not isinstance(quotas, Mapping) or not quotas or set(quotas) - {"min", "max", "by", "max_groups"} or \
             not set(quotas) & {"min", "max"}:
         raise AlscaleError(f"strategy.quotas must be a mapping with 'min' and/or 'max' (and optionally 'by', "
-                           f"'max_groups'); got {quotas!r}")
+                           f"'max_groups'); got {short_repr(quotas)}")
     by = quotas.get("by", "predicted_class")
     if not isinstance(by, str) or not by:
         raise AlscaleError(f"strategy.quotas.by must name a pool column (integer or string) or be predicted_class; "
-                           f"got {by!r}")
+                           f"got {short_repr(by)}")
     mg = quotas.get("max_groups")
     if mg is not None and (isinstance(mg, bool) or not isinstance(mg, int) or mg < 1):
-        raise AlscaleError(f"strategy.quotas.max_groups must be a positive integer; got {mg!r}")
+        raise AlscaleError(f"strategy.quotas.max_groups must be a positive integer; got {short_repr(mg)}")
     return dict(quotas)
 
 
@@ -301,7 +302,7 @@ def _group_bounds(spec: Any, values: list[Any], name: str, by: str) -> np.ndarra
                 pass
         if key not in index:
             shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-            raise AlscaleError(f"strategy.quotas.{name}: {k!r} is not a value of column '{by}' (values: {shown}); "
+            raise AlscaleError(f"strategy.quotas.{name}: {short_repr(k)} is not a value of column '{by}' (values: {shown}); "
                                "use the column's values as keys")
         by_index[index[key]] = v
     return _bounds(by_index, len(values), name)

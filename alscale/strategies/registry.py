@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import spec as _spec
 
 StrategySpec = _spec.StrategySpec
@@ -105,7 +105,7 @@ def _add(spec: StrategySpec, ref: str | None = None) -> StrategySpec:
     for key in (spec.name, *(_key(a) for a in spec.aliases)):
         owner = _STRATEGIES.get(key) or _STRATEGIES.get(_ALIASES.get(key, ""))
         if owner is not None and owner is not spec and owner != spec:
-            raise AlscaleError(f"strategy name {key!r} of {spec.name} is taken by strategy {owner.name}; "
+            raise AlscaleError(f"strategy name {short_repr(key)} of {spec.name} is taken by strategy {owner.name}; "
                                "give the strategy another name")
     _STRATEGIES[spec.name] = spec
     for a in spec.aliases:
@@ -177,22 +177,22 @@ def _as_spec(obj: Any, where: str) -> StrategySpec:
 def _load_path(path: str) -> StrategySpec:
     """The strategy named by import path ``"pkg.mod:Attr"``, registered on first use."""
     if not _PATH.match(path.strip()):
-        raise AlscaleError(f"bad strategy import path {path!r}: {_FORM}")
+        raise AlscaleError(f"bad strategy import path {short_repr(path)}: {_FORM}")
     path = path.strip()
     module_name, _, attr = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise AlscaleError(f"cannot import module {module_name!r} of strategy {path!r} ({exc}); the module must "
+        raise AlscaleError(f"cannot import module {short_repr(module_name)} of strategy {short_repr(path)} ({exc}); the module must "
                            "be importable (installed, or its directory on PYTHONPATH)") from exc
     except Exception as exc:
-        raise AlscaleError(f"importing module {module_name!r} of strategy {path!r} raised "
+        raise AlscaleError(f"importing module {short_repr(module_name)} of strategy {short_repr(path)} raised "
                            f"{type(exc).__name__}: {str(exc)[:200]}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise AlscaleError(f"module {module_name!r} has no attribute {attr!r} (strategy {path!r}); {_FORM}")
+            raise AlscaleError(f"module {short_repr(module_name)} has no attribute {short_repr(attr)} (strategy {short_repr(path)}); {_FORM}")
         obj = getattr(obj, part)
-    spec = _as_spec(obj, f"strategy {path!r}")
+    spec = _as_spec(obj, f"strategy {short_repr(path)}")
     with _lock:
         return _add(spec, ref=path)
 
@@ -229,12 +229,12 @@ def get_strategy(name: Any) -> StrategySpec:
         inner = getattr(name, "spec", None)
         if isinstance(inner, StrategySpec):
             return get_strategy(inner)
-        raise AlscaleError(f"strategy name must be a string; got {name!r}")
+        raise AlscaleError(f"strategy name must be a string; got {short_repr(name)}")
     canonical = _canonical(name)
     if canonical is None:
         if ":" in name:
             return _load_path(name)
-        raise AlscaleError(f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}")
+        raise AlscaleError(f"unknown strategy {short_repr(name)}; valid: {', '.join(strategy_names())}")
     return _STRATEGIES[canonical]
 
 
@@ -272,7 +272,8 @@ def check_options(name: Any, options: Mapping[str, Any] | None) -> dict[str, Any
     if unknown:
         allowed = ", ".join(sorted(defaults)) if defaults else "none"
         raise AlscaleError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(short_repr(k, 40) for k in unknown[:8])}"
+            f"{', ...' if len(unknown) > 8 else ''} "
             f"for strategy {info.name}; allowed: {allowed}"
         )
     return info.options_type.check({**defaults, **options})
@@ -284,7 +285,8 @@ def check_base(strategy: str, base: object) -> str:
     canonical = _canonical(base) if isinstance(base, str) else None
     if canonical is None or not _STRATEGIES[canonical].supports.stochastic_base:
         raise AlscaleError(
-            f"option base of strategy {strategy} must be a score strategy; got {base!r}; valid: {', '.join(names)}"
+            f"option base of strategy {strategy} must be a score strategy; got {short_repr(base)}; "
+            f"valid: {', '.join(names)}"
         )
     return canonical
 

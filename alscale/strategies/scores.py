@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 __all__ = [
     "bald",
@@ -147,7 +147,7 @@ def _check_chunk_rows(chunk_rows: object) -> None:
     if chunk_rows is None:
         return
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise AlscaleError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
+        raise AlscaleError(f"chunk_rows must be a positive integer or None; got {short_repr(chunk_rows)}")
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -502,7 +502,7 @@ def _check_keys_args(
         or not math.isfinite(beta)
         or beta <= 0
     ):
-        raise AlscaleError(f"beta must be a positive number; got {beta!r}")
+        raise AlscaleError(f"beta must be a positive number; got {short_repr(beta)}")
     return values_N, gumbel_N, float(beta)
 
 

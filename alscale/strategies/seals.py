@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies.shards import Shards, ShardState, shard_op
 
@@ -100,7 +100,7 @@ def apply_seals(shards: Shards, k: int) -> int:
     """Restrict the shards' candidates to :func:`seals_candidates`; returns their number.
     With nothing labelled there are no neighbours: the filter is skipped (returns -1)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise AlscaleError(f"strategy.seals must be a number of neighbours >= 1; got {k!r}")
+        raise AlscaleError(f"strategy.seals must be a number of neighbours >= 1; got {short_repr(k)}")
     if shards.n_rows() == shards.n_candidates():
         return -1
     cand = seals_candidates(shards, int(k))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise, registry, scores
 from alscale.strategies import spec as _spec
 from alscale.strategies.shards import Shards, topk_order
@@ -46,7 +46,7 @@ def select_by_score(
     if info.kind == "loop":
         raise AlscaleError(f"strategy {info.name} is not score-based")
     if not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget <= 0:
-        raise AlscaleError(f"budget must be a positive integer; got {budget!r}")
+        raise AlscaleError(f"budget must be a positive integer; got {short_repr(budget)}")
     opts = registry.check_options(info, options or {})
     n_cand = shards.n_candidates()
     if budget > n_cand:
@@ -95,7 +95,7 @@ def _stochastic_check(name: str) -> type[StochasticOptions]:
         beta = options["beta"]
         if (isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating))
                 or not math.isfinite(beta) or beta <= 0):
-            raise AlscaleError(f"option beta of strategy {name} must be a positive number; got {beta!r}")
+            raise AlscaleError(f"option beta of strategy {name} must be a positive number; got {short_repr(beta)}")
         options["beta"] = float(beta)
         options["base"] = registry.check_base(name, options["base"])
         return options

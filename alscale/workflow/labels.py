@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from alscale.errors import AlscaleError
+from alscale.errors import AlscaleError, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ FORMATS = ("csv", "jsonl", "labelstudio")
 def _format_of(path: str | Path, fmt: str | None) -> str:
     if fmt:
         if fmt not in FORMATS:
-            raise AlscaleError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+            raise AlscaleError(f"format must be one of {', '.join(FORMATS)}; got {short_repr(fmt)}")
         return fmt
     name = str(path).lower()
     if name.endswith(".csv"):
@@ -116,7 +116,8 @@ class MediaRefs:
 
 def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = None) -> int:
     """Write the selection in ``out_dir`` to ``dest`` (atomically); returns the rows written."""
-    from alscale.runtime.output import MANIFEST_FILE, SELECTION_FILE, atomic_write_text
+    from alscale.fsio import atomic_write
+    from alscale.runtime.output import MANIFEST_FILE, SELECTION_FILE
 
     out_dir = Path(out_dir)
     fmt = _format_of(dest, fmt)
@@ -143,7 +144,7 @@ def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = No
         text = "".join(json.dumps(r) + "\n" for r in records)
     else:
         text = json.dumps([{"id": r["row_id"], "data": r} for r in records], indent=1) + "\n"
-    atomic_write_text(Path(dest), text)
+    atomic_write(Path(dest), text)
     return len(records)
 
 
@@ -155,10 +156,14 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
         raise AlscaleError(f"labels {path}: cannot read it ({exc})") from None
     out: list[tuple[Any, Any, str]] = []
     if fmt == "csv":
-        rows = list(csv.reader(io.StringIO(text)))
+        reader = csv.reader(io.StringIO(text))
+        try:
+            rows = list(reader)
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            raise AlscaleError(f"labels {path} line {reader.line_num}: not CSV ({exc})") from None
         if not rows or "row_id" not in rows[0] or "label" not in rows[0]:
             raise AlscaleError(f"labels {path}: the header must name 'row_id' and 'label' columns; got "
-                               f"{rows[0] if rows else 'an empty file'}")
+                               f"{short_repr(rows[0]) if rows else 'an empty file'}")
         i, j = rows[0].index("row_id"), rows[0].index("label")
         for n, row in enumerate(rows[1:], start=2):
             if not row:
@@ -174,6 +179,8 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise AlscaleError(f"labels {path} line {n}: not JSON ({exc.msg})") from None
+            except RecursionError:
+                raise AlscaleError(f"labels {path} line {n}: JSON nested too deeply") from None
             if not isinstance(rec, dict) or "row_id" not in rec or "label" not in rec:
                 raise AlscaleError(f"labels {path} line {n}: expected an object with row_id and label")
             out.append((rec["row_id"], rec["label"], f"line {n}"))
@@ -183,10 +190,12 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
         except json.JSONDecodeError as exc:
             raise AlscaleError(f"labels {path}: not JSON ({exc.msg} at line {exc.lineno}); give a Label Studio "
                                "JSON export") from None
+        except RecursionError:
+            raise AlscaleError(f"labels {path}: JSON nested too deeply; give a Label Studio JSON export") from None
         if not isinstance(tasks, list):
             raise AlscaleError(f"labels {path}: a Label Studio export is a JSON list of tasks")
         for n, task in enumerate(tasks):
-            where = f"task {task.get('id', n) if isinstance(task, dict) else n}"
+            where = f"task {short_repr(task.get('id', n), 40) if isinstance(task, dict) else n}"
             data = task.get("data", {}) if isinstance(task, dict) else {}
             if "row_id" not in data:
                 raise AlscaleError(f"labels {path} {where}: data.row_id is missing; export tasks made by "
@@ -233,7 +242,7 @@ def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | 
         try:
             rid = int(str(raw_id).strip())
         except ValueError:
-            raise AlscaleError(f"labels {src} {where}: row_id {raw_id!r} is not an integer") from None
+            raise AlscaleError(f"labels {src} {where}: row_id {short_repr(raw_id)} is not an integer") from None
         k = np.searchsorted(pool_sorted, rid)
         if k >= pool_sorted.size or pool_sorted[k] != rid:
             raise AlscaleError(f"labels {src} {where}: row_id {rid} is not in pool {pool}; labels must name rows of "
@@ -242,7 +251,8 @@ def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | 
         if label is None:
             allowed = (", ".join(map(str, classes)) if classes is not None else
                        f"integers 0..{n_classes - 1}" if n_classes else "integers >= 0")
-            raise AlscaleError(f"labels {src} {where}: label {raw_label!r} of row_id {rid} is not a class ({allowed})")
+            raise AlscaleError(f"labels {src} {where}: label {short_repr(raw_label)} of row_id {rid} "
+                               f"is not a class ({allowed})")
         if rid in seen and seen[rid][0] != label:
             raise AlscaleError(f"labels {src} {where}: row_id {rid} is labelled {label} here and {seen[rid][0]} at "
                                f"{seen[rid][1]}; resolve the conflict in the file")
@@ -262,6 +272,11 @@ def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | 
     rnd = (max(led.rounds) + 1 if led.rounds else 0) if round is None else int(round)
     written = None
     if new_ids:
-        written = led.append(np.asarray(new_ids, np.int64), np.asarray(new_labels, np.int64), rnd, source=str(src))
+        try:
+            written = led.append(np.asarray(new_ids, np.int64), np.asarray(new_labels, np.int64), rnd,
+                                 source=str(src))
+        except FileExistsError:
+            raise AlscaleError(f"ledger {ledger}: round {rnd} was appended by another import meanwhile; run this "
+                               "import again") from None
     logger.info("labels %s: %d added to %s (round %d), %d already there", src, len(new_ids), ledger, rnd, already)
     return {"added": len(new_ids), "already": already, "round": rnd, "file": None if written is None else str(written)}

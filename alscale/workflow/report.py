@@ -128,7 +128,7 @@ def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
     import matplotlib.pyplot as plt
     import pyarrow.parquet as pq
 
-    from alscale.runtime.output import atomic_write_text
+    from alscale.fsio import atomic_write
 
     out = Path(out_dir)
     figures: list[tuple[str, str, str]] = []  # (title, caption, data uri)
@@ -215,7 +215,7 @@ def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
                                     f"{len({r['trial'] for r in records})} trials, {len(records)} rounds"))
     page = _html(out, facts, figures)
     path = out / REPORT_FILE
-    atomic_write_text(path, page)
+    atomic_write(path, page)
     return path
 
 

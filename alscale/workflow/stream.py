@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from alscale.errors import AlscaleError, JobError
+from alscale.errors import AlscaleError, JobError, short_repr
 from alscale.jobspec import JobSpec, is_int, is_num
 
 logger = logging.getLogger(__name__)
@@ -70,22 +70,22 @@ def parse_stream(job: JobSpec, raw: dict[str, Any] | None) -> StreamSpec:
     errors = [f"unknown field 'stream.{k}' (valid: {', '.join(_DEFAULTS)})" for k in raw if k not in _DEFAULTS]
     v = {**_DEFAULTS, **raw}
     if not (is_num(v["budget"]) and 0 < v["budget"] <= 1):
-        errors.append(f"stream.budget must be the fraction of rows to label, in (0, 1]; got {v['budget']!r}")
+        errors.append(f"stream.budget must be the fraction of rows to label, in (0, 1]; got {short_repr(v['budget'])}")
     if v["pacing"] not in PACINGS:
-        errors.append(f"stream.pacing must be one of {', '.join(PACINGS)}; got {v['pacing']!r}")
+        errors.append(f"stream.pacing must be one of {', '.join(PACINGS)}; got {short_repr(v['pacing'])}")
     if not is_num(v["threshold"]):
-        errors.append(f"stream.threshold must be a number; got {v['threshold']!r}")
+        errors.append(f"stream.threshold must be a number; got {short_repr(v['threshold'])}")
     if not (is_num(v["step"]) and 0 <= v["step"] < 1):
-        errors.append(f"stream.step must be in [0, 1); got {v['step']!r}")
+        errors.append(f"stream.step must be in [0, 1); got {short_repr(v['step'])}")
     n = v["update_every"]
     if n is not None and not (is_int(n) and n >= 1):
-        errors.append(f"stream.update_every must be a number of labels >= 1 or null; got {n!r}")
+        errors.append(f"stream.update_every must be a number of labels >= 1 or null; got {short_repr(n)}")
     if n is not None and job.model is None:
         errors.append("stream.update_every retrains the model, but the job has no model")
     train = TrainConfig()
     if v["train"] is not None:
         if not isinstance(v["train"], dict):
-            errors.append(f"stream.train must be a mapping; got {v['train']!r}")
+            errors.append(f"stream.train must be a mapping; got {short_repr(v['train'])}")
         else:
             try:
                 train = dataclasses.replace(train, **v["train"])
@@ -99,7 +99,7 @@ def parse_stream(job: JobSpec, raw: dict[str, Any] | None) -> StreamSpec:
                       f"(entropy, margin, bald, ...), not {info.name}")
     if v["oracle"] is not None and not isinstance(v["oracle"], dict):
         errors.append(f"stream.oracle must be a mapping with a kind (simulated, command, http, human, hybrid); "
-                      f"got {v['oracle']!r}")
+                      f"got {short_repr(v['oracle'])}")
     if errors:
         raise JobError(f"job {job.source}: {len(errors)} error{'s' if len(errors) > 1 else ''}: " + "; ".join(errors))
     return StreamSpec(float(v["budget"]), v["pacing"], float(v["threshold"]), float(v["step"]),

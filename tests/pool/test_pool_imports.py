@@ -1,4 +1,5 @@
-"""alscale.pool imports only pyarrow, numpy, the standard library and alscale.types/errors."""
+"""alscale.pool imports only pyarrow, numpy, the standard library and alscale.types/errors (and
+alscale.fsio, the atomic-write helper, which itself imports only those)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import alscale.pool
 
 ALLOWED = {"numpy", "pyarrow"} | set(sys.stdlib_module_names)
-ALLOWED_ALSCALE = ("alscale.types", "alscale.errors", "alscale.pool")
+ALLOWED_ALSCALE = ("alscale.types", "alscale.errors", "alscale.pool", "alscale.fsio")
 
 
 def _imports(path: Path) -> list[str]:
@@ -31,3 +32,13 @@ def test_pool_modules_import_only_pyarrow_numpy_stdlib():
             top = name.split(".")[0]
             ok = top in ALLOWED or name.startswith(ALLOWED_ALSCALE)
             assert ok, f"{module.name} imports {name}"
+
+
+def test_the_write_helper_keeps_the_pool_rule():
+    """alscale.fsio is shared by every writer; the pool may use it because it needs nothing more."""
+    import alscale.fsio
+
+    for name in _imports(Path(alscale.fsio.__file__)):
+        top = name.split(".")[0]
+        assert top in ALLOWED or name.startswith(("alscale.types", "alscale.errors")), f"fsio.py imports {name}"
+
