@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from alscale.errors import AlscaleError
-from alscale.fsio import LOCK_FILE, DirLock, atomic_write, cause, write_error
+from alscale.fsio import LOCK_FILE, DirLock, atomic_write, cause, write_error  # noqa: F401 (re-exported)
 from alscale.pool import write_table
 from alscale.pool import location
 from alscale.pool.location import Location, is_uri, one_line
