@@ -146,6 +146,7 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
             r_sq = _sample_r(shards, n, sample, seed, round, normalize, chunk_rows)
             return float(math.sqrt(_quantile_sq(r_sq, purity))) if r_sq.size and \
                 np.isfinite(_quantile_sq(r_sq, purity)) else float("inf")
+        shards.call(_OP + "pcg_index", "exact", {}, normalize, int(seed), True)  # after k-means: its own state
         t = n - max(1, math.ceil(purity * n)) + 1  # the t-th smallest squared distance is δ²
         probe = _sample_r(shards, n, min(n, 4000), seed + 1, round, normalize, chunk_rows)
         probe = probe[np.isfinite(probe)]
@@ -343,8 +344,6 @@ def select(shards: Shards, budget: int, options: dict[str, Any], seed: int, roun
     mode = options["index"]
     delta = options["delta"]
     params = options["index_params"] or {}
-    if delta == "auto" and options["purity_sample"] is None:
-        shards.call(_OP + "pcg_index", "exact", {} if mode != "exact" else dict(params), normalize, int(seed))
     if delta == "auto":
         delta = purity_delta(shards, n_classes=options["n_classes"], purity=options["purity"], normalize=normalize,
                              chunk_rows=chunk, seed=seed, round=round, kmeans_iters=options["kmeans_iters"],
