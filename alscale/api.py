@@ -63,9 +63,9 @@ def select(
     """
     info = get_strategy(strategy)
     budget = validation.check_budget(budget)
-    base: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray] = {}
     if model is not None or data is not None:
-        log_probs, embeddings, base = _score_model(info, options, model, data, log_probs, embeddings,
+        log_probs, embeddings, outputs = _score_model(info, options, model, data, log_probs, embeddings,
                                                    mc_samples=mc_samples, seed=seed, seals=seals,
                                                    batch_size=scoring_batch_size, device=scoring_device)
     lp = None if log_probs is None else validation.check_log_probs(log_probs)
@@ -84,7 +84,7 @@ def select(
             f"strategy {info.name} needs K >= {needs.min_samples} samples on the middle axis of log_probs; "
             f"got shape {lp.shape}"
         )
-    state = ShardState(np.arange(n, dtype=np.int64), lp, emb, base or None)
+    state = ShardState(np.arange(n, dtype=np.int64), lp, emb, model_outputs=outputs)
     shards = FanoutShards(InProcessFanout([state]))
     shards.exclude(validation.check_labeled_positions(labeled, n))
     if seals is not None:
@@ -103,7 +103,8 @@ def select(
 def _score_model(name: Any, options: dict[str, Any], model: Any, data: Any, log_probs: Any, embeddings: Any, *,
                  mc_samples: int, seed: int, seals: int | None, batch_size: int, device: str
                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-    """``select(model=, data=)``: the model's log-probs, embeddings and (Learning Loss) base scores."""
+    """``select(model=, data=)``: the model's log-probs, embeddings and further per-row outputs
+    (``{"loss": [N]}`` from a Learning Loss module's third output, as the workers keep them)."""
     if model is None or data is None:
         raise AlscaleError("select with a model needs both model= (a torch.nn.Module) and data= (its inputs)")
     if log_probs is not None:
@@ -114,5 +115,5 @@ def _score_model(name: Any, options: dict[str, Any], model: Any, data: Any, log_
     out = model_outputs(model, data, mc_samples=mc_samples, seed=seed, embeddings=embeddings,
                         need_embeddings=needs.needs_embeddings or seals is not None, batch_size=batch_size,
                         device=device)
-    base = {} if out.loss_N is None else {"learning_loss": out.loss_N.astype(np.float64)}
-    return out.log_probs_N_K_C, out.embeddings_N_E, base
+    outputs = {} if out.loss_N is None else {"loss": out.loss_N}
+    return out.log_probs_N_K_C, out.embeddings_N_E, outputs

@@ -419,6 +419,9 @@ class RayExecutor:
             alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         except Exception:  # noqa: BLE001
             free, alive = {}, 0
+        # The GCS marks a lost node dead only after its heartbeats time out, which can be after
+        # the call failed; by now (the restart timed out) it has, so ask again.
+        lost = lost or self._lost_node(i)
         why = f"its node {lost} was lost" if lost else "its process died"
         return (f"shard worker {i} could not be restarted within {self.startup_timeout_s:.0f} s after {why}: no alive "
                 f"node has room for it (it asks for {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU; "

@@ -100,3 +100,16 @@ def test_a_model_without_a_loss_module_is_a_clear_error(tmp_path):
                         "strategy": {"name": "learning_loss", "budget": 5}, "runtime": {"executor": "local"}})
     with pytest.raises(AlscaleError, match=r"needs the model's predicted loss: return \(logits, embedding, "):
         run_job(job, out_dir=tmp_path / "o", progress=False)
+
+
+def test_notebook_select_with_a_loss_module_equals_the_job(setup, tmp_path):
+    """``alscale.select("learning_loss", model=, data=)`` reads the third output as the job does."""
+    import alscale
+
+    root, pool, x = setup
+    res = run_job(_job(root, pool, 2, 1), out_dir=tmp_path / "out", progress=False)
+    import llmodel
+
+    sel = alscale.select("learning_loss", budget=25, model=llmodel.build(10), data=x)
+    assert (sel.indices + 5).tolist() == res.selection.indices_B.tolist()
+    np.testing.assert_array_equal(sel.scores, res.selection.scores_B)
