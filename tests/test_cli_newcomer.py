@@ -91,7 +91,7 @@ def _status() -> str:
                           text=True).stdout
 
 
-@pytest.mark.slow  # ~20 s alone (Ray start-up, a 100k-row pool), 66 s under load: opt-in, -m slow
+@pytest.mark.slow  # ~20 s alone (Ray start-up, a 100k-row pool), 66 s under load: in the default suite
 @pytest.mark.ray
 def test_a_tiny_real_bench_leaves_git_status_clean(tmp_path):
     """``alscale bench --quick --only entropy --no-peers`` (2 runs, 100k rows): nothing tracked or

@@ -5,7 +5,7 @@ repository's Makefile, jobs/ and .venv (so nothing is written into the checkout)
 Groups: ``local`` (pools, your model, the notebook API, report, labels, next round; seconds),
 ``demo`` (``make demo`` at ``DEMO_ROWS=20000 DEMO_ROUNDS=1`` instead of 1,000,000 rows and 3
 rounds; Ray) and ``cluster`` (``alscale submit`` to a head of the test's own instead of the
-block's ``ray start`` / ``ray stop``; opt-in ``-m slow``: tests/runtime/test_submit.py runs the
+block's ``ray start`` / ``ray stop``; marked ``slow``, in the default suite; tests/runtime/test_submit.py runs the
 same submission path in the default suite).
 """
 
