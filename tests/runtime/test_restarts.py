@@ -37,7 +37,7 @@ def _job(pool, out, strategy, executor, budget=12):
 
 
 @pytest.mark.parametrize(("strategy", "phase", "budget"), [("kcenter", "score_chunk", 12), ("kcenter", "call", 300),
-                                                           ("batchbald", "call", 40), ("badge", "call", 400)])
+                                                           ("batchbald", "call", 40), ("badge", "call", 1000)])
 def test_killed_worker_gives_the_undisturbed_selection(images, tmp_path, ray_session, caplog, strategy, phase,
                                                        budget):
     run_job(_job(images, tmp_path / "local", strategy, "local", budget), progress=False)
