@@ -46,7 +46,7 @@ import numpy as np
 from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import progress
 from alscale.strategies import spec as _spec
-from alscale.strategies.quotas import _Stream, predicted_class
+from alscale.strategies.quotas import class_streams, predicted_class
 from alscale.strategies.shards import Shards, ShardState, shard_op, topk_order
 from alscale.types import Selection
 
@@ -218,19 +218,7 @@ def select_base(shards: Shards, budget: int, *, options: Mapping[str, Any], seed
                 options.get("order", "round_robin"), c)
     n_shards = len(cs)
     page = max(16, 2 * budget // c + 1)
-    streams = [_Stream(n_shards) for _ in range(c)]
-
-    def refill(classes: list[int]) -> None:
-        reqs: list[list[tuple[int, int]]] = [[] for _ in range(n_shards)]
-        for j in classes:
-            for s in streams[j].dry():
-                reqs[s].append((j, streams[j].next_rank[s]))
-        if not any(reqs):
-            return
-        res = shards.call_each(_OP + "base_pages", [(r, page) for r in reqs])
-        for s in range(n_shards):
-            for (j, _), (keys, ids) in zip(reqs[s], res[s]):
-                streams[j].add(s, keys, ids, page)
+    streams, refill = class_streams(shards, _OP + "base_pages", n_shards, c, page)
 
     refill(list(range(c)))
     taken: set[int] = set()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,27 @@ class _Stream:
         return best
 
 
+def class_streams(shards: Shards, pages_op: str, n_shards: int, c: int, page: int
+                  ) -> tuple[list[_Stream], Callable[[list[int]], None]]:
+    """One lazily merged stream per class and its ``refill(classes)``: one fan-out of
+    ``pages_op(state, [(class, next_rank)], page)`` for every stream whose shards ran dry."""
+    streams = [_Stream(n_shards) for _ in range(c)]
+
+    def refill(classes: list[int]) -> None:
+        reqs: list[list[tuple[int, int]]] = [[] for _ in range(n_shards)]
+        for j in classes:
+            for s in streams[j].dry():
+                reqs[s].append((j, streams[j].next_rank[s]))
+        if not any(reqs):
+            return
+        res = shards.call_each(pages_op, [(r, page) for r in reqs])
+        for s in range(n_shards):
+            for (j, _), (keys, ids) in zip(reqs[s], res[s]):
+                streams[j].add(s, keys, ids, page)
+
+    return streams, refill
+
+
 def _bounds(spec: Any, c: int, name: str) -> np.ndarray:
     """Per-class counts ``[C]`` from a quota spec; absent: 0 for ``min``, unbounded for ``max``."""
     if spec is None:
@@ -365,19 +386,7 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                                                round=int(round), avail=avail)
         return QuotaResult(sel, counts_k.tolist(), unmet, values)
     page = int(page or max(16, 2 * budget // max(c, 1) + 1))
-    streams = [_Stream(n_shards) for _ in range(c)]
-
-    def refill(classes: list[int]) -> None:
-        reqs: list[list[tuple[int, int]]] = [[] for _ in range(n_shards)]
-        for j in classes:
-            for s in streams[j].dry():
-                reqs[s].append((j, streams[j].next_rank[s]))
-        if not any(reqs):
-            return
-        res = shards.call_each(_OP + "quota_pages", [(r, page) for r in reqs])
-        for s in range(n_shards):
-            for (j, _), (keys, ids) in zip(reqs[s], res[s]):
-                streams[j].add(s, keys, ids, page)
+    streams, refill = class_streams(shards, _OP + "quota_pages", n_shards, c, page)
 
     refill(list(range(c)))
     heap: list[tuple[float, int, int]] = []  # (-key, row_id, class)
