@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.runtime.test_submit import _free_port
+from tests.runtime.loopback_head import client_env, loopback_head
 
 ROOT = Path(__file__).resolve().parents[1]
 _BLOCK = re.compile(r"<!-- quickstart:(\w+) -->\n```sh\n(.*?)```", re.S)
@@ -81,53 +79,10 @@ def test_quickstart_demo_step_at_20k_rows(tmp_path):
 def head_here(tmp_path):
     """A Ray head as the block starts it (``PYTHONPATH=$PWD ray start --head``, token auth), but
     on free ports, in its own process group, stopped by pid: (url, client env)."""
-    import secrets
-    import signal
-    import time
-    import urllib.error
-    import urllib.request
-
-    bin_dir = ROOT / ".venv" / "bin"
-    token = secrets.token_hex(16)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    ports = [_free_port() for _ in range(7)]
-    names = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
-    log = tmp_path / "head.log"
-    ray_tmp = tempfile.mkdtemp(prefix="qs-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    with open(log, "w") as fh:
-        head = subprocess.Popen(
-            [str(bin_dir / "ray"), "start", "--head", "--block", "--dashboard-host=127.0.0.1", "--num-cpus=3",
-             "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={ray_tmp}",
-             *(f"--{n}={p}" for n, p in zip(names, ports))],
-            env={**env, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    url = f"http://127.0.0.1:{ports[1]}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:  # it answers (401 without the token): it is up
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ray head did not come up: {log.read_text()[-2000:]}")
-                time.sleep(1)
+    env = client_env(ROOT / ".venv" / "bin")
+    with loopback_head(ROOT / ".venv" / "bin", env, tmp_path / "head.log",
+                       head_env={**env, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path) as url:
         yield url, env
-    finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(8)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(30)
-        except ProcessLookupError:  # it had already exited
-            pass
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow

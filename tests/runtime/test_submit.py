@@ -6,15 +6,8 @@ exactly as a user would run it. The submitted job's selection must equal ``alsca
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,56 +15,17 @@ import pytest
 import yaml
 
 from alscale.pool import synth_pool
+from tests.runtime.loopback_head import client_env, loopback_head
 
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    token = secrets.token_hex(16)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    gcs, dash, client, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(7))
+    env = client_env(BIN)
     root = tmp_path_factory.mktemp("head")
-    log = root / "head.log"
-    with open(log, "w") as fh:
-        head = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-             "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=3", "--num-gpus=0",
-             # Every port of its own: the agent's default (52365) is taken by any other Ray on
-             # this machine (the test session's own local Ray), and then no job can be submitted.
-             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-             f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
-             "--disable-usage-stats", f"--temp-dir={root / 'ray'}"],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:  # it answers (401 without the token): it is up
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ray head did not come up: {log.read_text()[-2000:]}")
-                time.sleep(1)
+    with loopback_head(BIN, env, root / "head.log") as url:
         yield url, env
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(8)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(30)
 
 
 def _alscale(args, env, cwd, timeout=600):
