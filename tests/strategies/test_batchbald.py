@@ -144,6 +144,26 @@ def test_fast_kernel_within_its_error_bound_and_bounds_hold(k, c):
         assert np.all(ub >= ref - 1e-12)
 
 
+@pytest.mark.parametrize("k, c, m", [(20, 10, 1000), (4, 3, 60), (100, 10, 400), (8, 130, 9000)])
+def test_float64_kernel_within_its_error_bound(k, c, m):
+    """The float64 stage (rows the float32 path cannot separate) is within its ~1e-12 bound of
+    the reference gain, tiny probabilities and exact zeros included, deep into a long batch."""
+    lp = _log_probs(120, k, c, seed=k + c + m, spread=3.0)
+    lp[:20, :, :2] -= 60  # tiny probabilities
+    lp[:20] -= np.log(np.exp(lp[:20].astype(np.float64)).sum(-1, keepdims=True)).astype(np.float32)
+    lp[3, :, 1] = -np.inf  # exact zeros
+    state = je.BatchJoint.empty(k, c, max_configs=1, num_samples=m, seed=1)
+    for row in lp[60:90]:  # a long batch: posteriors near one-hot, gains near 0
+        state.extend(row)
+    post_T = np.ascontiguousarray(state.post_M_K.T)
+    ref = np.array([je.row_conditional_entropy(post_T, state.weights_M, r) - je.row_expected_entropy(r) for r in lp])
+    got = je.float64_gains(torch.from_numpy(post_T), torch.from_numpy(state.weights_M),
+                           torch.from_numpy(lp.astype(np.float64))).numpy()
+    bound = je.float64_error_bound(k, c, state.n_configs)
+    assert np.abs(got - ref).max() <= bound < 1e-9
+    assert bound < je.fast_error_bound(k, c) / 1000
+
+
 def test_reference_kernel_ignores_grouping_and_layout():
     lp = _log_probs(30, 8, 5, seed=3)
     state = je.BatchJoint.empty(8, 5, max_configs=1, num_samples=64, seed=0)
@@ -183,6 +203,41 @@ def test_pruned_loop_equals_brute_force_greedy(grouping):
         assert sel.indices[i] == best
         picked.append(best)
         state.extend(lp[best])
+
+
+def test_a_saturated_batch_goes_through_the_float64_stage_and_stays_exact(monkeypatch):
+    """Past the ``log K`` ceiling every gain is within the float32 margin of the best; the
+    float64 stage must narrow those rows without changing a pick or a score bit, and the
+    picks stay the brute-force argmax of the reference gain."""
+    lp = _log_probs(150, 4, 3, seed=21, spread=3.0)
+    calls: list[tuple[int, int]] = []
+    refine = batchbald._refine_float64
+
+    def spy(state, cache, post, weights, rows):
+        kept = refine(state, cache, post, weights, rows)
+        calls.append((rows.size, kept.size))
+        return kept
+
+    monkeypatch.setattr(batchbald, "_refine_float64", spy)
+    opts = _opts(num_samples=60)
+    sel, stats = batchbald_loop(_sharded(lp, 2), 24, options=opts, seed=4)
+    assert calls and max(n for n, _ in calls) > 20, calls  # the float32 path could not separate them
+    assert sum(s["reference"] for s in stats.steps) < sum(n for n, _ in calls)
+    monkeypatch.setattr(batchbald, "_REFINE_MIN_ROWS", 10**9)  # the float64 stage off
+    plain, plain_stats = batchbald_loop(_sharded(lp, 3), 24, options=opts, seed=4)
+    np.testing.assert_array_equal(sel.indices, plain.indices)
+    assert sel.scores.tobytes() == plain.scores.tobytes()
+    state = je.BatchJoint.empty(4, 3, num_samples=60, seed=4)
+    picked: list[int] = []
+    for i in range(24):
+        post_T = np.ascontiguousarray(state.post_M_K.T)
+        gains = np.array(
+            [je.row_conditional_entropy(post_T, state.weights_M, r) - je.row_expected_entropy(r) for r in lp]
+        )
+        gains[picked] = -np.inf
+        assert sel.indices[i] == int(np.argmax(gains))
+        picked.append(int(sel.indices[i]))
+        state.extend(lp[picked[-1]])
 
 
 CASES = [  # (U, K, C, budget, num_samples): exact, mixed, and sampled-early regimes
