@@ -419,7 +419,7 @@ def _jobs(args: argparse.Namespace) -> int:
         return ray_jobs.exit_code(state)
     if args.command == "status":
         info = ray_jobs.status(args.submission_id, address=args.address)
-        print(f"{info['submission_id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+        print(f"{info['submission_id']}: {info['status']}" + (f" ({info['summary']})" if info["summary"] else ""))
         return 0
     if args.command == "stop":
         stopped = ray_jobs.stop(args.submission_id, address=args.address)

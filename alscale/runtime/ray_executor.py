@@ -7,12 +7,12 @@ store once and passed by reference.
 
 Placement: actors ask for ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (fractions
 allowed; Ray does not split GPU memory) and are spread over the nodes (Ray's ``SPREAD``
-strategy). Unset, both default to the cluster's *available* resources shared evenly (so a
-driver running as a Ray job keeps its own CPU). If the actors are not all placed within
-``startup_timeout_s`` — the cluster cannot hold the request, or an autoscaler did not add
+strategy). Unset, both default to the cluster's *available* resources shared evenly. If
+the actors are not all placed within ``startup_timeout_s`` — the cluster cannot hold the request, or an autoscaler did not add
 nodes in time — the executor gives up with an error naming the request and the cluster's
 resources instead of waiting forever. The coordinator itself runs in the driver process
-(the head node for ``alscale submit``: one CPU, no GPU).
+(the head node for ``alscale submit``, which reserves no Ray resources for it, so that Ray
+keeps it there and a lost worker node never takes the coordinator with it).
 """
 
 from __future__ import annotations
@@ -343,7 +343,8 @@ class RayExecutor:
             except ray.exceptions.RayActorError as exc:
                 how, detail = "died", f" ({type(exc).__name__})"
             t0 = time.perf_counter()
-            lost = self._lost_node(i)
+            old_node = self._nodes[i]
+            lost = self._lost_node(old_node)
             self._deaths[i] += 1
             where = f" with its node {lost}" if lost else ""
             if self._deaths[i] > self.max_restarts:
@@ -362,10 +363,13 @@ class RayExecutor:
                 raise cause from None
             self._stats["restarts"] += 1
             self._stats["recovery_seconds"].append(round(time.perf_counter() - t0, 3))
+            # The GCS may call a lost node dead only after the call failed: ask again now.
+            lost = lost or self._lost_node(old_node)
+            logger.warning("shard worker %d is back (node %s) after %.1f s%s", i, str(self._nodes[i])[:12],
+                           self._stats["recovery_seconds"][-1], f"; its node {lost} was lost" if lost else "")
 
-    def _lost_node(self, i: int) -> str | None:
-        """``"<ip> (node <id>)"`` when worker ``i``'s node is dead (the whole node was lost)."""
-        node = self._nodes[i]
+    def _lost_node(self, node: str | None) -> str | None:
+        """``"<ip> (node <id>)"`` when ``node`` (a worker's node id) is dead: the whole node was lost."""
         if node is None:
             return None
         try:
@@ -421,7 +425,7 @@ class RayExecutor:
             free, alive = {}, 0
         # The GCS marks a lost node dead only after its heartbeats time out, which can be after
         # the call failed; by now (the restart timed out) it has, so ask again.
-        lost = lost or self._lost_node(i)
+        lost = lost or self._lost_node(self._nodes[i])
         why = f"its node {lost} was lost" if lost else "its process died"
         return (f"shard worker {i} could not be restarted within {self.startup_timeout_s:.0f} s after {why}: no alive "
                 f"node has room for it (it asks for {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU; "
@@ -437,10 +441,17 @@ class RayExecutor:
             self._ray.shutdown()
 
     def describe(self) -> dict:
+        """The manifest's ``runtime`` entry; ``recovery`` says what restarts this job survived
+        (workers restarted, the nodes lost, seconds per recovery, calls replayed, snapshots
+        restored), so that a submitted job's output records it."""
+        st = self._stats
         return {
             "executor": self.name,
             "workers": self.n_workers,
             "cpus_per_worker": self.cpus_per_worker,
             "gpus_per_worker": self.gpus_per_worker,
             "ray_version": self._ray.__version__,
+            "recovery": {"restarts": st["restarts"], "lost_nodes": list(st["lost_nodes"]),
+                         "recovery_seconds": list(st["recovery_seconds"]), "replayed_calls": st["replayed_calls"],
+                         "snapshot_restores": st["snapshot_restores"]},
         }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -126,10 +127,17 @@ def submit(
     out_dir: str | None = None,
     force: bool = False,
     package: bool = True,
-    entrypoint_num_cpus: float = 1.0,
+    entrypoint_num_cpus: float = 0.0,
     submission_id: str | None = None,
 ) -> str:
-    """Submit ``job`` (already validated) and return its submission id."""
+    """Submit ``job`` (already validated) and return its submission id.
+
+    ``entrypoint_num_cpus`` 0 (the default) keeps the driver — the coordinator, which holds
+    the selection's state and every worker's restart log — on the head node: Ray pins an
+    entrypoint that asks for no resources there. A positive value lets Ray place it on any
+    node with that many free CPUs, which on a cluster whose head offers none (``cluster.yaml``)
+    is a spot worker: losing that node would lose the job, and its log with it.
+    """
     if job.runtime.executor != "ray":
         logger.warning("runtime.executor is %s: the job will run inside the driver on the head node, not on the "
                        "cluster's workers", job.runtime.executor)
@@ -170,11 +178,31 @@ def submit(
 
 
 def status(submission_id: str, *, address: str | None = None) -> dict[str, Any]:
-    """``{"status": "RUNNING", "message": ..., "entrypoint": ...}`` of a submitted job."""
+    """``{"status": "RUNNING", "message": ..., "summary": ..., "entrypoint": ...}`` of a submitted
+    job; ``summary`` is ``message`` in one line (see :func:`one_line`)."""
     info = _call(address, lambda c: c.get_job_info(submission_id))
     state = getattr(info.status, "value", str(info.status))
-    return {"submission_id": submission_id, "status": state, "message": info.message or "",
+    message = info.message or ""
+    return {"submission_id": submission_id, "status": state, "message": message, "summary": one_line(message),
             "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time}
+
+
+_EXIT_CODE = re.compile(r"exit code (-?\d+)")
+
+
+def one_line(message: str) -> str:
+    """Ray's status message in one line. A failed entrypoint's message is a header and the
+    last 20,000 characters of its log; the driver's own verdict there — its last
+    ``alscale: error:`` / ``alscale: failed:`` line, which names the cause and the fix — is
+    kept with the exit code, the rest is left to ``alscale logs``."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    verdict = next((ln for ln in reversed(lines[1:]) if ln.startswith("alscale: ")), None)
+    code = _EXIT_CODE.search(lines[0])
+    if verdict is not None:
+        return (f"exit code {code.group(1)}: " if code else "") + verdict
+    return f"{lines[0].rstrip(':')}; `alscale logs` shows the rest"
 
 
 def logs(submission_id: str, *, address: str | None = None) -> str:
