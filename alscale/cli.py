@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from alscale.errors import AlscaleError, OutputWriteError, WorkerLostError
+from alscale.errors import AlscaleError, OutputWriteError, WorkerLostError, short_repr
 
 logger = logging.getLogger("alscale")
 
@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--classes", help="class names in class order, comma-separated (default: integers)")
     imp.add_argument("--num-classes", type=int, help="C: labels must be integers 0..C-1")
     imp.add_argument("--round", type=int, help="the ledger round (default: the next)")
+    imp.add_argument("--max-bytes", default="64MiB", metavar="SIZE",
+                     help="refuse a labels file larger than this, before parsing it (default 64MiB)")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     # near-duplicate removal (issue 16)
     dd = sub.add_parser("dedup", help="near-duplicate groups and a kept-row mask (Parquet) over the neighbour layer")
@@ -317,8 +319,13 @@ def _labels(args: argparse.Namespace) -> int:
         print(f"exported {n} rows of {args.out_dir} to {args.dest}")
         return 0
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    from alscale.units import parse_bytes
+
+    max_bytes = parse_bytes(args.max_bytes)
+    if max_bytes is None:
+        raise AlscaleError(f"--max-bytes must be a size such as 64MiB or 200000000; got {short_repr(args.max_bytes)}")
     res = import_labels(args.src, args.ledger, pool=args.pool, fmt=args.format, classes=classes,
-                        n_classes=args.num_classes, round=args.round)
+                        n_classes=args.num_classes, round=args.round, max_bytes=max_bytes)
     if args.json:
         print(json.dumps(res))
     else:

@@ -182,6 +182,34 @@ def test_labels_import_values_are_bounded(tmp_path, pool):
         assert message in str(info.value) and len(str(info.value)) < 600, (name, str(info.value)[:300])
 
 
+def test_labels_files_are_size_capped_before_parsing(tmp_path, pool):
+    """A labels file over the cap is refused in one line before it is parsed (a sparse file of
+    the default cap + 1 byte: no disk, and the refusal reads at most cap + 1 bytes); nothing
+    reaches the ledger; --max-bytes sets the cap."""
+    from alscale.workflow.labels import MAX_LABELS_BYTES, import_labels
+
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as fh:
+        fh.truncate(MAX_LABELS_BYTES + 1)
+    with pytest.raises(AlscaleError) as info:
+        import_labels(str(huge), str(tmp_path / "ledger"), pool=pool, n_classes=4)
+    assert "64.0 MiB cap on a labels file" in str(info.value) and "--max-bytes" in str(info.value)
+    assert not (tmp_path / "ledger").exists()
+    small = tmp_path / "labels.csv"
+    small.write_text("row_id,label\n" + "".join(f"{i},{i % 4}\n" for i in range(200)))
+    r = _cli("labels", "import", str(small), "--ledger", str(tmp_path / "ledger"), "--pool", pool, "--num-classes",
+             "4", "--max-bytes", "1KiB")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"alscale: error: labels {small}: 1.1 KiB is over the") and "--max-bytes" in r.stderr
+    assert not (tmp_path / "ledger").exists()
+    r = _cli("labels", "import", str(small), "--ledger", str(tmp_path / "ledger"), "--pool", pool, "--num-classes",
+             "4", "--max-bytes", "lots")
+    assert r.returncode == 2 and "--max-bytes must be a size" in r.stderr
+    r = _cli("labels", "import", str(small), "--ledger", str(tmp_path / "ledger"), "--pool", pool, "--num-classes",
+             "4", "--max-bytes", "2KiB")
+    assert r.returncode == 0 and "imported 200 labels" in r.stdout, r.stderr
+
+
 # -- 2. full disk ---------------------------------------------------------------------------
 
 @contextlib.contextmanager

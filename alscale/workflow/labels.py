@@ -37,6 +37,10 @@ from alscale.errors import AlscaleError, short_repr
 logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "labelstudio")
+#: Largest labels file imported (``--max-bytes`` raises it). Parsed, a file takes about ten
+#: times its size in memory; 64 MiB holds ~4M CSV rows or ~50k Label Studio tasks, far more
+#: than one labelling round, and keeps a mistaken path (a pool, a log) from being parsed.
+MAX_LABELS_BYTES = 64 << 20
 
 
 def _format_of(path: str | Path, fmt: str | None) -> str:
@@ -148,12 +152,26 @@ def export_selection(out_dir: str | Path, dest: str | Path, fmt: str | None = No
     return len(records)
 
 
-def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
-    """(row_id, label, where) per record of the file, as written there."""
+def _read_text(path: Path, max_bytes: int) -> str:
+    """The file's text, refused before it is read whole when it has more than ``max_bytes``."""
+    from alscale.units import human
+
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            size = path.stat().st_size if path.is_file() else None
+            raise AlscaleError(f"labels {path}: {'more than ' if size is None else ''}{human(size or len(data))} "
+                               f"is over the {human(max_bytes)} cap on a labels file; import it in parts (one file "
+                               "per batch), or raise the cap with --max-bytes if it really is one file of labels")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AlscaleError(f"labels {path}: cannot read it ({exc})") from None
+
+
+def _read_labels(path: Path, fmt: str, max_bytes: int = MAX_LABELS_BYTES) -> list[tuple[Any, Any, str]]:
+    """(row_id, label, where) per record of the file, as written there."""
+    text = _read_text(path, max_bytes)
     out: list[tuple[Any, Any, str]] = []
     if fmt == "csv":
         reader = csv.reader(io.StringIO(text))
@@ -225,16 +243,17 @@ def _class_index(value: Any, classes: Sequence[str] | None, n_classes: int | Non
 
 def import_labels(src: str | Path, ledger: str | Path, *, pool: str, fmt: str | None = None,
                   classes: Sequence[str] | None = None, n_classes: int | None = None,
-                  round: int | None = None) -> dict[str, Any]:
+                  round: int | None = None, max_bytes: int = MAX_LABELS_BYTES) -> dict[str, Any]:
     """Append the labels in ``src`` to the ledger at ``ledger`` (see the module docstring).
 
-    Returns ``{"added": n, "already": n, "round": r, "file": path or None}``.
+    A file over ``max_bytes`` is refused before it is parsed. Returns ``{"added": n,
+    "already": n, "round": r, "file": path or None}``.
     """
     from alscale.loop.ledger import Ledger
 
     src = Path(src)
     fmt = _format_of(src, fmt)
-    records = _read_labels(src, fmt)
+    records = _read_labels(src, fmt, max_bytes)
     pool_ids = _pool_row_ids(pool)
     pool_sorted = np.sort(pool_ids)
     seen: dict[int, tuple[int, str]] = {}
