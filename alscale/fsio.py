@@ -20,9 +20,12 @@ life of the job. The kernel releases it when the holder exits, however it exits,
 killed job's lock is free at once and there is no takeover race: two jobs cannot both
 hold it. The file also names its holder (``pid host start-time token``) for the message a
 second job prints, and is removed on release only while the lock is still held and still
-holds our token. A file naming a live process on this host whose lock cannot be verified
-(an alscale that predates ``flock``) is respected too. Object-store directories are not
-locked (``pyarrow.fs`` has no locking); give each job its own output URI.
+holds our token (or is empty: the holder line could not be written). A file naming a live
+process on this host whose lock cannot be verified (an alscale that predates ``flock``) is
+respected too. A pool file being written is locked the same way, by ``.NAME.lock`` beside
+it (``name=``). Object-store directories are not locked: ``pyarrow.fs`` has no locking and
+no conditional create (S3's ``If-None-Match``, GCS's ``ifGenerationMatch`` are not exposed);
+give each job its own output URI.
 """
 
 from __future__ import annotations
@@ -241,14 +244,18 @@ class DirLock:
 
     ``what`` names the directory in messages (``output``, ``ledger``); ``wait_s`` > 0 waits
     that long for a busy lock (short appends) instead of refusing at once; ``busy`` is the
-    advice of the refusal. A directory that does not exist is created, and removed again
+    advice of the refusal. ``name`` is the lock file's name in the directory (one lock per
+    file written there: the pool writer's ``.NAME.lock``) and ``display`` what messages call
+    the locked thing (default: the directory). A directory that does not exist is created, and removed again
     on release if it is still empty (a failed job leaves no empty directory behind).
     """
 
     def __init__(self, directory: str | os.PathLike[str] | _Loc, *, what: str = "output", wait_s: float = 0.0,
-                 busy: str = "wait for it to finish or choose another --out") -> None:
+                 busy: str = "wait for it to finish or choose another --out", name: str = LOCK_FILE,
+                 display: str | None = None) -> None:
         fs, path, self.display, local = _local(directory)
-        self.path = Path(path) / LOCK_FILE if local else None
+        self.display = display or self.display
+        self.path = Path(path) / name if local else None
         self.what, self.wait_s, self.busy = what, float(wait_s), busy
         self.token = secrets.token_hex(8)
         self._fd: int | None = None
@@ -349,13 +356,14 @@ class DirLock:
             pass
 
     def release(self) -> None:
-        """Remove the lock file (if it still names us) and release the lock."""
+        """Remove the lock file (if it still names us, or is empty: our holder line could not
+        be written, e.g. on a full disk) and release the lock."""
         if self._fd is None:
             return
         assert self.path is not None
         try:
             h = self._holder()
-            if len(h) >= 4 and h[3] == self.token:
+            if not h or (len(h) >= 4 and h[3] == self.token):
                 self.path.unlink(missing_ok=True)
         finally:
             os.close(self._fd)  # releases the flock

@@ -14,6 +14,14 @@ a commit point should write a small manifest last. A write that fails for a reas
 the data (a full disk, a read-only location) raises
 :class:`~alscale.errors.OutputWriteError`: one line naming the path and the cause.
 
+**One writer per pool file.** A writer holds an OS lock (:class:`~alscale.fsio.DirLock`, an
+``flock`` on ``.NAME.lock`` beside the file, hidden from pool listings) from its creation to
+:meth:`PoolWriter.close` / :meth:`PoolWriter.abort`: a second writer of the same local path
+— another ``alscale pool ...`` or a second ``PoolWriter`` in any process — is refused with
+one line naming the holder, instead of both writing and the last complete file silently
+winning. The kernel frees the lock however the holder ends. Object-store paths are not
+locked (``pyarrow.fs`` has no locking).
+
 Formats: IPC is written uncompressed (Feather's default is LZ4, which defeats
 memory-mapping) in record batches of ``rows_per_batch``; Parquet uses zstd, row groups of
 ``rows_per_batch`` rows and dictionary encoding only for the integer columns.
@@ -28,9 +36,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+import os
+
 from alscale.errors import PoolError
-from alscale.fsio import AtomicFile, write_error
-from alscale.pool.location import choose_format, resolve
+from alscale.fsio import AtomicFile, DirLock, write_error
+from alscale.pool.location import Location, choose_format, resolve
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +52,12 @@ class PoolWriter:
 
     Use as a context manager: an exception inside the block aborts, leaving no final file
     (and an existing file at ``path`` untouched, for local paths). The schema comes from the
-    first table written unless given.
+    first table written unless given. ``lock=False`` skips the file's writer lock, for a
+    writer whose directory is locked already (a job's output).
     """
 
     def __init__(self, path: str, schema: pa.Schema | None = None, *, format: str | None = None,
-                 rows_per_batch: int = DEFAULT_ROWS_PER_BATCH) -> None:
+                 rows_per_batch: int = DEFAULT_ROWS_PER_BATCH, lock: bool = True) -> None:
         if int(rows_per_batch) < 1:
             raise PoolError(f"pool {path}: rows_per_batch must be >= 1, got {rows_per_batch}")
         self.path = path
@@ -54,6 +65,9 @@ class PoolWriter:
         self.rows_per_batch = int(rows_per_batch)
         self._loc = resolve(path)
         self._schema = schema
+        self._lock = _writer_lock(self._loc)
+        if lock:
+            self._lock.acquire()
         self._file = AtomicFile(self._loc)
         self._sink: pa.NativeFile | None = None
         self._writer: ipc.RecordBatchFileWriter | pq.ParquetWriter | None = None
@@ -114,6 +128,7 @@ class PoolWriter:
             self.abort()
             raise
         self._done = True
+        self._lock.release()
         log.debug("wrote %s (%s, %d rows)", self._loc.display, self.format, self.rows_written)
 
     def abort(self) -> None:
@@ -127,6 +142,7 @@ class PoolWriter:
         except Exception:  # noqa: S110 -- already failed; the file is being discarded anyway
             pass
         self._file.abort()
+        self._lock.release()
 
     def __enter__(self) -> "PoolWriter":
         return self
@@ -139,8 +155,16 @@ class PoolWriter:
             self.abort()
 
 
+def _writer_lock(loc: Location) -> DirLock:
+    """The lock of one pool file: ``.NAME.lock`` in its directory (local paths only)."""
+    head, name = os.path.split(loc.path)
+    where = resolve(head) if loc.is_local else loc
+    return DirLock(where, what="pool", name=f".{name}.lock", display=loc.display,
+                   busy="wait for it to finish or write another path")
+
+
 def write_table(table: pa.Table, path: str, *, format: str | None = None,
-                rows_per_batch: int = DEFAULT_ROWS_PER_BATCH) -> None:
+                rows_per_batch: int = DEFAULT_ROWS_PER_BATCH, lock: bool = True) -> None:
     """Write ``table`` to ``path`` (format from ``format`` or the suffix), atomically when local."""
-    with PoolWriter(path, table.schema, format=format, rows_per_batch=rows_per_batch) as w:
+    with PoolWriter(path, table.schema, format=format, rows_per_batch=rows_per_batch, lock=lock) as w:
         w.write(table)

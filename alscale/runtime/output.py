@@ -117,7 +117,8 @@ def write_selection(out_dir: str | Path, selection: Selection, round: int) -> No
             loc.fs.delete_file(man.path)
     except OSError as exc:
         raise write_error(loc.display, exc) from None
-    write_table(selection_table(selection, round), loc.child(SELECTION_FILE).canonical, format="parquet")
+    # (no per-file lock: the job holds the output directory's lock)
+    write_table(selection_table(selection, round), loc.child(SELECTION_FILE).canonical, format="parquet", lock=False)
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:

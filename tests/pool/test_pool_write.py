@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -10,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from pool_fixtures import known_table
 
-from alscale.errors import PoolError
+from alscale.errors import AlscaleError, PoolError
 from alscale.pool import PoolWriter, open_pool, write_table
 
 
@@ -26,7 +30,8 @@ def test_exception_mid_write_leaves_no_final_file(tmp_path, fmt):
     with pytest.raises(RuntimeError, match="boom"):
         with PoolWriter(str(path)) as writer:
             writer.write(known_table(10))
-            assert len(os.listdir(tmp_path)) == 1  # the hidden temporary file
+            names = sorted(os.listdir(tmp_path))  # the hidden temporary file and the writer's lock
+            assert len(names) == 2 and names[0] == f".{path.name}.lock" and names[1].startswith(f".{path.name}.tmp-")
             assert not path.exists()
             raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
@@ -90,3 +95,70 @@ def test_creates_parent_directories(tmp_path):
     path = tmp_path / "a" / "b" / "p.arrow"
     write_table(known_table(2), f"file://{path}")
     assert path.is_file() and os.listdir(path.parent) == ["p.arrow"]
+
+
+# -- one writer per pool file (issue 18) --------------------------------------------------------------
+
+_HOLDER = """
+import sys
+from alscale.pool import PoolWriter
+sys.path.insert(0, sys.argv[2])
+from pool_fixtures import known_table
+w = PoolWriter(sys.argv[1])
+w.write(known_table(7))
+print("writing", flush=True)
+if sys.stdin.readline().strip() == "commit":
+    w.close()
+    print("done", flush=True)
+"""
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), str(Path(__file__).parent)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def test_a_second_writer_of_the_same_pool_file_is_refused_while_the_first_writes(tmp_path):
+    path = tmp_path / "p.arrow"
+    write_table(known_table(3), str(path))  # an earlier pool at the path
+    first = _holder(path)
+    try:
+        with pytest.raises(AlscaleError) as info:
+            PoolWriter(str(path))
+        assert str(info.value).startswith(f"pool {path} is in use by another alscale job (pid {first.pid} on ")
+        assert str(info.value).endswith("wait for it to finish or write another path")
+        cli = subprocess.run([str(Path(sys.executable).parent / "alscale"), "pool", "synth", str(path), "--rows", "50",
+                              "--dim", "2", "--classes", "2"], capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+        assert f"pool {path} is in use by another alscale job (pid {first.pid}" in cli.stderr
+        assert open_pool(str(path)).n_rows == 3  # the refused writers changed nothing
+        write_table(known_table(4), str(tmp_path / "q.arrow"))  # another file of the directory: not locked
+        first.stdin.write("commit\n")
+        first.stdin.flush()
+        assert first.stdout.readline().strip() == "done"
+    finally:
+        first.kill()
+        first.wait()
+    assert open_pool(str(path)).n_rows == 7
+    write_table(known_table(5), str(path))  # the first has finished: the path is free again
+    assert open_pool(str(path)).n_rows == 5
+    assert sorted(os.listdir(tmp_path)) == ["p.arrow", "q.arrow"]  # no lock or temporary file left
+
+
+def test_the_pool_lock_is_held_in_process_too_and_freed_however_the_holder_ends(tmp_path):
+    path = tmp_path / "p.parquet"
+    writer = PoolWriter(str(path))
+    with pytest.raises(AlscaleError, match="is in use by another alscale job"):
+        PoolWriter(str(path))
+    writer.abort()
+    with PoolWriter(str(path)) as again:  # released by abort
+        again.write(known_table(2))
+    killed = _holder(path)
+    killed.send_signal(signal.SIGKILL)  # a writer killed mid-write: the kernel frees its lock
+    killed.wait()
+    write_table(known_table(6), str(path))
+    assert open_pool(str(path)).n_rows == 6
+    left = sorted(n for n in os.listdir(tmp_path) if n != "p.parquet")
+    assert all(n.startswith(".p.parquet.") for n in left), left  # only the killed writer's hidden files
