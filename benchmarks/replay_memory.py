@@ -14,6 +14,10 @@ After the job, worker 0 is SIGKILLed and one stateless call is made: the executo
 and rebuilds its state; the recovery's wall time and the calls it replayed are recorded.
 
     .venv/bin/python benchmarks/replay_memory.py [--label before|after] [--kcenter-rows N] [--batchbald-rows N]
+        [--batchbald-strategy batchbald|batchbald_prefilter]
+
+To measure an older commit, run this script from a checkout of that commit's worktree with
+``PYTHONPATH=/path/to/old/worktree`` (its ``alscale`` then wins over the editable install).
 
 Prints a table and writes ``benchmarks/results/replay_memory-<label>.json``.
 """
@@ -161,9 +165,10 @@ def run_scenario(name: str, pool: Path, labeled: Path | None, strategy: str, bud
     if labeled is not None:
         raw["labeled"] = {"path": str(labeled)}
     job = validate_job(raw)
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never a `ray start` cluster here
     executor = RayExecutor(shards)
     base_rss = status_bytes("VmRSS:")
+    load_start = os.getloadavg()
     sampler = Sampler(executor, every)
     first = sampler.sample()
     sampler.start()
@@ -180,13 +185,20 @@ def run_scenario(name: str, pool: Path, labeled: Path | None, strategy: str, bud
     log_at_kill = log_stats(executor)
     os.kill(pid, signal.SIGKILL)
     t1 = time.perf_counter()
-    executor.map("n_candidates", [()] * shards)
+    recovery_error = None
+    try:
+        executor.map("n_candidates", [()] * shards)
+    except Exception as exc:  # noqa: BLE001 -- older code could fail here: record it, keep the job's numbers
+        recovery_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
     recovery_s = time.perf_counter() - t1
     after = dict(executor.replay_stats()) if hasattr(executor, "replay_stats") else {}
     replayed = (after.get("replayed_calls", 0) - before.get("replayed_calls", 0)) if after else \
         len(executor._history[0])
     samples = sampler.samples + [end]
-    executor.close()
+    try:
+        executor.close()
+    except Exception:  # noqa: BLE001 -- after a failed recovery
+        pass
     ray.shutdown()
     _STATE.clear()
     return {
@@ -200,7 +212,9 @@ def run_scenario(name: str, pool: Path, labeled: Path | None, strategy: str, bud
         "log_calls_peak": max(s["log_calls"] for s in samples), "log_bytes_peak": max(s["log_bytes"] for s in samples),
         "snapshot_bytes_peak": max(s["snapshot_bytes"] for s in samples),
         "log_at_kill": log_at_kill, "recovery_s": round(recovery_s, 2), "replayed_calls": int(replayed),
-        "replay_stats": after, "n_samples": len(samples),
+        "recovery_error": recovery_error,
+        "replay_stats": after, "n_samples": len(samples), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+        "alscale_from": __import__("alscale").__file__,
         "restarts_during_job": before.get("restarts"),  # None: code without replay_stats
     }
 
@@ -220,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kcenter-budget", type=int, default=10_000)
     ap.add_argument("--batchbald-rows", type=int, default=1_000_000)
     ap.add_argument("--batchbald-budget", type=int, default=100)
+    ap.add_argument("--batchbald-strategy", default="batchbald", choices=("batchbald", "batchbald_prefilter"),
+                    help="the exact greedy, or BatchBALD on the top rows by BALD (approximate)")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--every", type=float, default=0.5, help="seconds between samples")
     ap.add_argument("--only", nargs="*", default=["kcenter", "batchbald"])
@@ -233,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.kcenter_budget, args.shards, args.every))
     if "batchbald" in args.only:
         pool = ensure_pool(args.batchbald_rows, 20, 0)
-        rows.append(run_scenario("batchbald", pool, None, "batchbald", args.batchbald_budget, args.shards,
-                                 args.every))
+        rows.append(run_scenario(args.batchbald_strategy, pool, None, args.batchbald_strategy, args.batchbald_budget,
+                                 args.shards, args.every))
     mib = 1 << 20
     cols = ["scenario", "rows", "budget", "seconds", "round_trips", "driver_rss_peak", "store_used_peak",
             "log_calls_peak", "log_bytes_peak", "snapshot_bytes_peak", "recovery_s", "replayed_calls"]

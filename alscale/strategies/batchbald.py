@@ -538,6 +538,20 @@ def _use_groups(m: int, k: int, c: int, n_groups: int, passed: int) -> bool:
     return saving_s >= 2 * cost_s
 
 
+def _warn_saturated(i: int, gain: float, joint_mi: float, k: int, c: int) -> bool:
+    """Say once when the best gain falls below the float32 resolution while the batch's joint
+    mutual information is near its ceiling ``log K`` (not when the rows simply carry no
+    information); returns whether it did."""
+    if gain >= fast_error_bound(k, c) or joint_mi < 0.5 * math.log(k):
+        return False
+    logger.warning(
+        "batchbald: pick %d gains only %.2g nats: the batch's joint mutual information has reached its ceiling "
+        "log K = %.2f nats (K = %d posterior samples), so the remaining picks are decided by negligible differences "
+        "and each costs a full pass over the pool; use more samples (model.mc_samples) or a smaller budget",
+        i + 1, gain, math.log(k), k)
+    return True
+
+
 def batchbald_loop(
     shards: Shards,
     budget: int,
@@ -575,6 +589,7 @@ def batchbald_loop(
     sum_eh = 0.0
     picked: int | None = None
     passed = 0
+    saturated = False
     for i in range(b):
         ts = time.perf_counter()
         final = i == b - 1
@@ -604,6 +619,7 @@ def batchbald_loop(
             }
         )
         sum_eh += best.expected_entropy
+        saturated = saturated or _warn_saturated(i, best.gain, scores[-1], k, c)
         passed = stats.steps[-1]["passed"]
         picked = best.row_id
         if not final:

@@ -205,7 +205,7 @@ def test_pruned_loop_equals_brute_force_greedy(grouping):
         state.extend(lp[best])
 
 
-def test_a_saturated_batch_goes_through_the_float64_stage_and_stays_exact(monkeypatch):
+def test_a_saturated_batch_goes_through_the_float64_stage_and_stays_exact(monkeypatch, caplog):
     """Past the ``log K`` ceiling every gain is within the float32 margin of the best; the
     float64 stage must narrow those rows without changing a pick or a score bit, and the
     picks stay the brute-force argmax of the reference gain."""
@@ -220,8 +220,12 @@ def test_a_saturated_batch_goes_through_the_float64_stage_and_stays_exact(monkey
 
     monkeypatch.setattr(batchbald, "_refine_float64", spy)
     opts = _opts(num_samples=60)
-    sel, stats = batchbald_loop(_sharded(lp, 2), 24, options=opts, seed=4)
+    with caplog.at_level("WARNING", logger="alscale.strategies.batchbald"):
+        sel, stats = batchbald_loop(_sharded(lp, 2), 24, options=opts, seed=4)
     assert calls and max(n for n, _ in calls) > 20, calls  # the float32 path could not separate them
+    said = [r.getMessage() for r in caplog.records if "has reached its ceiling log K = 1.39" in r.getMessage()]
+    assert len(said) == 1, caplog.text  # said once, naming the fix
+    assert "use more samples (model.mc_samples) or a smaller budget" in said[0]
     assert sum(s["reference"] for s in stats.steps) < sum(n for n, _ in calls)
     monkeypatch.setattr(batchbald, "_REFINE_MIN_ROWS", 10**9)  # the float64 stage off
     plain, plain_stats = batchbald_loop(_sharded(lp, 3), 24, options=opts, seed=4)
