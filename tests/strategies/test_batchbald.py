@@ -186,23 +186,27 @@ def test_b1_equals_bald_top_pick():
     assert sel.scores[0] == pytest.approx(bald.max(), abs=1e-6)
 
 
-def test_pruned_loop_equals_brute_force_greedy(grouping):
-    """Every step's pick is the argmax of the reference gain over all rows (brute force)."""
-    lp = _log_probs(120, 6, 4, seed=6)
-    opts = _opts(num_samples=40)  # exact for n <= 2, sampled after
-    sel, _ = batchbald_loop(_sharded(lp, 3), 6, options=opts, seed=2)
-    state = je.BatchJoint.empty(6, 4, num_samples=40, seed=2)
+def _brute_force_greedy(lp: np.ndarray, budget: int, num_samples: int, seed: int) -> list[int]:
+    """Each step's argmax of the reference gain over all rows not picked yet."""
+    state = je.BatchJoint.empty(*lp.shape[1:], num_samples=num_samples, seed=seed)
     picked: list[int] = []
-    for i in range(6):
+    for _ in range(budget):
         post_T = np.ascontiguousarray(state.post_M_K.T)
         gains = np.array(
             [je.row_conditional_entropy(post_T, state.weights_M, r) - je.row_expected_entropy(r) for r in lp]
         )
         gains[picked] = -np.inf
-        best = int(np.argmax(gains))
-        assert sel.indices[i] == best
-        picked.append(best)
-        state.extend(lp[best])
+        picked.append(int(np.argmax(gains)))
+        state.extend(lp[picked[-1]])
+    return picked
+
+
+def test_pruned_loop_equals_brute_force_greedy(grouping):
+    """Every step's pick is the argmax of the reference gain over all rows (brute force)."""
+    lp = _log_probs(120, 6, 4, seed=6)
+    opts = _opts(num_samples=40)  # exact for n <= 2, sampled after
+    sel, _ = batchbald_loop(_sharded(lp, 3), 6, options=opts, seed=2)
+    assert sel.indices.tolist() == _brute_force_greedy(lp, 6, num_samples=40, seed=2)
 
 
 def test_a_saturated_batch_goes_through_the_float64_stage_and_stays_exact(monkeypatch, caplog):
@@ -231,17 +235,7 @@ def test_a_saturated_batch_goes_through_the_float64_stage_and_stays_exact(monkey
     plain, plain_stats = batchbald_loop(_sharded(lp, 3), 24, options=opts, seed=4)
     np.testing.assert_array_equal(sel.indices, plain.indices)
     assert sel.scores.tobytes() == plain.scores.tobytes()
-    state = je.BatchJoint.empty(4, 3, num_samples=60, seed=4)
-    picked: list[int] = []
-    for i in range(24):
-        post_T = np.ascontiguousarray(state.post_M_K.T)
-        gains = np.array(
-            [je.row_conditional_entropy(post_T, state.weights_M, r) - je.row_expected_entropy(r) for r in lp]
-        )
-        gains[picked] = -np.inf
-        assert sel.indices[i] == int(np.argmax(gains))
-        picked.append(int(sel.indices[i]))
-        state.extend(lp[picked[-1]])
+    assert sel.indices.tolist() == _brute_force_greedy(lp, 24, num_samples=60, seed=4)
 
 
 CASES = [  # (U, K, C, budget, num_samples): exact, mixed, and sampled-early regimes
