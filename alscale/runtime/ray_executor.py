@@ -8,9 +8,9 @@ store once and passed by reference.
 Placement: actors ask for ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (fractions
 allowed; Ray does not split GPU memory) and are spread over the nodes (Ray's ``SPREAD``
 strategy). Unset, both default to the cluster's *available* resources shared evenly. If
-the actors are not all placed within ``startup_timeout_s`` — the cluster cannot hold the request, or an autoscaler did not add
-nodes in time — the executor gives up with an error naming the request and the cluster's
-resources instead of waiting forever. The coordinator itself runs in the driver process
+the actors are not all placed within ``startup_timeout_s`` — the cluster cannot hold the
+request, or an autoscaler did not add nodes in time — the executor gives up with an error
+naming the request and the cluster's resources instead of waiting forever. The coordinator itself runs in the driver process
 (the head node for ``alscale submit``, which reserves no Ray resources for it, so that Ray
 keeps it there and a lost worker node never takes the coordinator with it).
 """
