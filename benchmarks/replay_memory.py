@@ -16,8 +16,11 @@ and rebuilds its state; the recovery's wall time and the calls it replayed are r
     .venv/bin/python benchmarks/replay_memory.py [--label before|after] [--kcenter-rows N] [--batchbald-rows N]
         [--batchbald-strategy batchbald|batchbald_prefilter]
 
-To measure an older commit, run this script from a checkout of that commit's worktree with
-``PYTHONPATH=/path/to/old/worktree`` (its ``alscale`` then wins over the editable install).
+To measure an older commit, run this script with that commit's worktree as the working
+directory and on ``PYTHONPATH`` (``cd /path/to/old && PYTHONPATH=$PWD python
+/path/to/this/replay_memory.py ...``): Ray puts the driver's working directory first on the
+workers' ``sys.path``, so from another directory the workers would run that one's alscale (the
+script checks that driver and workers import the same one).
 
 Prints a table and writes ``benchmarks/results/replay_memory-<label>.json``.
 """
@@ -167,6 +170,12 @@ def run_scenario(name: str, pool: Path, labeled: Path | None, strategy: str, bud
     job = validate_job(raw)
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never a `ray start` cluster here
     executor = RayExecutor(shards)
+    # Ray puts the driver's working directory first on the workers' sys.path: run an older
+    # commit from its own worktree (cwd), or its workers import the current alscale.
+    here = __import__("alscale").__file__
+    there = ray.get(executor.actors[0].__ray_call__.remote(lambda self: __import__("alscale").__file__))
+    if here != there:
+        raise SystemExit(f"the driver runs {here} but the workers {there}: run from the measured worktree")
     base_rss = status_bytes("VmRSS:")
     load_start = os.getloadavg()
     sampler = Sampler(executor, every)
