@@ -32,15 +32,18 @@ log-probs never leave the shards except the b picked rows.
 2. with a grouped state, each chunk first gets the tighter grouped Jensen bound (G/M of
    the exact cost) and keeps only rows with a bound ``>= best - 2ε``;
 3. those are scored with the fast float32 kernel (GEMM ``[n·C, K] x [K, M]``);
-4. every scored row within ``2ε`` of the best fast gain is re-scored with the float64
-   reference kernel, whose bits depend on the row and the state only; the shard's answer
-   is the best reference gain (ties: lower row_id).
+4. when more than a few scored rows are within ``2ε`` of the best fast gain (a long batch
+   near its ``log K`` ceiling: every gain tiny), they are first scored with the same GEMM
+   in float64 (:func:`~alscale.strategies.joint_entropy.float64_gains`, error ``ε64`` ≈
+   1e-12) and only those within ``2ε64`` of the best float64 gain go on;
+5. those are re-scored with the float64 reference kernel, whose bits depend on the row and
+   the state only; the shard's answer is the best reference gain (ties: lower row_id).
 
 Why this is exact and shard-invariant: let r* be the row with the best *reference* gain G in
 the shard. Fast gains are within ε of G and bounds within ε of true upper bounds, so r*
 is either scored (its fast gain is within 2ε of the best fast gain, so it is re-scored) or
 one of its bounds was below ``best - 2ε``, which would make its G smaller than the fast-best
-row's — impossible. So every shard returns its exact reference argmax, and the coordinator
+row's — impossible; the float64 stage keeps it by the same argument with ``ε64``. So every shard returns its exact reference argmax, and the coordinator
 the global one: the same picks and the same score bits for any shard count, chunk size,
 pruning on or off, grouping, thread count, executor (local or Ray) or device, given the
 same seed. Pruning changes only the work (measured in ``benchmarks/batchbald.py``; on data
