@@ -135,13 +135,18 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
     from alscale.runtime.ray_executor import RayExecutor
     from alscale.runtime.shipping import strategy_sources
 
+    specs = [get_strategy(job.strategy.name)]
+    if specs[0].name == "objective":  # its score components run on the workers too
+        from alscale.strategies.objective import component_specs
+
+        specs += component_specs(job.strategy.options)
     return RayExecutor(
         n_workers,
         address=job.runtime.address,
         cpus_per_worker=job.runtime.cpus_per_worker,
         gpus_per_worker=job.runtime.gpus_per_worker,
         startup_timeout_s=job.runtime.startup_timeout_s,
-        py_modules=strategy_sources(get_strategy(job.strategy.name)),
+        py_modules=sorted({p for s in specs for p in strategy_sources(s)}),
     )
 
 
@@ -319,6 +324,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         "round_trips": shards.round_trips,
         "candidates": candidates,
         "quotas": quota_info,
+        "selection": None if selection.info is None else dict(selection.info),
         "resumed": bool(resume),
         "memory": None if stream is None else {
             "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,
@@ -447,23 +453,32 @@ def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo
 
 
 def _group_columns(job: JobSpec) -> list[str]:
-    """Pool metadata columns the workers read for the selection (``strategy.quotas.by``)."""
+    """Pool metadata columns the workers read for the selection: ``strategy.quotas.by`` and
+    those the strategy's needs name (a composed selection's filters, scores and constraints)."""
     from alscale.strategies.quotas import quota_column
 
     by = quota_column(job.strategy.quotas)
-    return [] if by is None else [by]
+    needed = requirements(job.strategy.name, job.strategy.options).columns
+    return list(dict.fromkeys(([] if by is None else [by]) + list(needed)))
 
 
 def _group_column_problems(job: JobSpec, info: PoolInfo) -> list[str]:
-    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group."""
+    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group; the
+    columns of a composed selection that the pool lacks or that do not fit their use."""
     from alscale.pool.columns import check_group_column
+    from alscale.strategies.quotas import quota_column
 
     problems = []
-    for column in _group_columns(job):
+    by = quota_column(job.strategy.quotas)
+    if by is not None:
         try:
-            check_group_column(info.path, column, "strategy.quotas.by")
+            check_group_column(info.path, by, "strategy.quotas.by")
         except AlscaleError as exc:
             problems.append(str(exc))
+    if get_strategy(job.strategy.name).name == "objective":
+        from alscale.selection.checks import pool_problems
+
+        problems += pool_problems(job.strategy.options, info.path, "selection" if job.selection else "strategy.options")
     return problems
 
 

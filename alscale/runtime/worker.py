@@ -71,8 +71,9 @@ class ShardWorker:
         is ready for selection right after loading. With a
         :class:`alscale.runtime.memory.StreamPlan` only the row ids are read now; the
         columns are read chunk by chunk by :meth:`score_chunk`, which keeps what the plan says.
-        ``group_columns`` (integer or string pool columns, e.g. a quota's ``by``) are read whole
-        (one value per row) and reach the shard state as ``ShardState.columns``.
+        ``group_columns`` (pool metadata columns: a quota's ``by``, the columns a composed
+        selection filters on or scores by) are read whole (one value per row) and reach the
+        shard state as ``ShardState.columns``.
         """
         t0 = time.perf_counter()
         self.spec = spec
@@ -87,9 +88,9 @@ class ShardWorker:
         self._log_probs = self._embeddings = None
         self._base: np.ndarray | None = None
         self._loss = None
-        from alscale.pool.columns import read_group_values
+        from alscale.pool.columns import read_column_values
 
-        self._meta = {c: read_group_values(spec, c) for c in group_columns}
+        self._meta = {c: read_column_values(spec, c) for c in group_columns}
         if not will_score and stream is None:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
             self.state.columns.update(self._meta)

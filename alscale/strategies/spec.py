@@ -85,6 +85,8 @@ class Needs:
         labels: the labelled rows' labels as the option ``labels``.
         model_output: a further model output the workers keep per row (e.g. ``"loss"``,
             a Learning Loss module's predicted loss), read from ``ShardState.model_outputs``.
+        columns: pool metadata columns the workers read whole into ``ShardState.columns``
+            (e.g. the columns a composed selection filters on).
     """
 
     log_probs: bool = True
@@ -93,6 +95,7 @@ class Needs:
     head: bool | str = False
     labels: bool = False
     model_output: str | None = None
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ class StrategySpec:
     select: Callable[..., Any] | str | None = None
     quota_select: Callable[..., Any] | str | None = None
     citation: str = ""
+    #: Needs that depend on the options (a composed selection: its scores, filters and
+    #: diversity decide): ``options -> Needs``; None: :attr:`needs` for any options.
+    needs_for: Callable[[Mapping[str, Any]], Needs] | str | None = None
 
     _KIND_FIELDS: ClassVar[dict[str, str]] = {"score": "score", "loop": "select"}
 
