@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write a precomputed log_probs column with K samples (0: none)")
     s.add_argument("--embedding-dim", type=int, default=0, metavar="E",
                    help="also write an 'embedding' column of E dims (a fixed random linear map of the features)")
+    s.add_argument("--metadata", action="store_true",
+                   help="also write metadata columns: source (camera_a, camera_b, dashcam, drone: 2%%) and quality "
+                        "(0-1)")
     m = psub.add_parser("mnist", help="MNIST idx files -> pool (features 784, label)")
     m.add_argument("out")
     m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
@@ -511,7 +514,7 @@ def _pool(args: argparse.Namespace) -> int:
             out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
             format=fmt, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
             separation=args.separation, label_noise=args.label_noise,
-            clusters_per_class=args.clusters_per_class, split=args.split,
+            clusters_per_class=args.clusters_per_class, split=args.split, metadata=args.metadata,
         )
     elif args.pool_command == "mnist":
         out, fmt = _pool_out(args.out, args.format)

@@ -118,7 +118,8 @@ def _engine(shards: Shards, div: Mapping[str, Any], with_scores: bool) -> Any:
     from alscale.strategies.objective_greedy import DistanceGreedy
 
     kind = div["kind"]
-    key = {"none": ("none",), "kcenter": ("kcenter", div["weight"], with_scores),
+    scale = None if div["scale"] == "auto" else float(div["scale"])
+    key = {"none": ("none",), "kcenter": ("kcenter", div["weight"] / (scale or 1.0), with_scores),
            "threshold": ("threshold", float(div["radius"]) ** 2 if div["radius"] else 0.0)}[kind]
     centers = None
     if kind == "kcenter" or (kind == "threshold" and div["against"] == "picks_and_labeled"):
@@ -126,7 +127,6 @@ def _engine(shards: Shards, div: Mapping[str, Any], with_scores: bool) -> Any:
         ids = np.concatenate([r.row_ids_R for r in rows])
         emb = np.concatenate([r.embeddings_R_D for r in rows])
         centers = emb[np.argsort(ids, kind="stable")]
-    scale = None if div["scale"] == "auto" else float(div["scale"])
     return DistanceGreedy(shards, key, centers, div["backend"], scale=scale)
 
 
@@ -149,7 +149,8 @@ def _constrained(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int
         return quotas.select_with_quotas(shards, run, budget, opts["constraints"], options=dict(opts) if run is SPEC
                                          else {}, seed=seed, round=round)
     except AlscaleError as exc:
-        raise AlscaleError(str(exc).replace("strategy.quotas", "selection.constraints")) from None
+        raise AlscaleError(str(exc).replace("strategy.quotas", "selection.constraints")
+                           .replace("strategy.budget", "selection.budget")) from None
 
 
 def _select(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, round: int, st: _Stages
