@@ -110,3 +110,24 @@ def test_cli_refuses_a_bad_selection_in_one_line(pool, tmp_path):
     assert "selection.scores[0].weight: must be a number; got 'x'" in line
     assert "selection.diversity: kind threshold needs 'radius'" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_report_shows_the_mix(pool, tmp_path):
+    from alscale.workflow.report import build_report
+
+    root = pool[0]
+    sel = {**SELECTION, "filters": [{"name": "uncertain", "where": ["entropy >= 1.2"]},
+                                    {"name": "rare", "where": ["source == drone"]}],
+           "constraints": {"by": "source", "max": {"camera_a": 12}}}
+    res = run_job(_job(root, "local", 2, sel), out_dir=tmp_path / "out", progress=False)
+    page = build_report(tmp_path / "out").read_text()
+    for title in ("Mix", "Score components", "Diversity", "Selection stages"):
+        assert f"<h2>{title}</h2>" in page, title
+    per_group = res.manifest["selection"]["constraints"]["picks_per_group"]
+    table = pq.read_table(tmp_path / "out" / "selection.parquet").to_pydict()
+    shown = ", ".join(f"{k}: {v}" for k, v in sorted(per_group.items(), key=lambda kv: (-kv[1], kv[0])) if v)
+    assert f"<th>picks per group</th><td>{shown}</td>" in page
+    rules = {r: table["filter"].count(r) for r in ("uncertain", "rare") if r in table["filter"]}
+    assert sum(rules.values()) == 40 and per_group["camera_a"] <= 12
+    assert "picks per filter</th><td>" + ", ".join(f"{k}: {v}" for k, v in sorted(
+        rules.items(), key=lambda kv: (-kv[1], kv[0]))) in page
