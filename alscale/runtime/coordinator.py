@@ -200,28 +200,35 @@ def run_job(
                    else "needs no model outputs")
             logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
         stream = _stream_plan(job, info, in_features, dims) if job.runtime.memory_budget else None
-    # One job per output directory: a second one refuses instead of interleaving.
-    with output.OutputLock(out_path):
-        output.check_output_dir(out_path, force=force, resume=resume)
-        cache_record = None
-        if model_spec is not None and job.runtime.cache:
-            from alscale.runtime.cache import fingerprint
+    from alscale.runtime.inputs import PoolHasher
 
-            with _phase(timings, "validate"):
-                cache_record = fingerprint(info, model_spec, job.seed, in_features)
-        if not resume:
-            from alscale.runtime.cache import remove_caches
+    hasher = PoolHasher(info)  # the pool files' sha256, on a thread while the job runs
+    try:
+        # One job per output directory: a second one refuses instead of interleaving.
+        with output.OutputLock(out_path):
+            output.check_output_dir(out_path, force=force, resume=resume)
+            cache_record = None
+            if model_spec is not None and job.runtime.cache:
+                from alscale.runtime.cache import fingerprint
 
-            remove_caches(output.output_location(out_path))
-        for name in output.remove_partial_files(out_path):
-            logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
-        return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor,
-                        cache_record, resume, stream)
+                with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
+                    cache_record = fingerprint(info, model_spec, job.seed, in_features, hasher.result())
+            if not resume:
+                from alscale.runtime.cache import remove_caches
+
+                remove_caches(output.output_location(out_path))
+            for name in output.remove_partial_files(out_path):
+                logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
+            return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress,
+                            executor, cache_record, resume, stream, hasher)
+    finally:
+        hasher.cancel()
 
 
 def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int, out_path: str,
              timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any,
-             cache_record: dict[str, Any] | None = None, resume: bool = False, stream: Any = None) -> RunResult:
+             cache_record: dict[str, Any] | None = None, resume: bool = False, stream: Any = None,
+             hasher: Any = None) -> RunResult:
     """The phases after validation: start-up, read, score, select, write."""
     plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     columns = _columns_needed(job, info)
@@ -304,6 +311,13 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         if owns_executor:
             executor.close()
 
+    inputs = None
+    if hasher is not None:
+        from alscale.runtime.inputs import input_versions
+
+        with _phase(timings, "hash"):  # only the wait for a hashing that outlasted the job
+            inputs = input_versions(job, info, hasher.result(), embedding_source(job), cache_record)
+        inputs["hash_seconds"] = round(hasher.seconds, 6)
     manifest: dict[str, Any] = {
         "job": job.to_dict(),
         "job_file": job.source,
@@ -332,6 +346,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                      "embeddings": stream.keep_embeddings},
             "resident_bytes_per_row": stream.resident_bytes_per_row},
         "cache": cache_info,
+        "inputs": inputs,
         "started_utc": started.isoformat(),
         "versions": output.versions(),
         "git_revision": output.git_revision(),
