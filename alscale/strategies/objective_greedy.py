@@ -48,14 +48,28 @@ CHUNK_ROWS = 1 << 16
 
 @dataclass
 class DistanceShard:
-    """One shard's distances to the centers it has seen (kept in ``ShardState.columns``)."""
+    """One shard's distances to the centers (kept in ``ShardState.columns``).
+
+    ``mind_N[i]`` is a float32 squared distance of row i to its nearest center among the
+    first ``seen_N[i]`` centers (``+inf`` before any): still an upper bound (within ``eps``)
+    for all the centers, since distances only shrink. Rows are brought up to date lazily,
+    in decreasing order of their (stale) key bound, only as far as the offer needs (as the
+    k-center strategy's shards do): rows far below the offer are never compared again.
+    """
 
     backend: str
-    mind_N: np.ndarray  # float32: squared distance to the nearest center seen (+inf: none)
+    mind_N: np.ndarray  # float32
+    seen_N: np.ndarray  # int64: how many of the centers each row has been compared with
     taken_N: np.ndarray  # bool: picked by this selection (never offered again)
     x_norm_max: float
+    centers: np.ndarray  # float32 [M, D]: every center sent so far, in order
     c_norm_max: float = 0.0
-    n_centers: int = 0
+    processed: int = 0  # row-center pairs compared (work counter)
+
+
+#: Rows never compared are first compared with this many centers only: a finite bound for
+#: every row; the other centers are applied lazily.
+FIRST_CENTERS = 64
 
 
 def _embeddings(state: ShardState) -> np.ndarray:
@@ -76,20 +90,33 @@ def init(state: ShardState, backend: str, need_embeddings: bool) -> int:
         dim = int(x.shape[1])
         sq = np.einsum("ij,ij->i", x, x) if n else np.zeros(0, np.float32)
         norm = norm_upper_bound(float(sq.max()) if n else 0.0, dim)
-    state.columns[KEY] = DistanceShard(backend, np.full(n, np.inf, np.float32), np.zeros(n, bool), norm)
+    state.columns[KEY] = DistanceShard(backend, np.full(n, np.inf, np.float32), np.zeros(n, np.int64),
+                                       np.zeros(n, bool), norm, np.empty((0, dim), np.float32))
     return dim
 
 
-def _add_centers(state: ShardState, ds: DistanceShard, centers_M_D: np.ndarray) -> None:
+def _add_centers(ds: DistanceShard, centers_M_D: np.ndarray) -> None:
     c = np.ascontiguousarray(centers_M_D, dtype=np.float32)
     c64 = c.astype(np.float64)
     ds.c_norm_max = max(ds.c_norm_max, float(np.sqrt(np.einsum("ij,ij->i", c64, c64).max())) * (1 + 1e-6))
+    ds.centers = np.concatenate([ds.centers, c]) if ds.centers.shape[0] else c
+
+
+def _catch_up(ds: DistanceShard, x: np.ndarray, rows: np.ndarray, upto: int) -> None:
+    """Compare ``rows`` with the centers they have not seen, up to ``centers[:upto]``: one
+    product per group of rows that saw the same centers."""
     be = get_backend(ds.backend)
-    x = _embeddings(state)
-    for a in range(0, x.shape[0], CHUNK_ROWS):
-        b = min(x.shape[0], a + CHUNK_ROWS)
-        ds.mind_N[a:b] = be.to_numpy(be.min_sq_dist_update(x[a:b], c, ds.mind_N[a:b]))
-    ds.n_centers += int(c.shape[0])
+    seen = ds.seen_N[rows]
+    for s0 in np.unique(seen):
+        if s0 >= upto:
+            continue
+        group = rows[seen == s0]
+        c = ds.centers[s0:upto]
+        for a in range(0, group.size, CHUNK_ROWS):
+            g = group[a:a + CHUNK_ROWS]
+            ds.mind_N[g] = be.to_numpy(be.min_sq_dist_update(x[g], c, ds.mind_N[g]))
+        ds.processed += int(group.size) * int(upto - s0)
+        ds.seen_N[group] = upto
 
 
 @shard_op
@@ -98,26 +125,57 @@ def sync(state: ShardState, centers_M_D: np.ndarray | None, picked_ids: np.ndarr
     """Mark ``picked_ids`` taken, take the new centers, offer the top ``m`` candidates by an
     upper bound of ``key``. Returns (row_ids_m, embeddings_m or None, combined scores_m,
     (bound key, bound row_id)): every row not offered has a key at most the bound, and equal
-    only with a row_id at least the bound's; (-inf, 0) when every live row is offered."""
+    only with a row_id greater than the bound's; (-inf, 0) when every live row is offered."""
     ds: DistanceShard = state.columns[KEY]
     ds.taken_N |= np.isin(state.row_ids_N, np.asarray(picked_ids, np.int64))
     if centers_M_D is not None and centers_M_D.shape[0]:
-        _add_centers(state, ds, centers_M_D)
+        _add_centers(ds, centers_M_D)
     live = np.flatnonzero(state.candidates_N & ~ds.taken_N)
-    s = state.columns[OBJ_KEY].combined_N[live]
+    s_all = state.columns[OBJ_KEY].combined_N
     if key[0] == "none":
-        upper = key_of(s, None, key)
-    else:
-        eps = get_backend(ds.backend).error_bound(ds.x_norm_max, ds.c_norm_max, state.embeddings_N_D.shape[1])
-        upper = key_of(s, upper_sq(ds.mind_N[live], eps), key)
-    ok = upper > -np.inf
-    live, upper = live[ok], upper[ok]
-    ids = state.row_ids_N[live]
-    top = topk_order(upper, ids, m + 1)
+        top, bound = _top(key_of(s_all[live], None, key), state.row_ids_N[live], m)
+        return state.row_ids_N[live[top]], None, s_all[live[top]], bound
+    x = _embeddings(state)
+    pos, bound = _refresh(ds, x, s_all, state.row_ids_N, live, m, key, x.shape[1])
+    return state.row_ids_N[pos], x[pos], s_all[pos], bound
+
+
+def _top(upper: np.ndarray, ids: np.ndarray, m: int) -> tuple[np.ndarray, tuple[float, int]]:
+    """Positions of the ``m`` best (upper, lower id) among rows with a key, and the (m+1)-th as the bound."""
+    ok = np.flatnonzero(upper > -np.inf)
+    top = ok[topk_order(upper[ok], ids[ok], m + 1)]
     bound = (float(upper[top[m]]), int(ids[top[m]])) if top.shape[0] > m else (-math.inf, 0)
-    top = top[:m]
-    emb = None if key[0] == "none" else _embeddings(state)[live[top]]
-    return ids[top], emb, state.columns[OBJ_KEY].combined_N[live[top]], bound
+    return top[:m], bound
+
+
+def _refresh(ds: DistanceShard, x: np.ndarray, s_all: np.ndarray, ids_all: np.ndarray, live: np.ndarray, m: int,
+             key: tuple, dim: int) -> tuple[np.ndarray, tuple[float, int]]:
+    """Bring live rows up to date, largest stale bound first, until the top ``m`` up-to-date
+    rows certainly hold the shard's top ``m``; returns their positions and the bound on the rest."""
+    n_c = ds.centers.shape[0]
+    eps = get_backend(ds.backend).error_bound(ds.x_norm_max, ds.c_norm_max, dim)
+    never = live[(ds.seen_N[live] == 0) & (n_c > 0)]
+    if never.size:  # a finite bound for every row: the first centers only
+        _catch_up(ds, x, never, min(n_c, FIRST_CENTERS))
+
+    def upper(pos: np.ndarray) -> np.ndarray:
+        return key_of(s_all[pos], upper_sq(ds.mind_N[pos], eps), key)
+
+    tier = max(4 * (m + 1), 2048)
+    while True:
+        fresh = live[ds.seen_N[live] >= n_c]
+        stale = live[ds.seen_N[live] < n_c]
+        top, bound = _top(upper(fresh), ids_all[fresh], m)
+        up_s = upper(stale)
+        top_stale = float(up_s.max()) if stale.size else -math.inf
+        if stale.size == 0 or (top.size == m and bound[0] >= top_stale):
+            break
+        rows = stale if stale.size <= tier else stale[np.argpartition(-up_s, tier - 1)[:tier]]
+        _catch_up(ds, x, rows, n_c)
+        tier *= 4
+    if top_stale > -math.inf and (top_stale, 1) > (bound[0], -bound[1]):
+        bound = (top_stale, -1)  # a stale row may reach it: no tie with it is certain
+    return fresh[top], bound
 
 
 @dataclass
