@@ -39,7 +39,6 @@ distance term for ``kcenter``; the D² weight for ``badge`` / ``kmeanspp``).
 from __future__ import annotations
 
 import contextvars
-import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager

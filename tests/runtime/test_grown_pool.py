@@ -88,7 +88,7 @@ def test_a_changed_pool_file_is_scored_again(setup):
     assert _rows(cache["computed"]) == list(range(ROWS, 2 * ROWS))
     assert _rows(cache["reused"]) == list(range(ROWS))
     assert cache["rejected"] and all("pool's files under these rows" in r["reason"] for r in cache["rejected"])
-    fresh = run_job(_job(tmp_path, pool), out_dir=tmp_path / "fresh", progress=False)
+    run_job(_job(tmp_path, pool), out_dir=tmp_path / "fresh", progress=False)
     assert pq.read_table(out / "selection.parquet").equals(pq.read_table(tmp_path / "fresh" / "selection.parquet"))
     files = json.loads((out / "manifest.json").read_text())["inputs"]["pool"]["files"]
     assert files[1]["sha256"] == hashlib.sha256((pool / "part-1.arrow").read_bytes()).hexdigest()

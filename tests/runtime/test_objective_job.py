@@ -131,3 +131,13 @@ def test_report_shows_the_mix(pool, tmp_path):
     assert sum(rules.values()) == 40 and per_group["camera_a"] <= 12
     assert "picks per filter</th><td>" + ", ".join(f"{k}: {v}" for k, v in sorted(
         rules.items(), key=lambda kv: (-kv[1], kv[0]))) in page
+
+
+def test_selection_under_a_memory_budget_is_refused_in_one_line(pool, tmp_path):
+    root = pool[0]
+    job = validate_job({"pool": {"path": str(root / "pool.arrow")}, "selection": SELECTION,
+                        "runtime": {"executor": "local", "shards": 2, "memory_budget": "64MiB"}})
+    with pytest.raises(AlscaleError, match="strategy objective does not run under runtime.memory_budget; set "
+                                           "runtime.memory_budget: null"):
+        run_job(job, out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -190,3 +190,34 @@ def test_section_errors_are_one_line_each_all_at_once():
     assert "diversity.shortlist" in errors[0]
     with pytest.raises(AlscaleError, match=r"options.diversity.kind: must be 'none', 'kcenter'"):
         check_objective_options({"diversity": {"kind": "kmedoids"}})
+
+
+def test_in_memory_select_takes_pool_columns(pool):
+    _, lp, emb, columns, _ = pool
+    src = columns["source"].astype(str)
+    sel = alscale.select("entropy", budget=20, log_probs=lp, columns={"source": src},
+                         quotas={"by": "source", "max": {"cam": 2}})
+    assert (src[sel.indices] == "cam").sum() == 2 and len(sel) == 20
+    sel = alscale.select("objective", budget=8, log_probs=lp, embeddings=emb, columns=columns,
+                         filters=["source == drone"], diversity={"kind": "threshold", "radius": 1.0})
+    assert set(src[sel.indices]) == {"drone"} and set(sel.provenance["filter"]) == {"filters"}
+    with pytest.raises(AlscaleError, match="column 'source' has shape"):
+        alscale.select("entropy", budget=2, log_probs=lp, columns={"source": src[:3]})
+
+
+@pytest.mark.parametrize("case", ["filter+scores+quotas+kcenter", "named-rules+column-score+column-quotas+threshold"])
+def test_objective_survives_a_restart_after_every_call(pool, case):
+    """Every worker dies after every call and comes back from a snapshot of its state (as a
+    Ray worker is rebuilt): the same picks."""
+    from tests.strategies.test_snapshot import RestartingFanout
+
+    opts = check_objective_options(CASES[case])
+    want = run_strategy(shards_of(pool, 2), "objective", 25, options=opts, seed=3)
+    states = shards_of(pool, 2).fanout.workers
+    fanout = RestartingFanout(states, readonly=True)
+    shards = FanoutShards(fanout)
+    shards.exclude(pool[4])
+    got = run_strategy(shards, "objective", 25, options=opts, seed=3)
+    assert fanout.restores > 10
+    np.testing.assert_array_equal(got.indices_B, want.indices_B)
+    np.testing.assert_array_equal(got.scores_B, want.scores_B)
