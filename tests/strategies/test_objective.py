@@ -10,10 +10,11 @@ import pytest
 import alscale
 from alscale.errors import AlscaleError
 from alscale.selection.config import check_objective_options, section_errors
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, run_strategy
+from alscale.strategies import FanoutShards, run_strategy
 from alscale.testing import check_strategy
 from tests.conftest import log_softmax
 from tests.strategies.objective_reference import reference
+from tests.strategies.test_quotas_by_column import shards_with
 
 SOURCES = np.array(["cam", "drone", "phone", "web"], dtype=object)
 
@@ -36,15 +37,7 @@ def pool():
 
 def shards_of(pool, n_shards, labeled=None):
     ids, lp, emb, columns, lab = pool
-    bounds = np.linspace(0, ids.size, n_shards + 1).astype(int)
-    states = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        st = ShardState(ids[a:b], lp[a:b], emb[a:b])
-        st.columns.update({k: v[a:b] for k, v in columns.items()})
-        states.append(st)
-    shards = FanoutShards(InProcessFanout(states))
-    shards.exclude(lab if labeled is None else labeled)
-    return shards
+    return shards_with(ids, lp, emb, columns, n_shards, lab if labeled is None else labeled)
 
 
 TWO_SCORES = [{"name": "entropy", "weight": 1.0}, {"name": "margin", "weight": 0.5, "normalize": "minmax"}]
