@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="print a JSON summary (out_dir, n_selected, phase seconds, rows/s, cache) instead of text")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in the output directory: reuse its valid cached scores")
+    r.add_argument("--cache-from", action="append", default=[], metavar="DIR",
+                   help="also reuse the cached model outputs of an earlier run's output directory (e.g. the last "
+                        "round's, on a pool that has grown since); repeatable")
 
     sb = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API")
     sb.add_argument("job")
@@ -389,7 +392,8 @@ def _run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job, args.overrides)
     result = run_job(job, out_dir=args.out, force=args.force,
-                     progress=False if (args.no_progress or args.json) else None, resume=args.resume)
+                     progress=False if (args.no_progress or args.json) else None, resume=args.resume,
+                     cache_from=args.cache_from)
     if args.json:
         m = result.manifest
         cache = m.get("cache") or {}

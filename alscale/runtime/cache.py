@@ -37,6 +37,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def fingerprint(info: Any, model_spec: Any, seed: int, in_features: int,
         "model": {
             "factory": model_spec.factory,
             "factory_source_sha256": factory_source(model_spec.factory),
-            "kwargs": model_spec.kwargs,
+            "kwargs": _plain(model_spec.kwargs),  # key order must not matter (a read-only mapping)
             "checkpoint": checkpoint,
             "mc_samples": model_spec.mc_samples,
             "batch_size": model_spec.batch_size,
@@ -122,6 +123,15 @@ def fingerprint(info: Any, model_spec: Any, seed: int, in_features: int,
     return record
 
 
+def _plain(obj: Any) -> Any:
+    """Mappings (read-only ones too) as dicts, recursively, so the fingerprint sorts their keys."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def _segments(pool_files: list[list[Any]], start: int, stop: int) -> list[list[Any]]:
     """The pool files (sha256, first row, rows) under rows ``[start, stop)``."""
     return [f for f in pool_files if f[1] < stop and f[1] + f[2] > start]
@@ -141,36 +151,43 @@ class ChunkCache:
 
     Args:
         out_dir: the job's output location.
-        record: :func:`fingerprint`'s record.
-        reuse: read valid caches (``--resume``); otherwise only write them.
+        record: :func:`fingerprint`'s record; its optional ``"sources"`` lists the output
+            directories of earlier runs whose caches are read too (``alscale run --cache-from``;
+            never written).
+        reuse: read valid caches of ``out_dir`` (``--resume``); otherwise only write them.
     """
 
     def __init__(self, out_dir: Location, record: dict[str, Any], *, reuse: bool) -> None:
+        from alscale.runtime.output import output_location
+
         self.dir = out_dir.child(CACHE_DIR)
+        self.dirs = [self.dir] + [output_location(d).child(CACHE_DIR) for d in record.get("sources", ())]
         self.record = record
         self.reuse = reuse
         self.stats = CacheStats()
         self._made_dir = False
         self._write_failed = False
-        self._index: list[tuple[int, int, str]] | None = None
-        self._tables: dict[tuple[int, int], tuple[dict[str, Any], Any]] = {}  # valid cached ranges, read
-        self._bad: dict[tuple[int, int], str] = {}  # rejected cached ranges and why
-        self._reported: set[tuple[int, int]] = set()
+        self._index: list[tuple[int, int, int]] | None = None
+        self._tables: dict[tuple[int, int, int], tuple[dict[str, Any], Any]] = {}  # valid cached ranges, read
+        self._bad: dict[tuple[int, int, int], str] = {}  # rejected cached ranges and why
 
-    def _names(self, start: int, stop: int) -> tuple[Location, Location]:
+    def _names(self, start: int, stop: int, d: int = 0) -> tuple[Location, Location]:
         stem = f"rows-{start:012d}-{stop:012d}"
-        return self.dir.child(stem + ".arrow"), self.dir.child(stem + ".json")
+        return self.dirs[d].child(stem + ".arrow"), self.dirs[d].child(stem + ".json")
 
-    def _entries(self) -> list[tuple[int, int, str]]:
-        """Every record in the cache directory as (start, stop, stem), by start (read once)."""
+    def _entries(self) -> list[tuple[int, int, int]]:
+        """Every record (start, stop, directory index) readable now, by start (listed once):
+        this output's when reusing, and every source's."""
         if self._index is None:
             self._index = []
-            if self.dir.fs.get_file_info(self.dir.path).type == pafs.FileType.Directory:
-                for f in self.dir.fs.get_file_info(pafs.FileSelector(self.dir.path)):
+            for d, where in enumerate(self.dirs):
+                if (d == 0 and not self.reuse) or where.fs.get_file_info(where.path).type != pafs.FileType.Directory:
+                    continue
+                for f in where.fs.get_file_info(pafs.FileSelector(where.path)):
                     name = f.path.rsplit("/", 1)[-1]
                     parts = name[:-5].split("-") if name.startswith("rows-") and name.endswith(".json") else []
                     if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                        self._index.append((int(parts[1]), int(parts[2]), name[:-5]))
+                        self._index.append((int(parts[1]), int(parts[2]), d))
             self._index.sort()
         return self._index
 
@@ -179,27 +196,25 @@ class ChunkCache:
         """Pool rows ``[start, stop)`` as consecutive pieces ``(a, b, outputs)``: the cached
         ``(log_probs, embeddings | None, loss | None)`` of rows ``[a, b)`` from the valid cached
         ranges that overlap them (reported as reused), or None where no valid cache holds them
-        (to score). Without ``reuse``: one piece, None."""
-        if not self.reuse:
-            return [(start, stop, None)]
+        (to score)."""
         valid = []
-        for s0, s1, stem in self._entries():
-            if s0 < stop and s1 > start:
-                table = self._valid_table(s0, s1, stem, device_type)
+        for key in self._entries():
+            if key[0] < stop and key[1] > start:
+                table = self._valid_table(key, device_type)
                 if table is not None:
-                    valid.append((s0, s1, table))
+                    valid.append((key, table))
         pieces: list[tuple[int, int, Any]] = []
         pos = start
         while pos < stop:
-            cover = [v for v in valid if v[0] <= pos < v[1]]
+            cover = [v for v in valid if v[0][0] <= pos < v[0][1]]
             if not cover:
-                nxt = min([v[0] for v in valid if v[0] > pos] + [stop])
+                nxt = min([v[0][0] for v in valid if v[0][0] > pos] + [stop])
                 pieces.append((pos, nxt, None))
                 pos = nxt
                 continue
-            s0, s1, table = max(cover, key=lambda v: v[1])
-            b = min(s1, stop)
-            got = self._slice(table, s0, pos, b, row_ids_B[pos - start:b - start], stem_of=(s0, s1))
+            key, table = max(cover, key=lambda v: (v[0][1], -v[0][2]))
+            b = min(key[1], stop)
+            got = self._slice(table, key, pos, b, row_ids_B[pos - start:b - start])
             pieces.append((pos, b, got))
             if got is not None:
                 self.stats.reused.append([pos, b])
@@ -208,15 +223,14 @@ class ChunkCache:
             del self._tables[key]
         return _merge_gaps(pieces)
 
-    def _slice(self, table: Any, s0: int, a: int, b: int, row_ids: np.ndarray, stem_of: tuple[int, int]
+    def _slice(self, table: Any, key: tuple[int, int, int], a: int, b: int, row_ids: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
-        """Rows ``[a, b)`` of a cached range starting at pool row ``s0``; None (rejected) when
-        its row ids are not the pool's."""
+        """Rows ``[a, b)`` of cached range ``key``; None (rejected) when its row ids are not the pool's."""
         rec, t = table
-        t = t.slice(a - s0, b - a)
+        t = t.slice(a - key[0], b - a)
         ids = t.column("row_id").to_numpy()
         if ids.shape != row_ids.shape or not np.array_equal(ids, row_ids):
-            self._reject(*stem_of, "its row ids are not the pool's rows in this range (the pool changed)")
+            self._reject(key, "its row ids are not the pool's rows in this range (the pool changed)")
             return None
         k, c = int(rec["n_samples"]), int(rec["n_classes"])
         lp = np.asarray(t.column("log_probs").combine_chunks().flatten().to_numpy(), np.float32)
@@ -227,33 +241,34 @@ class ChunkCache:
         loss = np.asarray(t.column("loss").to_numpy(), np.float32).copy() if "loss" in t.column_names else None
         return lp.reshape(len(ids), k, c).copy(), emb, loss
 
-    def _reject(self, s0: int, s1: int, reason: str) -> None:
-        data, _ = self._names(s0, s1)
-        self._bad[(s0, s1)] = reason
-        if (s0, s1) not in self._reported:
-            self._reported.add((s0, s1))
-            logger.warning("cache %s: %s; scoring rows [%d, %d) again", data.display, reason, s0, s1)
-            self.stats.rejected.append({"rows": [s0, s1], "file": data.display, "reason": reason})
+    def _reject(self, key: tuple[int, int, int], reason: str) -> None:
+        data, _ = self._names(*key)
+        self._tables.pop(key, None)
+        if key not in self._bad:
+            self._bad[key] = reason
+            logger.warning("cache %s: %s; scoring rows [%d, %d) again", data.display, reason, key[0], key[1])
+            self.stats.rejected.append({"rows": [key[0], key[1]], "file": data.display, "reason": reason})
 
-    def _valid_table(self, s0: int, s1: int, stem: str, device_type: str) -> tuple[dict[str, Any], Any] | None:
-        """The record and Arrow table of cached range ``[s0, s1)`` when valid (checked once)."""
-        if (s0, s1) in self._bad:
+    def _valid_table(self, key: tuple[int, int, int], device_type: str) -> tuple[dict[str, Any], Any] | None:
+        """The record and Arrow table of cached range ``key`` when valid (checked once)."""
+        if key in self._bad:
             return None
-        if (s0, s1) not in self._tables:
-            data, meta = self._names(s0, s1)
+        if key not in self._tables:
+            data, meta = self._names(*key)
             try:
-                out = self._load_checked(data, meta, s0, s1, device_type)
+                out = self._load_checked(data, meta, key[0], key[1], device_type)
             except Exception as exc:  # any damage: a truncated file, bad JSON, wrong type ...
                 out = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             if isinstance(out, str):
-                self._reject(s0, s1, out)
+                self._reject(key, out)
                 return None
-            self._tables[(s0, s1)] = out
-        return self._tables[(s0, s1)]
+            self._tables[key] = out
+        return self._tables[key]
 
     def _load_checked(self, data: Location, meta: Location, start: int, stop: int, device_type: str
                       ) -> tuple[dict[str, Any], Any] | str:
-        with self.dir.fs.open_input_stream(meta.path) as fh:
+        fs = data.fs
+        with fs.open_input_stream(meta.path) as fh:
             rec = json.loads(fh.read().decode())
         if rec.get("fingerprint") != self.record["sha256"]:
             return "made by another model, seed or version (fingerprint differs)"
@@ -263,14 +278,14 @@ class ChunkCache:
             return f"scored on {rec.get('device_type')}, this worker scores on {device_type}"
         if rec.get("pool_files") != _segments(self.record["pool_files"], start, stop):
             return "the pool's files under these rows are not the ones it was scored from (a file changed or moved)"
-        info = self.dir.fs.get_file_info(data.path)
+        info = fs.get_file_info(data.path)
         if info.type != pafs.FileType.File:
             return "its Arrow file is missing"
         if info.size != rec.get("bytes"):
             return f"size {info.size} bytes, its record says {rec.get('bytes')} (truncated or altered)"
-        if _sha256_file(self.dir.fs, data.path) != rec.get("sha256"):
+        if _sha256_file(fs, data.path) != rec.get("sha256"):
             return "sha256 differs from its record (altered)"
-        with self.dir.fs.open_input_file(data.path) as fh:
+        with fs.open_input_file(data.path) as fh:
             table = ipc.open_file(fh).read_all()
         if table.num_rows != stop - start:
             return f"it holds {table.num_rows} rows, its record names {stop - start}"
@@ -304,7 +319,7 @@ class ChunkCache:
             "device_type": device_type,
             "fingerprint": self.record["sha256"],
             "pool_files": _segments(self.record["pool_files"], start, stop),
-            "job": {k: v for k, v in self.record.items() if k != "pool_files"},
+            "job": {k: v for k, v in self.record.items() if k not in ("pool_files", "sources")},
         }
         data, meta = self._names(start, stop)
         if self._write_failed:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -158,6 +158,7 @@ def run_job(
     progress: bool | None = None,
     executor: Any = None,
     resume: bool = False,
+    cache_from: Sequence[str] = (),
 ) -> RunResult:
     """Run one acquisition job end to end and write its output directory.
 
@@ -171,6 +172,10 @@ def run_job(
     ``resume``: continue an interrupted run in ``out_dir``: chunks whose cached model
     outputs are valid (:mod:`alscale.runtime.cache`) are not scored again; missing, corrupt
     or foreign caches are scored and rewritten. Without it, earlier caches are removed.
+
+    ``cache_from``: output directories of earlier runs (e.g. the last round's) whose cached
+    model outputs are read too (never written): rows they hold for the same model and pool
+    files are not scored again (a pool that has grown scores only its new files).
     """
     started = datetime.now(timezone.utc)
     timings = PhaseTimings()
@@ -213,6 +218,10 @@ def run_job(
 
                 with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
                     cache_record = fingerprint(info, model_spec, job.seed, in_features, hasher.result())
+                cache_record["sources"] = _cache_sources(cache_from, out_path)
+            elif cache_from:
+                raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
+                                   "(or runtime.cache is false); drop --cache-from")
             if not resume:
                 from alscale.runtime.cache import remove_caches
 
@@ -366,6 +375,22 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
     _add_throughput(manifest, timings, info.n_rows)
     logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
     return RunResult(selection=selection, out_dir=out_path, manifest=manifest)
+
+
+def _cache_sources(dirs: Sequence[str], out_path: str) -> list[str]:
+    """The ``--cache-from`` directories, checked: each holds a cache of an earlier run."""
+    from alscale.runtime.cache import has_caches
+
+    out = []
+    for d in dirs:
+        loc = output.output_location(d)
+        if loc.canonical == output.output_location(out_path).canonical:
+            raise AlscaleError(f"--cache-from {d} is the output directory itself; use --resume to reuse its caches")
+        if not has_caches(loc):
+            raise AlscaleError(f"--cache-from {d}: no cached model outputs there ({loc.display}/cache has no records); "
+                               "give the output directory of an earlier run with a model and runtime.cache: true")
+        out.append(loc.canonical)
+    return out
 
 
 def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int

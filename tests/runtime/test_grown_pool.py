@@ -92,3 +92,35 @@ def test_a_changed_pool_file_is_scored_again(setup):
     assert pq.read_table(out / "selection.parquet").equals(pq.read_table(tmp_path / "fresh" / "selection.parquet"))
     files = json.loads((out / "manifest.json").read_text())["inputs"]["pool"]["files"]
     assert files[1]["sha256"] == hashlib.sha256((pool / "part-1.arrow").read_bytes()).hexdigest()
+
+
+def test_next_round_in_its_own_directory_reuses_the_last_rounds_cache(setup):
+    """``alscale run JOB --out r1 --cache-from r0``: the rows round 0 scored are read from its
+    cache (never written), only the appended file is scored, into r1's own cache."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    tmp_path, pool = setup
+    job = _job(tmp_path, pool)
+    run_job(job, out_dir=tmp_path / "r0", progress=False)
+    before = sorted(p.name for p in (tmp_path / "r0" / "cache").iterdir())
+    _write_part(pool, 2, 2)
+    (tmp_path / "job.yaml").write_text("# a round\n" + yaml.safe_dump(job.to_dict()))
+    proc = subprocess.run([sys.executable, "-m", "alscale.cli", "run", str(tmp_path / "job.yaml"), "--out",
+                           str(tmp_path / "r1"), "--cache-from", str(tmp_path / "r0"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cache = json.loads((tmp_path / "r1" / "manifest.json").read_text())["cache"]
+    assert _rows(cache["computed"]) == list(range(2 * ROWS, 3 * ROWS))
+    assert _rows(cache["reused"]) == list(range(2 * ROWS))
+    assert sorted(p.name for p in (tmp_path / "r0" / "cache").iterdir()) == before  # read only
+    fresh = tmp_path / "fresh"
+    run_job(_job(tmp_path, pool), out_dir=fresh, progress=False)
+    assert pq.read_table(tmp_path / "r1" / "selection.parquet").equals(pq.read_table(fresh / "selection.parquet"))
+    proc = subprocess.run([sys.executable, "-m", "alscale.cli", "run", str(tmp_path / "job.yaml"), "--out",
+                           str(tmp_path / "r2"), "--cache-from", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--cache-from" in proc.stderr and "no cached model outputs" in proc.stderr
+    assert not (tmp_path / "r2").exists()
