@@ -297,9 +297,6 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 
             if info is not None and not quotas_supported(info):
                 errors.append(unsupported_message(info))
-            elif info is not None and info.name == "objective":
-                errors.append("strategy.quotas: strategy objective takes its group quotas in options.constraints "
-                              "(or the selection: section's constraints); drop strategy.quotas")
         except AlscaleError as exc:
             errors.append(str(exc))
 
@@ -403,7 +400,7 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
 def _selection_strategy(raw: Mapping[str, Any], errors: list[str]) -> dict[str, Any]:
     """The ``strategy`` fields of a job that gives a ``selection:`` section instead (strategy
     ``objective`` with the section as its options); its problems go to ``errors``."""
-    from alscale.selection.config import section_errors
+    from alscale.selection.config import STRATEGY, section_errors
 
     if raw.get("strategy") is not None:
         errors.append("the job gives both strategy: and selection:; keep one (selection: composes filters, scores, "
@@ -413,7 +410,7 @@ def _selection_strategy(raw: Mapping[str, Any], errors: list[str]) -> dict[str, 
     errors.extend(problems)
     if sec is None:
         return {}
-    return {"name": "objective", "budget": sec.budget, "round": sec.round, "embedding": sec.embedding,
+    return {"name": STRATEGY, "budget": sec.budget, "round": sec.round, "embedding": sec.embedding,
             "options": sec.options()}
 
 

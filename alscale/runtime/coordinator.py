@@ -135,11 +135,8 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
     from alscale.runtime.ray_executor import RayExecutor
     from alscale.runtime.shipping import strategy_sources
 
-    specs = [get_strategy(job.strategy.name)]
-    if specs[0].name == "objective":  # its score components run on the workers too
-        from alscale.strategies.objective import component_specs
-
-        specs += component_specs(job.strategy.options)
+    specs = [get_strategy(job.strategy.name)]  # and the score strategies it runs on the workers
+    specs += [get_strategy(c) for c in requirements(job.strategy.name, job.strategy.options).components]
     return RayExecutor(
         n_workers,
         address=job.runtime.address,
@@ -515,10 +512,12 @@ def _group_column_problems(job: JobSpec, info: PoolInfo) -> list[str]:
             check_group_column(info.path, by, "strategy.quotas.by")
         except AlscaleError as exc:
             problems.append(str(exc))
-    if get_strategy(job.strategy.name).name == "objective":
-        from alscale.selection.checks import pool_problems
+    spec = get_strategy(job.strategy.name)
+    if spec.pool_check is not None:  # the strategy's own checks of its options against the pool
+        from alscale.strategies.registry import resolve
 
-        problems += pool_problems(job.strategy.options, info.path, "selection" if job.selection else "strategy.options")
+        field = "selection" if job.selection else "strategy.options"
+        problems += resolve(spec.pool_check)(job.strategy.options, info.path, field)
     return problems
 
 

@@ -40,7 +40,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, V
 
 from alscale.errors import AlscaleError, short_repr
 
-__all__ = ["Objective", "SelectionSection", "check_objective_options", "section_errors", "NORMALIZE", "OPS",
+#: The registered strategy a ``selection:`` section runs as.
+STRATEGY = "objective"
+
+__all__ = ["STRATEGY", "Objective", "SelectionSection", "check_objective_options", "section_errors", "NORMALIZE", "OPS",
            "DIVERSITY", "needs_of", "columns_of"]
 
 #: Predicate operators.
@@ -429,7 +432,7 @@ def check_objective_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def needs_of(options: Mapping[str, Any]) -> dict[str, Any]:
     """What a canonical objective needs: log-probs (with K >= min_samples), embeddings, the
-    pool columns its filters, scores and constraints read."""
+    pool columns its filters, scores and constraints read, the score strategies it runs."""
     from alscale.strategies import registry
 
     log_probs, min_samples = False, 1
@@ -443,7 +446,7 @@ def needs_of(options: Mapping[str, Any]) -> dict[str, Any]:
     kind = options["diversity"]["kind"]
     log_probs |= (cons is not None and cons["by"] == "predicted_class") or kind == "badge"
     return {"log_probs": log_probs, "min_samples": min_samples, "embeddings": kind != "none",
-            "columns": tuple(columns_of(options))}
+            "columns": tuple(columns_of(options)), "components": tuple(dict.fromkeys(n for n, _ in fields))}
 
 
 def columns_of(options: Mapping[str, Any]) -> list[str]:

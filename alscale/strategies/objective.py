@@ -334,14 +334,6 @@ def needs(options: Mapping[str, Any]) -> _spec.Needs:
 SPEC = _spec.StrategySpec(
     "objective", "loop",
     "filters, weighted scores, hard group quotas and diversity composed into one exact greedy (the selection: section)",
-    options_type=ObjectiveOptions, needs=_spec.Needs(log_probs=True), needs_for=needs, aliases=("selection",),
+    options_type=ObjectiveOptions, needs=_spec.Needs(log_probs=True), needs_for=needs,
+    pool_check="alscale.selection.checks:pool_problems",
     supports=_spec.Supports(quotas=True, streaming=False), select=select_objective, quota_select=quota_select)
-
-
-def component_specs(options: Mapping[str, Any]) -> list[_spec.StrategySpec]:
-    """The score strategies the objective runs on the workers (their modules ship with a Ray job)."""
-    from alscale.strategies import registry
-
-    names = [s["name"] for s in options["scores"] if s["name"] is not None]
-    names += [p["field"] for r in options["filters"] for p in r["where"] if p["source"] == "score"]
-    return [registry.get_strategy(n) for n in dict.fromkeys(names)]

@@ -299,6 +299,7 @@ class Requirements:
     min_samples: int
     needs_embeddings: bool
     columns: tuple[str, ...] = ()  # pool metadata columns the workers read
+    components: tuple[str, ...] = ()  # further strategies whose score functions run on the workers
 
 
 def requirements(name: Any, options: Mapping[str, Any] | None = None) -> Requirements:
@@ -307,7 +308,7 @@ def requirements(name: Any, options: Mapping[str, Any] | None = None) -> Require
     info = get_strategy(name)
     if info.needs_for is not None:
         n = resolve(info.needs_for)(check_options(info, options))
-        return Requirements(n.log_probs, n.min_samples, n.embeddings, tuple(n.columns))
+        return Requirements(n.log_probs, n.min_samples, n.embeddings, tuple(n.columns), tuple(n.components))
     base = score_strategy(info, options) if info.kind == "stochastic" else info
     return Requirements(base.needs_log_probs, base.min_samples, info.needs_embeddings)
 

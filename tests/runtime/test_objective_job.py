@@ -141,3 +141,18 @@ def test_selection_under_a_memory_budget_is_refused_in_one_line(pool, tmp_path):
                                            "runtime.memory_budget: null"):
         run_job(job, out_dir=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_strategy_form_is_the_same_objective_and_refuses_strategy_quotas(pool, tmp_path):
+    root = pool[0]
+    options = {k: v for k, v in SELECTION.items() if k != "budget"}
+    base = {"pool": {"path": str(root / "pool.arrow")}, "labeled": {"path": str(root / "labeled.csv")}, "seed": 2,
+            "runtime": {"executor": "local", "shards": 2}}
+    a = run_job(validate_job({**base, "strategy": {"name": "objective", "budget": 40, "options": options}}),
+                out_dir=tmp_path / "a", progress=False)
+    b = run_job(_job(root, "local", 2), out_dir=tmp_path / "b", progress=False)
+    assert a.selection.indices_B.tolist() == b.selection.indices_B.tolist()
+    job = validate_job({**base, "strategy": {"name": "objective", "budget": 5, "quotas": {"max": 2}}})
+    with pytest.raises(AlscaleError, match="takes its group constraints in its own 'constraints' option"):
+        run_job(job, out_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "selection.parquet").exists()

@@ -214,3 +214,28 @@ def test_objective_survives_a_restart_after_every_call(pool, case):
     assert fanout.restores > 10
     np.testing.assert_array_equal(got.indices_B, want.indices_B)
     np.testing.assert_array_equal(got.scores_B, want.scores_B)
+
+
+@pytest.fixture()
+def unregister_user_strategy():
+    """The user's strategy is registered by path on first use; forget it afterwards (the
+    registry tests list the built-ins)."""
+    from alscale.strategies import registry
+
+    yield
+    registry._STRATEGIES.pop("second_choice", None)
+    registry._REFS.pop("second_choice", None)
+
+
+def test_a_users_score_strategy_is_a_component(pool, unregister_user_strategy):
+    opts = check_objective_options({"scores": [{"name": "tests.strategies.user_score_strategy:SPEC", "weight": 2.0},
+                                               {"name": "entropy"}], "diversity": {"kind": "kcenter"}})
+    assert opts["scores"][0]["label"] == "second_choice"
+    ids, lp, emb, columns, labeled = pool
+    want, _ = reference(ids, lp, emb, columns, labeled, opts, 20)
+    for n_shards in (1, 7):
+        got = run_strategy(shards_of(pool, n_shards), "objective", 20, options=opts)
+        np.testing.assert_array_equal(got.indices_B, want)
+    from alscale.strategies.registry import requirements
+
+    assert requirements("objective", opts).components == ("tests.strategies.user_score_strategy:SPEC", "entropy")
