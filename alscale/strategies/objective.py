@@ -38,7 +38,7 @@ distance term for ``kcenter``; the D² weight for ``badge`` / ``kmeanspp``).
 
 from __future__ import annotations
 
-import contextvars
+import functools
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,9 +52,6 @@ from alscale.strategies import spec as _spec
 from alscale.strategies.objective_ops import OP_COMBINED, OP_FILTERS, OP_KEEP, OP_RANK, OP_SCORES
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
-
-_ENGINE: contextvars.ContextVar[Any] = contextvars.ContextVar("objective_engine", default=None)
-
 
 class _Stages:
     """Wall seconds per stage (the manifest's ``selection.seconds``)."""
@@ -140,13 +137,16 @@ class _Picks:
 
 
 def _constrained(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, round: int, run: Any) -> Any:
-    """:func:`alscale.strategies.quotas.select_with_quotas` over ``run`` (the objective's
-    spec, through :func:`quota_select`, or ``badge``); errors name ``selection.constraints``."""
+    """:func:`alscale.strategies.quotas.select_with_quotas` under the objective's constraints:
+    with ``run`` (the certified greedy) in phases, or BADGE's own constrained sampler
+    (``run`` None); errors name ``selection.constraints``."""
     from alscale.strategies import quotas
 
+    loop = None if run is None else functools.partial(_phased, run)
     try:
-        return quotas.select_with_quotas(shards, run, budget, opts["constraints"], options=dict(opts) if run is SPEC
-                                         else {}, seed=seed, round=round)
+        return quotas.select_with_quotas(shards, SPEC if run is not None else "badge", budget, opts["constraints"],
+                                         options=dict(opts) if run is not None else {}, seed=seed, round=round,
+                                         loop=loop)
     except AlscaleError as exc:
         raise AlscaleError(str(exc).replace("strategy.quotas", "selection.constraints")
                            .replace("strategy.budget", "selection.budget")) from None
@@ -162,7 +162,7 @@ def _select(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, rou
 
         with st("diversity"):
             if opts["constraints"]:
-                qr = _constrained(shards, budget, opts, seed, round, "badge")
+                qr = _constrained(shards, budget, opts, seed, round, None)
                 sel = qr.selection
             else:
                 sel, qr = run_strategy(shards, kind, budget, seed=seed, round=round), None
@@ -171,11 +171,7 @@ def _select(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, rou
     engine = _engine(shards, div, bool(opts["scores"]))
     t0 = time.perf_counter()
     if opts["constraints"]:
-        token = _ENGINE.set(engine)
-        try:
-            qr = _constrained(shards, budget, opts, seed, round, SPEC)
-        finally:
-            _ENGINE.reset(token)
+        qr = _constrained(shards, budget, opts, seed, round, engine)
         picks = _Picks(*engine.last_picks, quota=qr)
         st.seconds["constraints"] = time.perf_counter() - t0 - engine.seconds
     else:
@@ -191,17 +187,14 @@ def _select(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, rou
     return picks, info
 
 
-def quota_select(shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, *, options: Mapping[str, Any],
-                 seed: int = 0, round: int = 0, avail: np.ndarray | None = None) -> tuple[Selection, np.ndarray]:
+def _phased(engine: Any, shards: Shards, budget: int, lo: np.ndarray, hi: np.ndarray, *,
+            options: Mapping[str, Any], seed: int = 0, round: int = 0, avail: np.ndarray | None = None
+            ) -> tuple[Selection, np.ndarray]:
     """The constrained greedy over the objective's key, in phases within which the allowed
-    groups cannot change (as k-center's quota loop); the picks of each phase are the
-    certified greedy's over the rows of the allowed groups."""
+    groups cannot change (as k-center's quota loop); the picks of each phase are ``engine``'s
+    certified greedy over the rows of the allowed groups."""
     from alscale.strategies import quotas
 
-    engine = _ENGINE.get()
-    if engine is None:
-        raise AlscaleError("strategy objective takes its group constraints in its own 'constraints' option "
-                           "(selection.constraints), not strategy.quotas")
     counts = np.zeros(lo.shape[0], dtype=np.int64)
     ids: list[int] = []
     keys: list[float] = []
@@ -336,4 +329,4 @@ SPEC = _spec.StrategySpec(
     "filters, weighted scores, hard group quotas and diversity composed into one exact greedy (the selection: section)",
     options_type=ObjectiveOptions, needs=_spec.Needs(log_probs=True), needs_for=needs,
     pool_check="alscale.selection.checks:pool_problems",
-    supports=_spec.Supports(quotas=True, streaming=False), select=select_objective, quota_select=quota_select)
+    supports=_spec.Supports(streaming=False), select=select_objective)
