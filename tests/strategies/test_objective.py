@@ -57,7 +57,9 @@ CASES = {
     "none+int-column-quotas+power": {
         "scores": [{"name": "power", "options": {"beta": 2.0, "base": "bald"}}, {"name": "entropy", "weight": -0.3}],
         "constraints": {"by": "camera", "min": {"7": 4}, "max": {3: 2}}},
-    "kcenter-only+fixed-scale+shortlist": {
+    "threshold-without-scores (every key ties: row_id order)": {
+        "scores": [], "diversity": {"kind": "threshold", "radius": 2.0}},
+    "kcenter-only+filter+fixed-scale": {
         "scores": [], "filters": ["source != web"], "diversity": {"kind": "kcenter", "scale": 2.0}},
     "kcenter+scores+shortlist+quotas-min-over-rows": {
         "scores": [{"name": "entropy"}], "constraints": {"by": "source", "min": {"drone": 60}},
