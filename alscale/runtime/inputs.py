@@ -18,7 +18,6 @@ import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from alscale.pool.location import resolve
@@ -93,12 +92,18 @@ class PoolHasher:
 
 
 def _labeled_files(path: str) -> list[dict[str, Any]]:
-    """The labelled set's files (a file, or every file of a ledger directory) with their sha256."""
+    """The labelled set's files (a file, or every file of a ledger directory, local or in an
+    object store) with their sha256."""
+    import pyarrow.fs as pafs
+
     loc = resolve(path)
-    if loc.is_local and Path(loc.path).is_dir():
-        files = sorted(str(p) for p in Path(loc.path).rglob("*") if p.is_file() and not p.name.startswith("."))
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+        names = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                       and not i.path.rsplit("/", 1)[-1].startswith("."))
+        files = [loc.canonical.rstrip("/") + "/" + n[len(loc.path.rstrip("/")) + 1:] for n in names]
     else:
-        files = [path]
+        files = [loc.canonical]
     out = []
     for f in files:
         sha, size = sha256_of(f)

@@ -120,6 +120,12 @@ def test_report_shows_the_mix(pool, tmp_path):
                                     {"name": "rare", "where": ["source == drone"]}],
            "constraints": {"by": "source", "max": {"camera_a": 12}}}
     res = run_job(_job(root, "local", 2, sel), out_dir=tmp_path / "out", progress=False)
+    import hashlib
+
+    inputs = res.manifest["inputs"]  # the exact versions: pool files, labelled set, embeddings' source
+    assert inputs["labeled"]["files"][0]["sha256"] == hashlib.sha256((root / "labeled.csv").read_bytes()).hexdigest()
+    assert inputs["pool"]["files"][0]["sha256"] == hashlib.sha256((root / "pool.arrow").read_bytes()).hexdigest()
+    assert inputs["embeddings"]["source"] == "column" and inputs["model"] is None
     page = build_report(tmp_path / "out").read_text()
     for title in ("Mix", "Score components", "Diversity", "Selection stages"):
         assert f"<h2>{title}</h2>" in page, title
