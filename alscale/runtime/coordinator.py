@@ -204,31 +204,28 @@ def run_job(
         stream = _stream_plan(job, info, in_features, dims) if job.runtime.memory_budget else None
     from alscale.runtime.inputs import PoolHasher
 
-    hasher = PoolHasher(info)  # the pool files' sha256, on a thread while the job runs
-    try:
-        # One job per output directory: a second one refuses instead of interleaving.
-        with output.OutputLock(out_path):
-            output.check_output_dir(out_path, force=force, resume=resume)
-            cache_record = None
-            if model_spec is not None and job.runtime.cache:
-                from alscale.runtime.cache import fingerprint
+    hasher = PoolHasher(info)  # the pool files' sha256, on a thread while the job runs (stops if it fails)
+    # One job per output directory: a second one refuses instead of interleaving.
+    with output.OutputLock(out_path), hasher:
+        output.check_output_dir(out_path, force=force, resume=resume)
+        cache_record = None
+        if model_spec is not None and job.runtime.cache:
+            from alscale.runtime.cache import fingerprint
 
-                with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
-                    cache_record = fingerprint(info, model_spec, job.seed, in_features, hasher.result())
-                cache_record["sources"] = _cache_sources(cache_from, out_path)
-            elif cache_from:
-                raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
-                                   "(or runtime.cache is false); drop --cache-from")
-            if not resume:
-                from alscale.runtime.cache import remove_caches
+            with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
+                cache_record = fingerprint(info, model_spec, job.seed, in_features, hasher.result())
+            cache_record["sources"] = _cache_sources(cache_from, out_path)
+        elif cache_from:
+            raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
+                               "(or runtime.cache is false); drop --cache-from")
+        if not resume:
+            from alscale.runtime.cache import remove_caches
 
-                remove_caches(output.output_location(out_path))
-            for name in output.remove_partial_files(out_path):
-                logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
-            return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress,
-                            executor, cache_record, resume, stream, hasher)
-    finally:
-        hasher.cancel()
+            remove_caches(output.output_location(out_path))
+        for name in output.remove_partial_files(out_path):
+            logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
+        return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor,
+                        cache_record, resume, stream, hasher)
 
 
 def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int, out_path: str,

@@ -90,6 +90,12 @@ class PoolHasher:
     def cancel(self) -> None:
         self._stop.set()
 
+    def __enter__(self) -> "PoolHasher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()  # the job ended (or failed): stop hashing what nobody will read
+
 
 def _labeled_files(path: str) -> list[dict[str, Any]]:
     """The labelled set's files (a file, or every file of a ledger directory, local or in an
