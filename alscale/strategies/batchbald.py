@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -495,13 +496,23 @@ def _refine_float64(
     reference kernel would otherwise run on every row (measured: all 20,000 rows per step
     after 45 picks, K = 20, C = 10, M = 1,000); after this stage, on one or two.
     """
+    import torch
+
     m = post_M_K.shape[0]
     post_t, w_t = (_to_device(post_M_K.T, cache.device, np.float64), _to_device(weights_M, cache.device, np.float64))
     lp = state.log_probs_N_K_C
     size = max(1, _CPU_CHUNK_BYTES // (8 * cache.c * m))
+    spare: queue.SimpleQueue = queue.SimpleQueue()  # one workspace per thread, reused chunk after chunk
+    for _ in range(min(cache.threads, -(-rows.size // size))):
+        spare.put(torch.empty(2 * size * cache.c * m, dtype=torch.float64, device=cache.device))
 
     def score(cand: np.ndarray) -> np.ndarray:
-        return float64_gains(post_t, w_t, _to_device(lp[cache.pos_N[cand]], cache.device, np.float64)).cpu().numpy()
+        work = spare.get()
+        try:
+            lp64 = _to_device(lp[cache.pos_N[cand]], cache.device, np.float64)
+            return float64_gains(post_t, w_t, lp64, work).cpu().numpy()
+        finally:
+            spare.put(work)
 
     gains = np.concatenate(_map(cache, score, [rows[s : s + size] for s in range(0, rows.size, size)]))
     return rows[gains >= gains.max() - 2 * float64_error_bound(cache.k, cache.c, m)]

@@ -161,6 +161,10 @@ def test_float64_kernel_within_its_error_bound(k, c, m):
                            torch.from_numpy(lp.astype(np.float64))).numpy()
     bound = je.float64_error_bound(k, c, state.n_configs)
     assert np.abs(got - ref).max() <= bound < 1e-9
+    work = torch.full((2 * 120 * c * state.n_configs + 7,), np.nan, dtype=torch.float64)  # a reused workspace
+    again = je.float64_gains(torch.from_numpy(post_T), torch.from_numpy(state.weights_M),
+                             torch.from_numpy(lp.astype(np.float64)), work).numpy()
+    assert again.tobytes() == got.tobytes()
     assert bound < je.fast_error_bound(k, c) / 1000
 
 
