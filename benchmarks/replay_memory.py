@@ -229,9 +229,12 @@ def run_scenario(name: str, pool: Path, labeled: Path | None, strategy: str, bud
 
 
 def git_revision() -> str:
+    """The revision of the alscale measured (its checkout, not necessarily this script's)."""
+    import alscale
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(alscale.__file__).resolve().parents[1],
+                              capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
