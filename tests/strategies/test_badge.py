@@ -183,7 +183,7 @@ def test_filtered_weights_are_grid_ceil_of_exact_d2(space):
     st_f, st_x = (ShardState(np.arange(len(emb)), lp, emb) for _ in range(2))
     for st in (st_f, st_x):
         kpp.kpp_init(st, space, 0, 0)
-    sp_f, sp_x = st_f.scratch["kmeanspp"], st_x.scratch["kmeanspp"]
+    sp_f, sp_x = st_f.strategy_state["kmeanspp"], st_x.strategy_state["kmeanspp"]
     rng = np.random.default_rng(1)
     synced = []
     for m in (1, 3, 17, 60, 1):

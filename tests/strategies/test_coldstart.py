@@ -35,7 +35,7 @@ def make_shards(ids, emb, lp=None, n_shards=1, labeled=()):
 
 
 def labels_of(states) -> dict[int, int]:
-    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, s.scratch["kmeans"])}
+    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, s.strategy_state["kmeans"])}
 
 
 @pytest.fixture(scope="module")
