@@ -223,9 +223,9 @@ def test_registry_api_and_options():
 
 def test_many_labelled_rows_in_chunks_and_blocks(monkeypatch):
     """Labelled centers in several messages and center blocks; paged labelled takes."""
-    from alscale.strategies import kcenter
+    from alscale.strategies import kcenter_loop
 
-    monkeypatch.setattr(kcenter, "CHUNK_BYTES", 8 * 4 * 100)  # 100 rows of D = 8 per message
+    monkeypatch.setattr(kcenter_loop, "CHUNK_BYTES", 8 * 4 * 100)  # 100 rows of D = 8 per message
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3000, 8)).astype(np.float32)
     row_ids = rng.permutation(9000)[:3000].astype(np.int64)
