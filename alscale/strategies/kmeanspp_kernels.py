@@ -208,8 +208,13 @@ def trial_uniforms(seed: int, round: int, trials_R: np.ndarray) -> np.ndarray:
     return np.array([math.ldexp(k, -104) for k in trial_bits(seed, round, trials_R)], dtype=np.float64)
 
 
+def keyed_round(round: int, stream: int) -> int:
+    """The ``round`` key of stream ``stream`` of round ``round``: ``(round << 8) | stream``."""
+    return (int(round) << 8) | stream
+
+
 def _keyed(seed: int, round: int, stream: int, keys: np.ndarray) -> np.ndarray:
-    return noise.keyed_uniform(seed, (int(round) << 8) | stream, np.asarray(keys, dtype=np.int64))
+    return noise.keyed_uniform(seed, keyed_round(round, stream), np.asarray(keys, dtype=np.int64))
 
 
 def _bits52(seed: int, round: int, stream: int, keys: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import alscale
 from alscale.errors import AlscaleError
 from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy
 from alscale.strategies import kmeanspp as kpp
+from alscale.strategies import kmeanspp_kernels, kmeanspp_shard
 from alscale.strategies.badge import gradient_factors
 
 
@@ -65,7 +66,7 @@ def _oracle(lp, emb, row_ids, labeled, budget, seed, round, space):
         top = np.flatnonzero(norms == norms.max())
         first = int(top[np.argmin(ids[top])])
     else:
-        key = kpp._keyed(seed, round, kpp._S_FIRST, ids)
+        key = kmeanspp_kernels._keyed(seed, round, kmeanspp_kernels._S_FIRST, ids)
         first = int(np.lexsort((ids, key))[0])
     picks = [first]
     d2 = ((gc - gc[first]) ** 2).sum(axis=1)
@@ -182,7 +183,7 @@ def test_filtered_weights_are_grid_ceil_of_exact_d2(space):
     lp, emb = _adversarial_rows(0)
     st_f, st_x = (ShardState(np.arange(len(emb)), lp, emb) for _ in range(2))
     for st in (st_f, st_x):
-        kpp.kpp_init(st, space, 0, 0)
+        kmeanspp_shard.kpp_init(st, space, 0, 0)
     sp_f, sp_x = st_f.strategy_state["kmeanspp"], st_x.strategy_state["kmeanspp"]
     rng = np.random.default_rng(1)
     synced = []
@@ -192,8 +193,8 @@ def test_filtered_weights_are_grid_ceil_of_exact_d2(space):
         synced.extend(centers.tolist())
         a_c = None if sp_f.a_U_C is None else sp_f.a_U_C[centers]
         args = (np.array(centers), a_c, sp_f.h_U_D[centers], sp_f.n_U[centers], 20)
-        kpp.kpp_sync(st_f, *args, True, True)
-        kpp.kpp_sync(st_x, *args, False, True)
+        kmeanspp_shard.kpp_sync(st_f, *args, True, True)
+        kmeanspp_shard.kpp_sync(st_x, *args, False, True)
         np.testing.assert_array_equal(sp_f.u_U, kpp.grid_ceil(sp_x.u_U))
         # the recorded center of a row is the one that set its weight: its exact distance
         # (grid-rounded) is the weight
