@@ -18,10 +18,11 @@ import pytest
 
 import alscale
 from alscale.errors import AlscaleError
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy, run_strategy
 from alscale.strategies import kmeanspp as kpp
 from alscale.strategies import kmeanspp_kernels, kmeanspp_shard
 from alscale.strategies.badge import gradient_factors
+from tests.strategies.pools import make_shards
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -492,3 +493,36 @@ def test_badge_far_beyond_materialisable_size_runs_in_bounded_memory():
     # factors a (N*C) + h (N*D) as float32 = 1.2 GB, plus chunk buffers
     assert res["growth"] < 2.5e9, res
     assert res["growth"] < materialised / 150
+
+
+# -- class quotas (badge.select_with_quotas; moved from test_coldstart.py) --------------------
+
+@pytest.mark.parametrize("quotas", [{"max": 3}, {"min": {2: 5}, "max": {0: 0}}])
+def test_badge_quotas_sample_only_allowed_rows_the_same_for_every_sharding(data, quotas):
+    from alscale.strategies.quotas import predicted_class, select_with_quotas
+
+    ids, emb, lp = data
+    lp1 = lp  # K = 1 log-probs, as BADGE uses
+    cls = dict(zip(ids.tolist(), predicted_class(lp1).tolist()))
+    sels = []
+    for n_shards in (1, 3):
+        shards, _ = make_shards(ids, emb, lp1, n_shards=n_shards, labeled=ids[:20])
+        sels.append(select_with_quotas(shards, "badge", 18, quotas, seed=4))
+    assert sels[0].selection.indices_B.tolist() == sels[1].selection.indices_B.tolist()
+    counts = np.bincount([cls[r] for r in sels[0].selection.indices_B.tolist()], minlength=5)
+    assert counts.tolist() == sels[0].counts
+    assert counts.sum() == (15 if quotas == {"max": 3} else 18)  # 5 classes x max 3: the quotas fill first
+    assert (counts <= quotas.get("max", 10**9) if isinstance(quotas.get("max"), int) else counts[0] == 0).all()
+    if "min" in quotas:
+        assert counts[2] >= min(5, sum(1 for r in ids[20:].tolist() if cls[r] == 2))
+
+
+def test_badge_quotas_that_never_bind_give_plain_badge(data):
+    from alscale.strategies.quotas import select_with_quotas
+
+    ids, emb, lp = data
+    shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
+    plain = run_strategy(shards, "badge", 15, seed=9)
+    shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
+    quota = select_with_quotas(shards, "badge", 15, {"max": 100}, seed=9)
+    assert quota.selection.indices_B.tolist() == plain.indices_B.tolist()
