@@ -247,11 +247,11 @@ def select_base(shards: Shards, budget: int, *, options: Mapping[str, Any], seed
                 refill([j])
             h = stream.head()
             assert h is not None, "a class stream ran out before the budget"  # budget <= candidates
-            stream.at[h[2]] += 1
-            if h[1] not in taken:
-                taken.add(h[1])
-                ids_B.append(h[1])
-                keys_B.append(h[0])
+            stream.advance(h)
+            if h.row_id not in taken:
+                taken.add(h.row_id)
+                ids_B.append(h.row_id)
+                keys_B.append(h.key)
                 progress.advance()
                 return
 

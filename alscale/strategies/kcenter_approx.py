@@ -31,7 +31,7 @@ from alscale.strategies.shards import FanoutShards, InProcessFanout, Rows, Shard
 _LOCAL = f"{__name__}.local_greedy"
 
 
-@shard_op
+@shard_op(mutates=False)  # the greedy runs on a copy of the shard's masks
 def local_greedy(state: ShardState, budget: int, centers_L_D: np.ndarray, exclude_ids: np.ndarray,
                  backend: str) -> Rows:
     """Exact greedy on this shard's rows alone: the picks with their embeddings.

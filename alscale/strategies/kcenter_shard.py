@@ -267,7 +267,7 @@ def init(state: ShardState, backend: str, device: str | None, want_sums: bool, l
     return KCenterInit(kc.n, kc.n - n_lab, n_lab, kc.dim, sums, first, repr(kc.be))
 
 
-@shard_op
+@shard_op(mutates=False)
 def near_point(state: ShardState, point_D: np.ndarray) -> Rows:
     """Candidate rows that may be nearest to ``point`` (approximate minimum + 2 eps), with embeddings."""
     kc = kcenter_state(state)

@@ -215,6 +215,14 @@ class QuotaGate:
         self.n += 1
 
 
+class Head(NamedTuple):
+    """A group stream's best unread row: its key, row id and the shard it is on."""
+
+    key: float
+    row_id: int
+    shard: int
+
+
 class _Stream:
     """One class over all shards: per shard, a buffer of fetched rows and the next rank."""
 
@@ -235,15 +243,19 @@ class _Stream:
         self.next_rank[s] += len(ids)
         self.done[s] = len(ids) < page
 
-    def head(self) -> tuple[float, int, int] | None:
-        """(key, row_id, shard) of the class's best unread row (the stream must not be dry)."""
+    def head(self) -> Head | None:
+        """The class's best unread row (the stream must not be dry); None when it has none."""
         best = None
         for s in range(self.n_shards):
             if self.at[s] < len(self.bufs[s]):
                 k, r = self.bufs[s][self.at[s]]
-                if best is None or (k > best[0] or (k == best[0] and r < best[1])):
-                    best = (k, r, s)
+                if best is None or (k > best.key or (k == best.key and r < best.row_id)):
+                    best = Head(k, r, s)
         return best
+
+    def advance(self, head: Head) -> None:
+        """Consume ``head`` (the row :meth:`head` returned)."""
+        self.at[head.shard] += 1
 
 
 def class_streams(shards: Shards, pages_op: str, n_shards: int, c: int, page: int
@@ -443,7 +455,7 @@ def _ranked_greedy(shards: Shards, name: str, budget: int, lo: np.ndarray, hi: n
             refill([j])
         h = streams[j].head()
         if h is not None:
-            heapq.heappush(heap, (-h[0], h[1], j))
+            heapq.heappush(heap, (-h.key, h.row_id, j))
         else:
             alive[j] = False  # no rows left in this class (its minimum, capped at its rows, is met)
 
@@ -459,7 +471,7 @@ def _ranked_greedy(shards: Shards, name: str, budget: int, lo: np.ndarray, hi: n
         ids_B.append(row)
         keys_B.append(-negk)
         counts[j] += 1
-        streams[j].at[streams[j].head()[2]] += 1
+        streams[j].advance(streams[j].head())
         if counts[j] < hi[j]:
             push(j)  # its next row, or the class is exhausted
     return Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), name), counts
