@@ -2,9 +2,10 @@
 
 Fixed-point factors whose float64 dot products are exact in any summation order, the
 exact and the float32-filtered (rigorously bounded) min-distance kernels, the 6-bit weight
-grid, and the keyed trial randomness. The loops and shard ops that use them, and the
-argument for why the result does not depend on the shard count, are in
-:mod:`alscale.strategies.kmeanspp`. The kernels assume valid input.
+grid, and the keyed trial randomness. The shard ops that use them are in
+:mod:`alscale.strategies.kmeanspp_shard`, the loops and the argument for why the result does
+not depend on the shard count in :mod:`alscale.strategies.kmeanspp`. The kernels assume
+valid input.
 """
 
 from __future__ import annotations

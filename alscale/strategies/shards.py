@@ -9,13 +9,17 @@ same interface over actors. No loop has a Ray twin.
 
 Row order everywhere: higher score first, ties to the lower ``row_id``.
 
-Selection loops with shard-side state of their own (k-center min-distances, k-means++
-masses, BatchBALD scoring) register *shard ops* with :func:`shard_op`: plain functions
-``fn(state: ShardState, *args)`` that keep their state in ``state.strategy_state`` (one
-typed object per strategy module, under its key). A loop calls
-them on every shard with ``FanoutShards.call(op, *args)`` (one fan-out). The op's module
-must be imported where the shard lives; ``ShardState.call`` imports it from the op name
-(``"alscale.strategies.kcenter.offer"`` lives in ``alscale.strategies.kcenter``).
+The protocol is small: counts, the masks (``exclude`` / ``restrict``), the ranking key and
+its exact top-k, ``take`` (rows by ``row_id``, the labelled rows, the candidates) and the
+keyed random fill, each with a typed result (:class:`TopK`, :class:`Rows`) and declared as
+a read or a change (docs/architecture.md lists them). Selection loops with shard-side state
+of their own (k-center min-distances, k-means++ masses, BatchBALD scoring) register *shard
+ops* with :func:`shard_op`: plain functions ``fn(state: ShardState, *args)`` that return a
+typed result and keep their state in ``state.strategy_state`` (one typed object per
+strategy module, under its key). A loop calls them on every shard with
+``FanoutShards.call(op, *args)`` (one fan-out). The op's module must be imported where the
+shard lives; ``ShardState.call`` imports it from the op name
+(``"alscale.strategies.kcenter_shard.sync"`` lives in ``alscale.strategies.kcenter_shard``).
 """
 
 from __future__ import annotations
@@ -429,7 +433,7 @@ def take(state: ShardState, row_ids: np.ndarray | None, columns: Sequence[str], 
     ``"log_probs"``), in shard order; ``page = (start, count)``: only those positions."""
     if where not in TAKE_WHERE:
         raise ValueError(f"take: where must be one of {', '.join(TAKE_WHERE)}; got {where!r}")
-    mask = {"all": None, "labeled": state.labeled_N, "candidates": state.candidates_N}[where]
+    mask = None if where == "all" else state.labeled_N if where == "labeled" else state.candidates_N
     if row_ids is not None:
         hit = np.isin(state.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         mask = hit if mask is None else hit & mask
