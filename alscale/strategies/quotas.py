@@ -380,30 +380,35 @@ class QuotaResult:
 
 def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mapping[str, Any], *,
                        options: Mapping[str, Any] | None = None, seed: int = 0, round: int = 0,
-                       page: int | None = None) -> QuotaResult:
+                       page: int | None = None, loop: Callable[..., Any] | None = None) -> QuotaResult:
     """The constrained greedy of the module docstring over a strategy that supports quotas
-    (a ranking through :func:`_ranked_greedy`, a loop through its ``quota_select``)."""
+    (a ranking through :func:`_ranked_greedy`, a loop through its ``quota_select``).
+
+    ``loop``: a constrained loop (the signature of ``StrategySpec.quota_select``) to run
+    instead of the strategy's own: a composed selection runs its greedy under the
+    constraints of its options (which then need not be ``strategy.quotas``)."""
     info = registry.get_strategy(strategy)
-    if not quotas_supported(info):
+    if loop is None and not quotas_supported(info):
         raise AlscaleError(unsupported_message(info))
     quotas = check_quotas(quotas)
     opts = registry.check_options(info, options or {})
     budget = min(int(budget), shards.n_candidates())
+    loop = loop if loop is not None else info.quota_select
     by = quota_column(quotas)
     values = None
     if by is not None:
         from alscale.strategies.groups import MAX_GROUPS, install_groups
 
         values = install_groups(shards, by, int(quotas.get("max_groups") or MAX_GROUPS))
-    if info.quota_select is not None:
+    if loop is not None:
         prepared = shards.call(_OP + "quota_class_counts", by)
     else:
         prepared = shards.call(_OP + "quota_prepare", registry.wire(info), dict(opts), int(seed), int(round), by)
     avail = np.sum(prepared, axis=0)
     lo, hi, unmet = _quota_bounds(quotas, avail, budget, values, by)
-    if info.quota_select is not None:  # the strategy's own constrained loop
-        sel, counts = registry.resolve(info.quota_select)(shards, budget, lo, hi, options=opts, seed=int(seed),
-                                                          round=int(round), avail=avail)
+    if loop is not None:  # the strategy's own constrained loop (or the caller's)
+        sel, counts = registry.resolve(loop)(shards, budget, lo, hi, options=opts, seed=int(seed),
+                                             round=int(round), avail=avail)
     else:
         sel, counts = _ranked_greedy(shards, info.name, budget, lo, hi, len(prepared), page)
     return QuotaResult(sel, counts.tolist(), unmet, values)
