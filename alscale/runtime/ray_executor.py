@@ -10,9 +10,10 @@ allowed; Ray does not split GPU memory) and are spread over the nodes (Ray's ``S
 strategy). Unset, both default to the cluster's *available* resources shared evenly. If
 the actors are not all placed within ``startup_timeout_s`` — the cluster cannot hold the
 request, or an autoscaler did not add nodes in time — the executor gives up with an error
-naming the request and the cluster's resources instead of waiting forever. The coordinator itself runs in the driver process
-(the head node for ``alscale submit``, which reserves no Ray resources for it, so that Ray
-keeps it there and a lost worker node never takes the coordinator with it).
+naming the request and the cluster's resources instead of waiting forever. The coordinator
+itself runs in the driver process (the head node for ``alscale submit``, which reserves no
+Ray resources for it, so that Ray keeps it there and a lost worker node never takes the
+coordinator with it).
 """
 
 from __future__ import annotations
