@@ -2,8 +2,8 @@
 --block``: dashboard and Jobs API) and, optionally, worker nodes (``ray start --address ...
 --block``). Every port is its own (the dashboard agent's default 52365 is taken by any other
 Ray on the machine, and then no job can be submitted), and so is every node's temp dir and
-process group: a worker node is killed whole — raylet, agents and shard workers — by its
-process group, and nothing of another Ray on the machine is touched. Token auth is on."""
+session: a worker node is killed whole — raylet, agents and shard workers — by its session,
+and nothing of another Ray on the machine is touched. Token auth is on."""
 
 from __future__ import annotations
 
@@ -49,9 +49,22 @@ def client_env(bin_dir: Path) -> dict[str, str]:
     return env
 
 
+def _session_pids(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (``/proc/PID/stat`` field 6), zombies excluded."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 @dataclass
 class Node:
-    """One ``ray start --block`` process (its process group holds the node's every process)."""
+    """One ``ray start --block`` process (its session holds every process of the node)."""
 
     proc: subprocess.Popen
     log: Path
@@ -156,9 +169,17 @@ class LoopbackCluster:
         return None
 
     def kill(self, node: Node) -> None:
-        """Lose a whole worker node at once: SIGKILL to its process group (no grace, no drain)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(node.proc.pid, signal.SIGKILL)
+        """Lose a whole worker node at once: SIGKILL to every process of its session — ``ray
+        start``, raylet, agents and the shard workers, which the raylet puts in process groups
+        of their own (a process-group kill would leave them serving calls for a while)."""
+        for _ in range(50):
+            pids = _session_pids(node.proc.pid)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
         node.proc.wait(30)
         self.workers.remove(node)
 
@@ -167,7 +188,7 @@ class LoopbackCluster:
             self.kill(node)
         try:
             os.killpg(self.head.proc.pid, signal.SIGTERM)
-            self.head.proc.wait(8)
+            self.head.proc.wait(3)  # (then SIGKILL: a head with lost nodes drains for up to 30 s)
         except subprocess.TimeoutExpired:
             os.killpg(self.head.proc.pid, signal.SIGKILL)
             self.head.proc.wait(30)
@@ -180,7 +201,7 @@ class LoopbackCluster:
 def loopback_head(bin_dir: Path, env: dict[str, str], log: Path, *, head_env: dict[str, str] | None = None,
                   cwd: Path | None = None) -> Iterator[str]:
     """A head alone (3 CPUs); wait (at most 3 minutes) until its dashboard answers, yield its
-    URL; stop it by its process group (SIGTERM, then SIGKILL) and remove its temp dir."""
+    URL; stop it by its process group (SIGTERM, then SIGKILL after 3 s) and remove its temp dir."""
     log.parent.mkdir(parents=True, exist_ok=True)
     cluster = LoopbackCluster(bin_dir, env, log.parent, head_env=head_env, cwd=cwd)
     try:

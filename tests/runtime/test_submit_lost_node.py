@@ -2,14 +2,14 @@
 
 The cluster is real and on this machine, laid out like ``cluster.yaml``: a head with the
 dashboard and Jobs API and no CPUs for tasks, and four 1-CPU worker nodes (each a ``ray
-start --block`` in its own process group, so a node is lost whole: raylet, agents and shard
-workers SIGKILLed at once), fast node-death detection, token auth. Everything a user sees
+start --block`` in its own session, so a node is lost whole: raylet, agents and shard workers
+SIGKILLed at once), fast node-death detection, token auth. Everything a user sees
 goes through the CLI as a subprocess: ``alscale submit`` (following the job), ``alscale
 status`` and ``alscale logs``; the node to kill is the one whose shard worker is inside the
 method named (its process title).
 
 1. With room: a model-scored BatchBALD job (2 shards) loses a worker's node while scoring,
-   once two chunks are in the chunk cache, and another node while selecting. It must
+   once four of its 20 chunks are in the chunk cache, and another node while selecting. It must
    SUCCEED with the local executor's selection, the finished chunks read back from the
    cache, and the manifest and logs naming both lost nodes and the recovery seconds.
 2. Without room (two nodes left, both busy): a BatchBALD job loses a node mid-selection and
@@ -126,6 +126,8 @@ def test_a_submitted_job_survives_losing_nodes_while_scoring_and_selecting(setup
     manifest = json.loads((out / "manifest.json").read_text())
     recovery = manifest["runtime"]["recovery"]
     assert recovery["restarts"] >= 2 and len(recovery["recovery_seconds"]) == recovery["restarts"], recovery
+    died = [ln for ln in sub.stdout.splitlines() if "shard worker" in ln and " died " in ln]
+    assert len(died) == 2 and "during score_chunk" in died[0], died  # the first loss noticed while scoring
     for k in killed:  # each lost node is named, in the manifest and in the job's log
         assert any(k["node_id"][:12] in lost for lost in recovery["lost_nodes"]), (k, recovery)
         assert f"(node {k['node_id'][:12]})" in sub.stdout
