@@ -32,7 +32,6 @@ Output directory::
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -169,7 +168,7 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
     test_x, test_y = test
     check_simulation_dir(out, force)
     # Each round scores a new model once: no per-chunk caches for --resume (alscale.runtime.cache).
-    job = dataclasses.replace(job, runtime=dataclasses.replace(job.runtime, cache=False))
+    job = job.replace(runtime=job.runtime.replace(cache=False))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -276,8 +275,8 @@ def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor
     from alscale.runtime.coordinator import run_job, uses_model
     from alscale.scoring.train import fresh_model
 
-    init_job = dataclasses.replace(
-        job, pool=pool.path, labeled=None, loop=None, output=None,
+    init_job = job.replace(
+        pool=pool.path, labeled=None, loop=None, output=None,
         strategy=StrategyConfig(name=loop.initial_method, budget=size, round=0, embedding=job.strategy.embedding),
         seed=derive_seed(job.seed, _ACQUIRE, trial, 0))
     if uses_model(init_job):  # the untrained model, with the weights round 0 starts from
@@ -285,9 +284,9 @@ def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor
         _save_state(fresh_model(_model_spec(job), pool.features_N_D.shape[1],
                                 derive_seed(job.seed, _INIT_WEIGHTS, trial, 0)), ckpt)
         assert job.model is not None
-        init_job = dataclasses.replace(init_job, model=dataclasses.replace(job.model, checkpoint=str(ckpt)))
+        init_job = init_job.replace(model=job.model.replace(checkpoint=str(ckpt)))
     else:
-        init_job = dataclasses.replace(init_job, model=None)
+        init_job = init_job.replace(model=None)
     result = run_job(init_job, out_dir=work / f"initial-trial-{trial}", force=True, progress=False,
                      executor=executor)
     return np.asarray(result.selection.indices_B, dtype=np.int64)
@@ -404,20 +403,19 @@ def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rn
         emb = None if pool.embeddings_N_E is None else pool.embeddings_N_E[cand]
         write_table(pool_table(pool.row_ids_N[cand], features_N_D=pool.features_N_D[cand], embeddings_N_D=emb),
                     pool_path, format="ipc")
-    acq = dataclasses.replace(job, strategy=dataclasses.replace(strat, budget=int(budget), round=rnd))
+    acq = job.replace(strategy=strat.replace(budget=int(budget), round=rnd))
     model_config = None
     if uses_model(acq):
         ckpt = work / "model.pt"
         _save_state(model, ckpt)
         assert job.model is not None
-        model_config = dataclasses.replace(job.model, checkpoint=str(ckpt))
+        model_config = job.model.replace(checkpoint=str(ckpt))
     ids = labelled if loop.subsample is None else np.intersect1d(labelled, pool.row_ids_N[cand])
     ids_path = work / "labeled.parquet"
     with AtomicFile(ids_path) as f:
         pq.write_table(pa.table({"row_id": ids}), f.open())
-    acq = dataclasses.replace(
-        acq, pool=pool_path, labeled=str(ids_path), loop=None, output=None, model=model_config,
-        seed=derive_seed(job.seed, _ACQUIRE, trial, rnd))
+    acq = acq.replace(pool=pool_path, labeled=str(ids_path), loop=None, output=None, model=model_config,
+                      seed=derive_seed(job.seed, _ACQUIRE, trial, rnd))
     result = run_job(acq, out_dir=run_dir / f"round-{rnd:04d}", force=True, progress=False, executor=executor)
     picked = np.asarray(result.selection.indices_B, dtype=np.int64)
     record["acquire_seconds"] = time.perf_counter() - t0

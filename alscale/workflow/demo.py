@@ -180,11 +180,11 @@ def run_demo(job_path: str | Path, *, pool: str | None = None, test: str, out: s
                 ckpt = out / name / f"model-round-{rnd}.pt"
                 torch.save(model.state_dict(), ckpt)
                 run_dir = out / name / f"round-{rnd + 1}"
-                acq = dataclasses.replace(
-                    job, labeled=str(ledger.path), output=None,
-                    strategy=dataclasses.replace(job.strategy, name=name, budget=budget, round=rnd),
-                    model=None if name == "random" else dataclasses.replace(job.model, checkpoint=str(ckpt)),
-                    runtime=dataclasses.replace(job.runtime, cache=name == strategy and rnd == 0 and report))
+                acq = job.replace(
+                    labeled=str(ledger.path), output=None,
+                    strategy=job.strategy.replace(name=name, budget=budget, round=rnd),
+                    model=None if name == "random" else job.model.replace(checkpoint=str(ckpt)),
+                    runtime=job.runtime.replace(cache=name == strategy and rnd == 0 and report))
                 res = run_job(acq, out_dir=run_dir, force=True, progress=False, executor=executor)
                 picked = np.asarray(res.selection.indices_B, np.int64)
                 ph = res.manifest["phase_seconds"]

@@ -31,79 +31,61 @@ chunk (a chunk of 1 row gives row-by-row updates).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import ValidationInfo, field_validator
 
-from alscale.errors import AlscaleError, JobError, short_repr
-from alscale.jobspec import JobSpec, is_int, is_num
+from alscale.config import Section, also, check_section, fact, problem, setting
+from alscale.errors import AlscaleError, JobError
+from alscale.jobspec import JobSpec, null_is
+from alscale.loop.spec import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 PACINGS = ("variable", "fixed")
-_DEFAULTS = {"budget": None, "pacing": "variable", "threshold": 0.5, "step": 0.01, "update_every": None,
-             "train": None, "oracle": None}
+#: Validation-context fact: whether the job has a model.
+HAS_MODEL = "has_model"
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    budget: float
-    pacing: str = "variable"
-    threshold: float = 0.5
-    step: float = 0.01
-    update_every: int | None = None
-    train: Any = None  # alscale.loop.spec.TrainConfig
-    oracle: dict[str, Any] | None = None  # alscale.loop.oracle.make_oracle's mapping
+class StreamSpec(Section):
+    """A job's ``stream:`` section (module docstring)."""
+
+    valid_names = "declared"
+
+    budget: float = setting(None, "the fraction of rows to label, in (0, 1]", gt=0, le=1, validate_default=True)
+    pacing: Literal[PACINGS] = setting("variable", "one of " + ", ".join(PACINGS))  # type: ignore[valid-type]
+    threshold: float = setting(0.5, "a number")
+    step: float = setting(0.01, "in [0, 1)", ge=0, lt=1)
+    update_every: int | None = setting(None, "a number of labels >= 1 or null", ge=1)
+    #: as loop.train, for update_every
+    train: Annotated[TrainConfig, null_is({})] = setting(default_factory=TrainConfig, must="a mapping")
+    #: alscale.loop.oracle.make_oracle's mapping
+    oracle: dict | None = setting(None, "a mapping with a kind (simulated, command, http, human, hybrid)")
+
+    @field_validator("update_every", mode="wrap")
+    @classmethod
+    def _retraining_needs_a_model(cls, n: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> int | None:
+        no_model = n is not None and fact(info, HAS_MODEL) is False
+        return also(n, handler, [problem("stream.update_every retrains the model, but the job has no model")] * no_model)
 
 
 def parse_stream(job: JobSpec, raw: dict[str, Any] | None) -> StreamSpec:
     """Validate a job's ``stream:`` section (all errors at once)."""
-    from alscale.loop.spec import TrainConfig
-
     if not isinstance(raw, dict):
         raise JobError(f"job {job.source}: a stream job needs a 'stream:' mapping (budget, pacing, threshold, ...)")
-    errors = [f"unknown field 'stream.{k}' (valid: {', '.join(_DEFAULTS)})" for k in raw if k not in _DEFAULTS]
-    v = {**_DEFAULTS, **raw}
-    if not (is_num(v["budget"]) and 0 < v["budget"] <= 1):
-        errors.append(f"stream.budget must be the fraction of rows to label, in (0, 1]; got {short_repr(v['budget'])}")
-    if v["pacing"] not in PACINGS:
-        errors.append(f"stream.pacing must be one of {', '.join(PACINGS)}; got {short_repr(v['pacing'])}")
-    if not is_num(v["threshold"]):
-        errors.append(f"stream.threshold must be a number; got {short_repr(v['threshold'])}")
-    if not (is_num(v["step"]) and 0 <= v["step"] < 1):
-        errors.append(f"stream.step must be in [0, 1); got {short_repr(v['step'])}")
-    n = v["update_every"]
-    if n is not None and not (is_int(n) and n >= 1):
-        errors.append(f"stream.update_every must be a number of labels >= 1 or null; got {short_repr(n)}")
-    if n is not None and job.model is None:
-        errors.append("stream.update_every retrains the model, but the job has no model")
-    train = TrainConfig()
-    if v["train"] is not None:
-        if not isinstance(v["train"], dict):
-            errors.append(f"stream.train must be a mapping; got {short_repr(v['train'])}")
-        else:
-            try:
-                train = dataclasses.replace(train, **v["train"])
-            except TypeError as exc:
-                errors.append(f"stream.train: {exc}")
     from alscale.strategies import get_strategy
 
     info = get_strategy(job.strategy.name)
-    if info.kind != "score":
-        errors.append(f"stream selection scores rows one by one: strategy.name must be a score strategy "
-                      f"(entropy, margin, bald, ...), not {info.name}")
-    if v["oracle"] is not None and not isinstance(v["oracle"], dict):
-        errors.append(f"stream.oracle must be a mapping with a kind (simulated, command, http, human, hybrid); "
-                      f"got {short_repr(v['oracle'])}")
-    if errors:
-        raise JobError(f"job {job.source}: {len(errors)} error{'s' if len(errors) > 1 else ''}: " + "; ".join(errors))
-    return StreamSpec(float(v["budget"]), v["pacing"], float(v["threshold"]), float(v["step"]),
-                      None if n is None else int(n), train, v["oracle"])
+    trail = [] if info.kind == "score" else [
+        f"stream selection scores rows one by one: strategy.name must be a score strategy "
+        f"(entropy, margin, bald, ...), not {info.name}"]
+    return check_section(StreamSpec, raw, source=str(job.source), prefix="stream",
+                         context={HAS_MODEL: job.model is not None}, trail=trail)
 
 
 def decide(scores_B: np.ndarray, *, threshold: float, spent: int, seen: int, spec: StreamSpec
