@@ -33,7 +33,7 @@ from alscale.units import parse_bytes
 from alscale.yamlfile import load_yaml, read_text_bounded
 
 __all__ = ["EMBEDDING_SOURCES", "EXECUTORS", "MAX_ERRORS_SHOWN", "JobSpec", "ModelConfig", "RuntimeConfig",
-           "StrategyConfig", "apply_overrides", "code_references", "load_job", "validate_job"]
+           "StrategyConfig", "apply_overrides", "code_references", "job_schema", "load_job", "validate_job"]
 
 EXECUTORS = ("local", "ray")
 #: Where the diversity strategies (k-center, BADGE, k-means++) take embeddings from:
@@ -205,8 +205,8 @@ class RuntimeConfig(Section):
     #: keep per-chunk model outputs in OUT/cache/ for --resume
     cache: bool = setting(True, "true or false")
     #: bytes per worker: stream the shard (alscale.runtime.memory); 4GiB, 512MB, 1e9 ...
-    memory_budget: Annotated[int | None, BeforeValidator(_size)] = setting(
-        None, "a size per worker such as 4GiB, 512MB or a number of bytes, or null")
+    memory_budget: Annotated[int | None, BeforeValidator(_size, json_schema_input_type=float | str | None)] = \
+        setting(None, "a size per worker such as 4GiB, 512MB or a number of bytes, or null")
 
     @field_validator("address", mode="wrap")
     @classmethod
@@ -327,6 +327,26 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
                         context={HAS_MODEL: isinstance(raw, Mapping) and raw.get("model") is not None})
     job._source = source
     return job
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON schema of a job file (``alscale validate --schema``): every section and field
+    with its type, default, range and description (the phrase its error message uses); the
+    ``loop`` and ``stream`` sections as :mod:`alscale.loop.spec` and
+    :mod:`alscale.workflow.stream` validate them."""
+    from alscale.config import schema
+    from alscale.loop.spec import LoopSpec
+    from alscale.workflow.stream import StreamSpec
+
+    out = schema(JobSpec)
+    for name, model in (("loop", LoopSpec), ("stream", StreamSpec)):
+        inner = schema(model)
+        out.setdefault("$defs", {}).update(inner.pop("$defs", {}))
+        out["$defs"][model.__name__] = inner
+        field = out["properties"][name]
+        field["anyOf"] = [{"$ref": f"#/$defs/{model.__name__}"}, {"type": "null"}]
+    out["title"] = "alscale job"
+    return out
 
 
 def code_references(job: JobSpec) -> list[tuple[str, str]]:

@@ -208,3 +208,26 @@ def test_a_section_declared_by_another_module_is_validated_and_listed():
         "'selektion' (valid: labeled, loop, model, output, pool, runtime, seed, selection, strategy, stream); "
         "selection.objective must be one of coverage, margin; got 'x'; selection.weight must be a number >= 0; "
         "got -1")
+
+
+def test_the_job_schema_is_printed_and_every_repo_job_conforms(capsys):
+    from pathlib import Path
+
+    import yaml
+
+    from alscale.cli import main
+
+    jsonschema = pytest.importorskip("jsonschema")
+    assert main(["validate", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    runtime = schema["$defs"]["RuntimeConfig"]["properties"]
+    assert runtime["shards"] == {"default": 2, "description": "an integer >= 1", "minimum": 1, "title": "Shards",
+                                 "type": "integer"}
+    validator = jsonschema.Draft202012Validator(schema)
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "jobs").rglob("*.yaml")) + sorted((root / "examples").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(raw)), path
+    bad = {"pool": {"path": "p"}, "strategy": {"name": "entropy", "budget": 0}, "runtime": {"shardz": 2}}
+    assert {e.validator for e in validator.iter_errors(bad)} >= {"additionalProperties"}
+    assert not validator.is_valid({**bad, "strategy": {"name": "entropy", "budget": 0}, "runtime": {}})

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alscale.config import Section, also, check_section, fact, lenient, parent_problem, problem, setting
 from alscale.errors import AlscaleError, JobError
@@ -106,7 +106,7 @@ class StrategyEntry(Section):
     must = "a strategy name or a mapping like strategy"
 
     name: str = setting(None, "a strategy name", validate_default=True)
-    budget: int = setting(must="a positive integer", ge=1)
+    budget: int = setting(None, "a positive integer", ge=1, validate_default=True)  # default: the job's
     options: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping")
     embedding: Literal[EMBEDDING_SOURCES] = setting(  # type: ignore[valid-type]
         "auto", "one of " + ", ".join(EMBEDDING_SOURCES))
@@ -114,8 +114,7 @@ class StrategyEntry(Section):
     @model_validator(mode="before")
     @classmethod
     def _defaults_of_the_job(cls, entry: Any, info: ValidationInfo) -> Any:
-        if isinstance(entry, str):
-            entry = {"name": entry}
+        entry = _named(entry)
         job = fact(info, JOB)
         if isinstance(entry, dict) and job is not None:
             entry = {"budget": job.strategy.budget, "embedding": job.strategy.embedding, **entry}
@@ -147,6 +146,11 @@ class StrategyEntry(Section):
         return StrategyConfig(name=self.name, budget=self.budget, options=self.options, embedding=self.embedding)
 
 
+def _named(entry: Any) -> Any:
+    """A strategy name stands for ``{name: ...}``."""
+    return {"name": entry} if isinstance(entry, str) else entry
+
+
 class LoopSpec(Section):
     """A job's ``loop:`` section (module docstring); :func:`parse_loop` reads it."""
 
@@ -157,8 +161,8 @@ class LoopSpec(Section):
     subsample: int | None = setting(None, "a positive integer or null", ge=1)
     trials: int = setting(1, "an integer >= 1", ge=1)
     #: default: the job's strategy
-    entries: list[StrategyEntry] | None = setting(
-        None, "a non-empty list of strategy names or mappings", min_length=1, alias="strategies")
+    entries: list[Annotated[StrategyEntry, BeforeValidator(_named, json_schema_input_type=str | StrategyEntry)]] | None \
+        = setting(None, "a non-empty list of strategy names or mappings", min_length=1, alias="strategies")
     train: Annotated[TrainConfig, null_is({})] = setting(default_factory=TrainConfig, must="a mapping")
     stop: Annotated[StopConfig, null_is({})] = setting(default_factory=StopConfig, must="a mapping",
                                                        validate_default=True)  # its checks relate it to the rest
