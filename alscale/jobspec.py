@@ -11,6 +11,10 @@ A job file (see ``jobs/demo.yaml`` and the README for every field)::
     seed: 0
     output: out/demo
 
+Each section is a declarative model (:class:`alscale.config.Section`): a field's type,
+default, range and error phrase are declared once below; :func:`validate_job` reports every
+problem in one :class:`JobError`.
+
 Overrides (``alscale run JOB key=value ...``) address fields with dots, e.g.
 ``strategy.budget=500 runtime.executor=local``; values are parsed as YAML scalars.
 """
