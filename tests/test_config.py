@@ -9,6 +9,8 @@ import json
 from typing import Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alscale.config import Section, check_section, setting
 from alscale.errors import JobError
@@ -231,3 +233,28 @@ def test_the_job_schema_is_printed_and_every_repo_job_conforms(capsys):
     bad = {"pool": {"path": "p"}, "strategy": {"name": "entropy", "budget": 0}, "runtime": {"shardz": 2}}
     assert {e.validator for e in validator.iter_errors(bad)} >= {"additionalProperties"}
     assert not validator.is_valid({**bad, "strategy": {"name": "entropy", "budget": 0}, "runtime": {}})
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True), st.text(max_size=8))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=6), st.integers()), inner, max_size=3)),
+    max_leaves=8)
+_FIELDS = st.sampled_from(["size", "method", "name", "budget", "options", "embedding", "mode", "epochs", "lr",
+                           "patience", "plateau", "metric", "max_uncertainty", "epsilon", "rounds", "kind"])
+_SECTION = st.one_of(_VALUES, st.dictionaries(_FIELDS, _VALUES, max_size=4),
+                     st.lists(st.one_of(_VALUES, st.dictionaries(_FIELDS, _VALUES, max_size=3)), max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["test", "validation", "initial", "subsample", "trials", "strategies", "train",
+                                        "stop", "junk"]), _SECTION, max_size=6),
+       st.dictionaries(st.sampled_from(["budget", "pacing", "threshold", "step", "update_every", "train", "oracle",
+                                        "junk"]), _SECTION, max_size=6))
+def test_loop_and_stream_sections_raise_only_one_line_job_errors(loop, stream):
+    job = validate_job({"pool": {"path": "p"}, "strategy": {"name": "entropy", "budget": 2},
+                        "model": {"factory": "mlp"}, "loop": loop or None, "stream": stream or None})
+    for parse in (lambda: parse_loop(job) if job.loop else None, lambda: parse_stream(job, stream)):
+        try:
+            parse()
+        except JobError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 6000, str(exc)[:300]
