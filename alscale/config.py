@@ -49,7 +49,7 @@ _BUILTIN_ERRORS = frozenset(typing.get_args(ErrorType))
 class Section(BaseModel):
     """A section of a job file: strict types, unknown fields refused, frozen once validated."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)  # fields are read by their aliases only
     #: How an unknown field's message lists the valid names: ``"sorted"`` gives
     #: ``(valid under strategy: budget, name, ...)``; ``"declared"`` gives them in
     #: declaration order as ``(valid: ...)``.
@@ -187,7 +187,7 @@ def explain(exc: ValidationError, model: type[BaseModel], raw: Any, *, prefix: s
         once = err["type"] not in ("alscale", "alscale_field", "alscale_parent")  # one per field (a union's branches)
         if once and (message in seen or where.dotted in seen):
             continue
-        seen.update((message, where.dotted))
+        seen.update((message, where.dotted) if once else (message,))
         n_top += where.unknown and len(where.path) == 1
         keyed.append(((where.order(unknown_first), n), message))
     keyed.sort(key=lambda item: item[0])

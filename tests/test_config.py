@@ -189,6 +189,8 @@ def test_the_validated_job_reads_as_before():
     moved = job.replace(pool="q.arrow", labeled=None, strategy=job.strategy.replace(budget=9))
     assert (moved.pool, moved.labeled, moved.strategy.budget, moved.source) == ("q.arrow", None, 9, "j.yaml")
     assert (job.pool, job.strategy.budget) == ("p.arrow", 3)
+    with pytest.raises(JobError, match=r"unknown field 'pool_section' .*; pool is missing"):  # files use the aliases
+        validate_job({"pool_section": {"path": "p"}, "strategy": {"name": "entropy", "budget": 1}})
 
 
 def test_a_section_declared_by_another_module_is_validated_and_listed():
