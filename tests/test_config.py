@@ -1,7 +1,8 @@
 """Declarative configuration (alscale/config.py): the job, loop and stream sections keep the
 exact messages of the hand-written parsers they replaced, every error at once and in the
 same order. The expected texts below were produced by the old parsers (stop 20's
-``validate_job``, ``parse_loop``, ``parse_stream``) on the same inputs."""
+``validate_job``, ``parse_loop``, ``parse_stream``) on the same inputs; the lists of valid
+top-level fields name ``selection`` since the objective branch added that section."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ JOB_CASES = [
     ({'extra': 1, 'pool': {'path': 3, 'x': 1}, 'strategy': {'name': 'entropy', 'budget': 0, 'bugdet': 5},
       'runtime': {'executor': 'spark', 'shards': 0, 'shardz': 2}, 'seed': -1},
      "job j.yaml: 9 errors: unknown field 'extra' (valid: labeled, loop, model, output, pool, runtime, seed, "
-     "strategy, stream); unknown field 'pool.x' (valid under pool: path); unknown field 'strategy.bugdet' "
+     "selection, strategy, stream); unknown field 'pool.x' (valid under pool: path); unknown field 'strategy.bugdet' "
      '(valid under strategy: budget, embedding, name, options, quotas, round, seals, seals_index, seals_mode); '
      "unknown field 'runtime.shardz' (valid under runtime: address, cache, chunk_rows, cpus_per_worker, "
      'executor, gpus_per_worker, memory_budget, shards, startup_timeout_s); pool.path must be a path or URI '
@@ -77,14 +78,14 @@ JOB_CASES = [
     ({'pool': {'path': 'p.arrow'}, 'strategy': {'name': 'entropy', 'budget': 5}, 'seed': 1.0, 'output': '',
       'loop': [], 'stream': 'x', 7: 'int key'},
      "job j.yaml: 5 errors: unknown field '7' (valid: labeled, loop, model, output, pool, runtime, seed, "
-     'strategy, stream); seed must be a non-negative integer; got 1.0; output must be a directory path or null; '
-     "got ''; loop must be a mapping (see alscale simulate) or null; got []; stream must be a mapping (see "
+     'selection, strategy, stream); seed must be a non-negative integer; got 1.0; output must be a directory '
+     "path or null; got ''; loop must be a mapping (see alscale simulate) or null; got []; stream must be a mapping (see "
      "alscale stream) or null; got 'x'"),
     ({'pool': {'path': 'p', 'y': 1}, 'z': 1, 'strategy': {'q': 1, 'name': 'entropy', 'budget': 1}, 'a': 2},
      "job j.yaml: 4 errors: unknown field 'pool.y' (valid under pool: path); unknown field 'z' (valid: labeled, "
-     "loop, model, output, pool, runtime, seed, strategy, stream); unknown field 'strategy.q' (valid under "
+     "loop, model, output, pool, runtime, seed, selection, strategy, stream); unknown field 'strategy.q' (valid under "
      'strategy: budget, embedding, name, options, quotas, round, seals, seals_index, seals_mode); unknown field '
-     "'a' (valid: labeled, loop, model, output, pool, runtime, seed, strategy, stream)"),
+     "'a' (valid: labeled, loop, model, output, pool, runtime, seed, selection, strategy, stream)"),
 ]
 LOOP_CASES = [
     ({'pool': {'path': 'p.arrow'}, 'strategy': {'name': 'entropy', 'budget': 5},
@@ -194,24 +195,23 @@ def test_the_validated_job_reads_as_before():
 
 
 def test_a_section_declared_by_another_module_is_validated_and_listed():
-    class Selection(Section):
-        objective: Literal["coverage", "margin"] = setting("coverage", "one of coverage, margin")
+    class Review(Section):
+        queue: Literal["fast", "careful"] = setting("fast", "one of fast, careful")
         weight: float = setting(1.0, "a number >= 0", ge=0)
 
     class Job(JobSpec):
-        selection: Selection | None = setting(None, "a mapping or null")
+        review: Review | None = setting(None, "a mapping or null")
 
     base = {"pool": {"path": "p"}, "strategy": {"name": "entropy", "budget": 1}}
-    job = check_section(Job, {**base, "selection": {"weight": 2}}, source="j.yaml")
-    assert job.selection.weight == 2.0 and job.selection.objective == "coverage"
+    job = check_section(Job, {**base, "review": {"weight": 2}}, source="j.yaml")
+    assert job.review.weight == 2.0 and job.review.queue == "fast"
     with pytest.raises(JobError) as info:
-        check_section(Job, {**base, "selection": {"objective": "x", "weight": -1, "w": 1}, "selektion": 1},
+        check_section(Job, {**base, "review": {"queue": "x", "weight": -1, "w": 1}, "reveiw": 1},
                       source="j.yaml", unknown_first=True)
     assert str(info.value) == (
-        "job j.yaml: 4 errors: unknown field 'selection.w' (valid under selection: objective, weight); unknown field "
-        "'selektion' (valid: labeled, loop, model, output, pool, runtime, seed, selection, strategy, stream); "
-        "selection.objective must be one of coverage, margin; got 'x'; selection.weight must be a number >= 0; "
-        "got -1")
+        "job j.yaml: 4 errors: unknown field 'review.w' (valid under review: queue, weight); unknown field "
+        "'reveiw' (valid: labeled, loop, model, output, pool, review, runtime, seed, selection, strategy, stream); "
+        "review.queue must be one of fast, careful; got 'x'; review.weight must be a number >= 0; got -1")
 
 
 def test_the_job_schema_is_printed_and_every_repo_job_conforms(capsys):

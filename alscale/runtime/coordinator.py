@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -135,13 +135,15 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
     from alscale.runtime.ray_executor import RayExecutor
     from alscale.runtime.shipping import strategy_sources
 
+    specs = [get_strategy(job.strategy.name)]  # and the score strategies it runs on the workers
+    specs += [get_strategy(c) for c in requirements(job.strategy.name, job.strategy.options).components]
     return RayExecutor(
         n_workers,
         address=job.runtime.address,
         cpus_per_worker=job.runtime.cpus_per_worker,
         gpus_per_worker=job.runtime.gpus_per_worker,
         startup_timeout_s=job.runtime.startup_timeout_s,
-        py_modules=strategy_sources(get_strategy(job.strategy.name)),
+        py_modules=sorted({p for s in specs for p in strategy_sources(s)}),
     )
 
 
@@ -158,6 +160,8 @@ class RunPlan:
     out_path: str
     resume: bool
     cache_record: dict[str, Any] | None = None  # the chunk cache's fingerprint (runtime.cache)
+    cache_from: tuple[str, ...] = ()  # earlier runs' output directories whose caches are read too
+    hasher: Any = None  # alscale.runtime.inputs.PoolHasher: the pool files' sha256, computed while the job runs
 
 
 @dataclass
@@ -179,6 +183,7 @@ def run_job(
     progress: bool | None = None,
     executor: Any = None,
     resume: bool = False,
+    cache_from: Sequence[str] = (),
 ) -> RunResult:
     """Run one acquisition job end to end and write its output directory.
 
@@ -192,6 +197,10 @@ def run_job(
     ``resume``: continue an interrupted run in ``out_dir``: chunks whose cached model
     outputs are valid (:mod:`alscale.runtime.cache`) are not scored again; missing, corrupt
     or foreign caches are scored and rewritten. Without it, earlier caches are removed.
+
+    ``cache_from``: output directories of earlier runs (e.g. the last round's) whose cached
+    model outputs are read too (never written): rows they hold for the same model and pool
+    files are not scored again (a pool that has grown scores only its new files).
     """
     started = datetime.now(timezone.utc)
     timings = PhaseTimings()
@@ -202,8 +211,12 @@ def run_job(
     output.check_output_dir(out_path, force=force, resume=resume)
     with _phase(timings, "validate"):
         plan = validate_run(job, out_path, resume)
+    from alscale.runtime.inputs import PoolHasher
+
+    plan.cache_from = tuple(cache_from)
+    plan.hasher = PoolHasher(plan.info)  # the pool files' sha256, on a thread while the job runs (stops if it fails)
     # One job per output directory: a second one refuses instead of interleaving.
-    with output.OutputLock(out_path):
+    with output.OutputLock(out_path), plan.hasher:
         output.check_output_dir(out_path, force=force, resume=resume)
         _prepare_output(plan, timings)
         return _execute(plan, timings, started, progress, executor)
@@ -235,13 +248,19 @@ def validate_run(job: JobSpec, out_path: str, resume: bool = False) -> RunPlan:
 
 
 def _prepare_output(plan: RunPlan, timings: PhaseTimings) -> None:
-    """Under the output's lock: the chunk cache's fingerprint, and what earlier runs left
-    (their caches unless resuming, the files of an interrupted write)."""
+    """Under the output's lock: the chunk cache's fingerprint and the earlier runs it reads
+    (``--cache-from``), and what earlier runs left here (their caches unless resuming, the
+    files of an interrupted write)."""
     if plan.model_spec is not None and plan.job.runtime.cache:
         from alscale.runtime.cache import fingerprint
 
-        with _phase(timings, "validate"):
-            plan.cache_record = fingerprint(plan.info, plan.model_spec, plan.job.seed, plan.in_features)
+        with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
+            plan.cache_record = fingerprint(plan.info, plan.model_spec, plan.job.seed, plan.in_features,
+                                            plan.hasher.result())
+        plan.cache_record["sources"] = _cache_sources(plan.cache_from, plan.out_path)
+    elif plan.cache_from:
+        raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
+                           "(or runtime.cache is false); drop --cache-from")
     if not plan.resume:
         from alscale.runtime.cache import remove_caches
 
@@ -273,7 +292,14 @@ def _execute(plan: RunPlan, timings: PhaseTimings, started: datetime, progress: 
     finally:
         if owns_executor:
             executor.close()
-    manifest = _manifest(plan, shard_plan, selected, executor_info, cache_info, started)
+    inputs = None
+    if plan.hasher is not None:
+        from alscale.runtime.inputs import input_versions
+
+        with _phase(timings, "hash"):  # only the wait for a hashing that outlasted the job
+            inputs = input_versions(job, info, plan.hasher.result(), embedding_source(job), plan.cache_record)
+        inputs["hash_seconds"] = round(plan.hasher.seconds, 6)
+    manifest = _manifest(plan, shard_plan, selected, executor_info, cache_info, inputs, started)
     _write(plan.out_path, selected.selection, manifest, timings, info.n_rows, job.strategy.round)
     logger.info("selected %d rows with %s in %.2f s", len(selected.selection), selected.selection.strategy,
                 timings.total)
@@ -358,9 +384,10 @@ def _select_with_quotas(shards: FanoutShards, job: JobSpec) -> tuple[Selection, 
 
 
 def _manifest(plan: RunPlan, shard_plan: list, selected: _Selected, executor_info: dict[str, Any],
-              cache_info: dict[str, Any] | None, started: datetime) -> dict[str, Any]:
+              cache_info: dict[str, Any] | None, inputs: dict[str, Any] | None, started: datetime) -> dict[str, Any]:
     """``manifest.json``: the validated job, the pool, the shard plan, the runtime, the
-    selection's provenance, versions; the phase seconds are added by :func:`_write`."""
+    selection's provenance, the inputs' versions (sha256 of the pool files ...), the software
+    versions; the phase seconds are added by :func:`_write`."""
     job, info, stream = plan.job, plan.info, plan.stream
     return {
         "job": job.to_dict(),
@@ -377,6 +404,7 @@ def _manifest(plan: RunPlan, shard_plan: list, selected: _Selected, executor_inf
         "round_trips": selected.round_trips,
         "candidates": selected.candidates,
         "quotas": selected.quotas,
+        "selection": None if selected.selection.info is None else dict(selected.selection.info),
         "resumed": bool(plan.resume),
         "memory": None if stream is None else {
             "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,
@@ -384,6 +412,7 @@ def _manifest(plan: RunPlan, shard_plan: list, selected: _Selected, executor_inf
                      "embeddings": stream.keep_embeddings},
             "resident_bytes_per_row": stream.resident_bytes_per_row},
         "cache": cache_info,
+        "inputs": inputs,
         "started_utc": started.isoformat(),
         "versions": output.versions(),
         "git_revision": output.git_revision(),
@@ -406,6 +435,22 @@ def _write(out_path: str, selection: Selection, manifest: dict[str, Any], timing
         output.discard_unfinished(out_path)
         raise
     _add_throughput(manifest, timings, n_rows)
+
+
+def _cache_sources(dirs: Sequence[str], out_path: str) -> list[str]:
+    """The ``--cache-from`` directories, checked: each holds a cache of an earlier run."""
+    from alscale.runtime.cache import has_caches
+
+    out = []
+    for d in dirs:
+        loc = output.output_location(d)
+        if loc.canonical == output.output_location(out_path).canonical:
+            raise AlscaleError(f"--cache-from {d} is the output directory itself; use --resume to reuse its caches")
+        if not has_caches(loc):
+            raise AlscaleError(f"--cache-from {d}: no cached model outputs there ({loc.display}/cache has no records); "
+                               "give the output directory of an earlier run with a model and runtime.cache: true")
+        out.append(loc.canonical)
+    return out
 
 
 def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int
@@ -508,23 +553,34 @@ def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo
 
 
 def _group_columns(job: JobSpec) -> list[str]:
-    """Pool metadata columns the workers read for the selection (``strategy.quotas.by``)."""
+    """Pool metadata columns the workers read for the selection: ``strategy.quotas.by`` and
+    those the strategy's needs name (a composed selection's filters, scores and constraints)."""
     from alscale.strategies.quotas import quota_column
 
     by = quota_column(job.strategy.quotas)
-    return [] if by is None else [by]
+    needed = requirements(job.strategy.name, job.strategy.options).columns
+    return list(dict.fromkeys(([] if by is None else [by]) + list(needed)))
 
 
 def _group_column_problems(job: JobSpec, info: PoolInfo) -> list[str]:
-    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group."""
+    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group; the
+    columns of a composed selection that the pool lacks or that do not fit their use."""
     from alscale.pool.columns import check_group_column
+    from alscale.strategies.quotas import quota_column
 
     problems = []
-    for column in _group_columns(job):
+    by = quota_column(job.strategy.quotas)
+    if by is not None:
         try:
-            check_group_column(info.path, column, "strategy.quotas.by")
+            check_group_column(info.path, by, "strategy.quotas.by")
         except AlscaleError as exc:
             problems.append(str(exc))
+    spec = get_strategy(job.strategy.name)
+    if spec.pool_check is not None:  # the strategy's own checks of its options against the pool
+        from alscale.strategies.registry import resolve
+
+        field = "selection" if job.selection else "strategy.options"
+        problems += resolve(spec.pool_check)(job.strategy.options, info.path, field)
     return problems
 
 

@@ -71,8 +71,9 @@ class ShardWorker:
         is ready for selection right after loading. With a
         :class:`alscale.runtime.memory.StreamPlan` only the row ids are read now; the
         columns are read chunk by chunk by :meth:`score_chunk`, which keeps what the plan says.
-        ``group_columns`` (integer or string pool columns, e.g. a quota's ``by``) are read whole
-        (one value per row) and reach the shard state as ``ShardState.columns``.
+        ``group_columns`` (pool metadata columns: a quota's ``by``, the columns a composed
+        selection filters on or scores by) are read whole (one value per row) and reach the
+        shard state as ``ShardState.columns``.
         """
         t0 = time.perf_counter()
         self.spec = spec
@@ -87,9 +88,9 @@ class ShardWorker:
         self._log_probs = self._embeddings = None
         self._base: np.ndarray | None = None
         self._loss = None
-        from alscale.pool.columns import read_group_values
+        from alscale.pool.columns import read_column_values
 
-        self._meta = {c: read_group_values(spec, c) for c in group_columns}
+        self._meta = {c: read_column_values(spec, c) for c in group_columns}
         if not will_score and stream is None:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
             self.state.columns.update(self._meta)
@@ -138,28 +139,37 @@ class ShardWorker:
             part = read_shard(self._chunk_spec(start, stop), cols, check_finite=self._check_finite,
                               check_normalised=self._check_finite)
             return part.log_probs_N_K_C, part.embeddings_N_D, None
-        cached = None
-        if self._cache is not None:
-            assert self.spec is not None
-            self._scorer.model  # noqa: B018 -- builds the model, so its device is known
-            device_type = self._scorer.device.type
-            lo, hi = self.spec.start + start, self.spec.start + stop
-            cached = self._cache.load(lo, hi, self.data.row_ids_N[start:stop], device_type)
-        if cached is not None:
-            return cached
-        if self._media is not None:
-            lp, emb, loss = self._score_media(start, stop)
-        else:
-            if self._stream is not None:
-                part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
-                lp, emb = self._scorer.score(part.features_N_D)
-            else:
-                assert self.data.features_N_D is not None
-                lp, emb = self._scorer.score(self.data.features_N_D[start:stop])
-            loss = self._scorer.last_loss_N
-        if self._cache is not None:
-            self._cache.store(lo, hi, self.data.row_ids_N[start:stop], lp, emb, device_type, loss)
+        if self._cache is None:
+            return self._score_rows(start, stop)
+        assert self.spec is not None
+        self._scorer.model  # noqa: B018 -- builds the model, so its device is known
+        device_type = self._scorer.device.type
+        s0 = self.spec.start
+        parts = []
+        for a, b, got in self._cache.load_parts(s0 + start, s0 + stop, self.data.row_ids_N[start:stop], device_type):
+            if got is None:  # rows no valid cache holds: score them, and keep them
+                got = self._score_rows(a - s0, b - s0)
+                self._cache.store(a, b, self.data.row_ids_N[a - s0:b - s0], got[0], got[1], device_type, got[2])
+            parts.append(got)
+        if len(parts) == 1:
+            return parts[0]
+        lp = np.concatenate([p[0] for p in parts])
+        emb = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        loss = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
         return lp, emb, loss
+
+    def _score_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The model's outputs for rows ``[start, stop)`` of this shard (decoded first for image pools)."""
+        assert self.data is not None
+        if self._media is not None:
+            return self._score_media(start, stop)
+        if self._stream is not None:
+            part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
+            lp, emb = self._scorer.score(part.features_N_D)
+        else:
+            assert self.data.features_N_D is not None
+            lp, emb = self._scorer.score(self.data.features_N_D[start:stop])
+        return lp, emb, self._scorer.last_loss_N
 
     def _keep(self, start: int, stop: int, log_probs_B_K_C: np.ndarray | None, emb_B_E: np.ndarray | None) -> None:
         """Store what the selection needs of rows ``[start, stop)``: everything, or (streaming)

@@ -339,16 +339,20 @@ class QuotaResult:
 
 def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mapping[str, Any], *,
                        options: Mapping[str, Any] | None = None, seed: int = 0, round: int = 0,
-                       page: int | None = None) -> QuotaResult:
-    """The constrained greedy of the module docstring over a score-based strategy."""
+                       page: int | None = None, loop: Callable[..., Any] | None = None) -> QuotaResult:
+    """The constrained greedy of the module docstring over a score-based strategy.
+
+    ``loop``: a constrained loop (the signature of ``StrategySpec.quota_select``) to run
+    instead of the strategy's own: a composed selection runs its greedy under the
+    constraints of its options (which then need not be ``strategy.quotas``)."""
     info = registry.get_strategy(strategy)
-    if not quotas_supported(info):
+    if loop is None and not quotas_supported(info):
         raise AlscaleError(unsupported_message(info))
     quotas = check_quotas(quotas)
     opts = registry.check_options(info, options or {})
     n_cand = shards.n_candidates()
     budget = min(int(budget), n_cand)
-    loop = info.quota_select
+    loop = loop if loop is not None else info.quota_select
     by = quota_column(quotas)
     values = None
     if by is not None:

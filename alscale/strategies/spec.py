@@ -85,6 +85,11 @@ class Needs:
         labels: the labelled rows' labels as the option ``labels``.
         model_output: a further model output the workers keep per row (e.g. ``"loss"``,
             a Learning Loss module's predicted loss), read from ``ShardState.model_outputs``.
+        columns: pool metadata columns the workers read whole into ``ShardState.columns``
+            (e.g. the columns a composed selection filters on).
+        components: further strategies (names or import paths) whose score functions run on
+            the workers (a composed selection's score components): their modules ship with a
+            Ray job like the strategy's own.
     """
 
     log_probs: bool = True
@@ -93,6 +98,8 @@ class Needs:
     head: bool | str = False
     labels: bool = False
     model_output: str | None = None
+    columns: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,12 @@ class StrategySpec:
     select: Callable[..., Any] | str | None = None
     quota_select: Callable[..., Any] | str | None = None
     citation: str = ""
+    #: Needs that depend on the options (a composed selection: its scores, filters and
+    #: diversity decide): ``options -> Needs``; None: :attr:`needs` for any options.
+    needs_for: Callable[[Mapping[str, Any]], Needs] | str | None = None
+    #: Problems of these options with the pool, before any worker starts (e.g. a column it
+    #: names that the pool lacks): ``(options, pool path, job field) -> [one-line message]``.
+    pool_check: Callable[[Mapping[str, Any], str, str], list[str]] | str | None = None
 
     _KIND_FIELDS: ClassVar[dict[str, str]] = {"score": "score", "loop": "select"}
 

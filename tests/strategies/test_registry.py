@@ -35,6 +35,7 @@ NAMES = [
     "least_confidence",
     "margin",
     "mean_std",
+    "objective",
     "power",
     "probcover",
     "probcover_approx",
