@@ -113,7 +113,9 @@ class StrategyConfig(Section):
 
     name: Annotated[str, Missing(_missing_name)] = setting(must="a string")
     budget: int = setting(must="a positive integer", ge=1)
-    options: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping")
+    #: validated when absent too: the strategy's defaults are filled in
+    options: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping",
+                                                                validate_default=True)
     round: int = setting(0, "a non-negative integer", ge=0)
     embedding: Annotated[Literal[EMBEDDING_SOURCES], null_is("auto")] = setting(  # type: ignore[valid-type]
         "auto", "one of " + ", ".join(EMBEDDING_SOURCES))

@@ -194,6 +194,17 @@ def test_the_validated_job_reads_as_before():
         validate_job({"pool_section": {"path": "p"}, "strategy": {"name": "entropy", "budget": 1}})
 
 
+@pytest.mark.parametrize("name", ["power", "objective", "kcenter"])
+def test_options_left_out_are_the_strategys_defaults(name):
+    from alscale.strategies.registry import check_options
+
+    raw = {"pool": {"path": "p"}, "strategy": {"name": name, "budget": 3}, "model": {"factory": "mlp"},
+           "loop": {"test": "t", "strategies": [name], "stop": {"max_rounds": 1}, "validation": 2}}
+    job = validate_job(raw)
+    assert job.strategy.options == check_options(name, {}) != {}
+    assert parse_loop(job).strategies[0].options == check_options(name, {})
+
+
 def test_a_section_declared_by_another_module_is_validated_and_listed():
     class Review(Section):
         queue: Literal["fast", "careful"] = setting("fast", "one of fast, careful")

@@ -107,7 +107,8 @@ class StrategyEntry(Section):
 
     name: str = setting(None, "a strategy name", validate_default=True)
     budget: int = setting(None, "a positive integer", ge=1, validate_default=True)  # default: the job's
-    options: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping")
+    options: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping",
+                                                                validate_default=True)  # defaults filled in
     embedding: Literal[EMBEDDING_SOURCES] = setting(  # type: ignore[valid-type]
         "auto", "one of " + ", ".join(EMBEDDING_SOURCES))
 
