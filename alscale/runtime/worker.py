@@ -19,10 +19,28 @@ from alscale.pool import read_shard
 from alscale.pool.location import media_base
 from alscale.pool.read import read_media
 from alscale.pool.schema import MEDIA_COLUMNS
-from alscale.strategies.shards import ShardState
+from alscale.strategies.shards import ShardState, TopK
 from alscale.types import ShardData, ShardSpec
 
 logger = logging.getLogger(__name__)
+
+#: What a call does to its worker, declared on each method with :func:`declares` and read by an
+#: executor that rebuilds a lost worker (:meth:`ShardWorker.effect_of`): ``READS`` changes
+#: nothing (never replayed); ``SHARD_STATE`` changes only the shard's selection state (a
+#: snapshot of :class:`ShardState` replaces it; ``call`` refines this per shard op with
+#: ``op_mutates``); ``WORKER`` (the default) changes what the worker loaded, its model or its
+#: scores (replayed as it was).
+READS, SHARD_STATE, WORKER = "reads", "shard_state", "worker"
+
+
+def declares(effect: str) -> Any:
+    """Declare a worker method's :data:`READS` / :data:`SHARD_STATE` / :data:`WORKER` effect."""
+
+    def mark(fn: Any) -> Any:
+        fn.effect = effect
+        return fn
+
+    return mark
 
 
 def media_decoder(spec: ShardSpec, column: str, model_spec: Any, row_ids_N: np.ndarray | None = None) -> Any:
@@ -56,6 +74,12 @@ class ShardWorker:
         self._meta: dict[str, np.ndarray] = {}  # pool metadata columns (e.g. a quota group column)
         self._recovering = False  # a restarted process: cache hits are this run's own chunks
 
+    @classmethod
+    def effect_of(cls, method: str) -> str:
+        """The declared effect of calling ``method`` (see :data:`READS`)."""
+        return getattr(getattr(cls, method), "effect", WORKER)
+
+    @declares(READS)
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
         return True
@@ -229,6 +253,7 @@ class ShardWorker:
         self._recovering = bool(recovering)
         self._cache = ChunkCache(output_location(out_dir), record, reuse=reuse or self._recovering)
 
+    @declares(READS)
     def cache_stats(self) -> dict[str, Any]:
         """Chunks reused, computed and rejected by this worker's cache ({} without one); after a
         restart, ``recovered``: chunks the dead process had scored, read back from the cache."""
@@ -255,30 +280,31 @@ class ShardWorker:
             raise RuntimeError("shard not loaded and scored yet")
         return self.state
 
+    @declares(READS)
     def n_rows(self) -> int:
         return self._st().n_rows()
 
+    @declares(READS)
     def n_candidates(self) -> int:
         return self._st().n_candidates()
 
+    @declares(SHARD_STATE)
     def exclude(self, row_ids: np.ndarray) -> int:
         return self._st().exclude(row_ids)
 
+    @declares(SHARD_STATE)
     def restrict(self, row_ids: np.ndarray) -> int:
         return self._st().restrict(row_ids)
 
+    @declares(SHARD_STATE)
     def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._st().compute_scores(strategy, options, seed, round)
 
-    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    @declares(READS)
+    def topk(self, k: int) -> TopK:
         return self._st().topk(k)
 
-    def count_ahead(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
-        return self._st().count_ahead(base_scores_Q, row_ids_Q)
-
-    def softrank_candidates(self, m: int, beta: float, seed: int, round: int) -> tuple:
-        return self._st().softrank_candidates(m, beta, seed, round)
-
+    @declares(READS)
     def snapshot(self) -> Any:
         """The shard state's mutable part (:meth:`ShardState.snapshot`), for a restart."""
         return self._st().snapshot()
@@ -287,6 +313,7 @@ class ShardWorker:
         """Take back a :meth:`snapshot` (after this worker's shard was loaded and scored again)."""
         self._st().restore(snap)
 
+    @declares(SHARD_STATE)
     def call(self, op: str, *args: Any) -> Any:
         """A selection loop's shard op (see ``alscale.strategies.shards.shard_op``)."""
         return self._st().call(op, *args)

@@ -5,8 +5,8 @@ concatenated), so rows stay where they are and, in ``exact`` mode, the answer do
 depend on the shard count. Approximate modes build one FAISS index per shard: what they
 find may depend on the sharding (their names say they are approximate).
 
-Indexes live in the shard's ``scratch`` under ``("neighbours", key)``; ``exclude`` and
-``restrict`` clear them with the rest of the scratch.
+Indexes live in the shard's ``strategy_state`` under ``("neighbours", key)``; ``exclude`` and
+``restrict`` clear them with the rest of the strategy state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _OP = "alscale.strategies.neighbour_ops."
 
 
 def _store(state: ShardState) -> dict[str, Any]:
-    return state.scratch.setdefault("neighbours", {})
+    return state.strategy_state.setdefault("neighbours", {})
 
 
 def shard_rows(state: ShardState, rows: str) -> np.ndarray:

@@ -35,7 +35,7 @@ from alscale.index import canonical_min_sq_dist, get_backend, norm_upper_bound, 
 from alscale.strategies import progress
 from alscale.strategies.objective_kernels import key_of, upper_sq
 from alscale.strategies.objective_ops import KEY as OBJ_KEY
-from alscale.strategies.shards import Shards, ShardState, shard_op, topk_order
+from alscale.strategies.shards import LastingState, Shards, ShardState, shard_op, topk_order
 
 KEY = "_objective_distances"
 _OP = f"{__name__}."
@@ -46,8 +46,9 @@ CHUNK_ROWS = 1 << 16
 
 
 @dataclass
-class DistanceShard:
-    """One shard's distances to the centers (kept in ``ShardState.columns``).
+class DistanceShard(LastingState):
+    """One shard's distances to the centers (kept in ``ShardState.strategy_state`` across the
+    quota phases' changes of the candidates).
 
     ``mind_N[i]`` is a float32 squared distance of row i to its nearest center among the
     first ``seen_N[i]`` centers (``+inf`` before any): still an upper bound (within ``eps``)
@@ -89,7 +90,7 @@ def init(state: ShardState, backend: str, need_embeddings: bool) -> int:
         dim = int(x.shape[1])
         sq = np.einsum("ij,ij->i", x, x) if n else np.zeros(0, np.float32)
         norm = norm_upper_bound(float(sq.max()) if n else 0.0, dim)
-    state.columns[KEY] = DistanceShard(backend, np.full(n, np.inf, np.float32), np.zeros(n, np.int64),
+    state.strategy_state[KEY] = DistanceShard(backend, np.full(n, np.inf, np.float32), np.zeros(n, np.int64),
                                        np.zeros(n, bool), norm, np.empty((0, dim), np.float32))
     return dim
 
@@ -125,12 +126,12 @@ def sync(state: ShardState, centers_M_D: np.ndarray | None, picked_ids: np.ndarr
     upper bound of ``key``. Returns (row_ids_m, embeddings_m or None, combined scores_m,
     (bound key, bound row_id)): every row not offered has a key at most the bound, and equal
     only with a row_id greater than the bound's; (-inf, 0) when every live row is offered."""
-    ds: DistanceShard = state.columns[KEY]
+    ds: DistanceShard = state.strategy_state[KEY]
     ds.taken_N |= np.isin(state.row_ids_N, np.asarray(picked_ids, np.int64))
     if centers_M_D is not None and centers_M_D.shape[0]:
         _add_centers(ds, centers_M_D)
     live = np.flatnonzero(state.candidates_N & ~ds.taken_N)
-    s_all = state.columns[OBJ_KEY].combined_N
+    s_all = state.strategy_state[OBJ_KEY].combined_N
     if key[0] == "none":
         top, bound = _top(key_of(s_all[live], None, key), state.row_ids_N[live], m)
         return state.row_ids_N[live[top]], None, s_all[live[top]], bound

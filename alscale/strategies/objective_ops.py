@@ -2,10 +2,10 @@
 filters, the combined score, the shortlist and the per-pick provenance, computed where the
 rows live.
 
-Per shard, the composition keeps one :class:`ObjectiveShard` in ``ShardState.columns``
-(beside the pool's metadata columns; not cleared when the candidates change, as the quota
-phases change them, and part of every snapshot): each component's raw value per row, the
-index of the filter rule that admitted the row, and the combined score.
+Per shard, the composition keeps one :class:`ObjectiveShard` in ``ShardState.strategy_state``
+(a :class:`~alscale.strategies.shards.LastingState`: kept when the candidates change, as the
+quota phases change them, and part of every snapshot): each component's raw value per row,
+the index of the filter rule that admitted the row, and the combined score.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import numpy as np
 from alscale.errors import AlscaleError
 from alscale.strategies import registry
 from alscale.strategies.objective_kernels import combine, first_rule, midrank, minmax, predicate_mask
-from alscale.strategies.shards import ShardState, shard_op
+from alscale.strategies.shards import LastingState, ShardState, shard_op
 
 KEY = "_objective"
 _OP = f"{__name__}."
 
 
 @dataclass
-class ObjectiveShard:
+class ObjectiveShard(LastingState):
     """One shard's composed-selection state (see the module docstring)."""
 
     raw: dict[str, np.ndarray] = field(default_factory=dict)  # component label -> float64 [N]
@@ -36,10 +36,7 @@ class ObjectiveShard:
 
 
 def _obj(state: ShardState) -> ObjectiveShard:
-    obj = state.columns.get(KEY)
-    if obj is None:
-        obj = state.columns[KEY] = ObjectiveShard()
-    return obj
+    return state.strategy_state.setdefault(KEY, ObjectiveShard())
 
 
 def column_values(state: ShardState, column: str, what: str) -> np.ndarray:
@@ -55,7 +52,7 @@ def _score_values(state: ShardState, name: Any, options: Mapping[str, Any], seed
     noise, or a per-row stochastic key), float64 ``[N]``."""
     spec = registry.get_strategy(name)
     state.compute_scores(registry.wire(spec), dict(options), int(seed), int(round))
-    return np.asarray(state._scores_N, dtype=np.float64)  # the key compute_scores set (as quotas.py reads it)
+    return np.asarray(state.key_N, dtype=np.float64)  # the key compute_scores set
 
 
 def component_values(state: ShardState, comp: Mapping[str, Any], seed: int, round: int) -> np.ndarray:
@@ -123,7 +120,7 @@ def filters(state: ShardState, rules: Sequence[Mapping[str, Any]], seed: int, ro
     counts = np.bincount(obj.rule_N[cand & (obj.rule_N >= 0)], minlength=len(rules))[:len(rules)]
     if rules:
         state.eligible_N = state.eligible_N & (obj.rule_N >= 0)
-        state.strategy_state.clear()
+        state.candidates_changed()
     return [int(c) for c in counts], int(np.count_nonzero(state.candidates_N))
 
 
@@ -150,7 +147,7 @@ def rank_by_combined(state: ShardState) -> None:
 def keep_only(state: ShardState, row_ids: np.ndarray) -> int:
     """Only ``row_ids`` stay candidates (the shortlist); returns the candidates left here."""
     state.eligible_N = state.eligible_N & np.isin(state.row_ids_N, np.asarray(row_ids, np.int64))
-    state.strategy_state.clear()
+    state.candidates_changed()
     return state.n_candidates()
 
 

@@ -60,6 +60,7 @@ __all__ = [
 BUILTIN_MODULES = (
     "alscale.strategies.scores",
     "alscale.strategies.topk",
+    "alscale.strategies.softrank",
     "alscale.strategies.batchbald",
     "alscale.strategies.kcenter",
     "alscale.strategies.badge",

@@ -17,7 +17,9 @@ A spec says
   budget and the per-row state it keeps then, whether it can be the base of a stochastic
   strategy;
 - how it selects: a per-row ``score`` (kind ``"score"``), a stochastic transform ``keys``
-  of a base score (kind ``"stochastic"``), keyed uniform noise (``"random"``), or a
+  of a base score (kind ``"stochastic"``; a key that needs more than the row, such as
+  SoftRank's global rank, gives ``select`` instead, run after the base scores are
+  computed), keyed uniform noise (``"random"``), or a
   selection loop ``select(shards, budget, *, options, seed, round) -> Selection`` over the
   :class:`~alscale.strategies.shards.Shards` seam (``"loop"``).
 
@@ -162,6 +164,9 @@ class StrategySpec:
         need = self._KIND_FIELDS.get(self.kind)
         if need is not None and getattr(self, need) is None:
             raise ValueError(f"strategy {self.name} of kind {self.kind} needs '{need}'")
+        if self.kind == "stochastic" and self.keys is None and self.select is None:
+            raise ValueError(f"strategy {self.name} of kind stochastic needs 'keys' (a per-row key) or 'select' "
+                             "(its own top-k over the base scores)")
         if not (isinstance(self.options_type, type) and issubclass(self.options_type, StrategyOptions)
                 and dataclasses.is_dataclass(self.options_type)):
             raise ValueError(f"strategy {self.name}: options_type must be a StrategyOptions dataclass")

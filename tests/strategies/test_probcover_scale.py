@@ -35,7 +35,7 @@ def _old_graph(sh, delta):
     sh.call(pc._OP + "pc_finish")
     src, dst = [], []
     for w in sh.fanout.workers:
-        s = w.scratch["probcover"]
+        s = w.strategy_state["probcover"]
         src.append(np.repeat(w.row_ids_N, np.diff(s["csr_ptr"])))
         dst.append(s["csr_dst"])
     return np.concatenate(src), np.concatenate(dst)
