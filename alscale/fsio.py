@@ -246,8 +246,9 @@ class DirLock:
     that long for a busy lock (short appends) instead of refusing at once; ``busy`` is the
     advice of the refusal. ``name`` is the lock file's name in the directory (one lock per
     file written there: the pool writer's ``.NAME.lock``) and ``display`` what messages call
-    the locked thing (default: the directory). A directory that does not exist is created, and removed again
-    on release if it is still empty (a failed job leaves no empty directory behind).
+    the locked thing (default: the directory). A directory that does not exist is created,
+    and removed again on release if it is still empty (a failed job leaves no empty
+    directory behind).
     """
 
     def __init__(self, directory: str | os.PathLike[str] | _Loc, *, what: str = "output", wait_s: float = 0.0,
