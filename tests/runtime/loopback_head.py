@@ -158,15 +158,11 @@ class LoopbackCluster:
         """The first worker node with a worker process titled ``title`` now (Ray's process
         title, e.g. ``ray::ShardWorker.score_chunk`` while that method runs): one pass over
         ``/proc``, fast enough to catch calls of a few milliseconds."""
+        from tests.runtime.killing import child_running
+
         raylets = {node.raylet_pid: node for node in self.workers}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                if ppid in raylets and (stat.parent / "cmdline").read_bytes().startswith(title.encode()):
-                    return raylets[ppid]
-            except (OSError, IndexError, ValueError):  # the process ended meanwhile
-                continue
-        return None
+        hit = child_running(raylets, title)
+        return None if hit is None else raylets[hit[1]]
 
     def kill(self, node: Node) -> None:
         """Lose a whole worker node at once: SIGKILL to every process of its session — ``ray
