@@ -210,9 +210,11 @@ def _canonical(q: np.ndarray, x: np.ndarray, qi: np.ndarray, xi: np.ndarray) -> 
 
 
 def exact_knn(cands: Candidates, ids_N: np.ndarray, q_Q_D: np.ndarray, k: int,
-              exclude_ids_Q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              exclude_ids_Q: np.ndarray | None = None, cells: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows per query (canonical float64, ties to the lower id), excluding
-    per query the row whose id is ``exclude_ids_Q[q]`` (e.g. the query itself; -1: none)."""
+    per query the row whose id is ``exclude_ids_Q[q]`` (e.g. the query itself; -1: none);
+    ``cells`` (a :class:`alscale.index.neighbours_cells.Cells` of the same rows) prunes the
+    candidate pass to the Voronoi cells that can hold a result (same answer)."""
     x = cands.x
     q = np.ascontiguousarray(q_Q_D, dtype=np.float32)
     m, n = q.shape[0], x.shape[0]
@@ -220,6 +222,23 @@ def exact_knn(cands: Candidates, ids_N: np.ndarray, q_Q_D: np.ndarray, k: int,
         return np.full((m, max(k, 0)), np.inf), np.full((m, max(k, 0)), -1, np.int64)
     slack = _slack(q, cands.x_sq, x.shape[1])
     excl = None if exclude_ids_Q is None else np.asarray(exclude_ids_Q, np.int64)
+    if cells is not None and k + (excl is not None) < n:
+        # the (k+1)-th nearest of all rows bounds the k-th nearest of the others from above
+        qi, xi = cells.knn_candidates(q, k + (excl is not None), slack)
+    else:
+        qi, xi = _brute_knn_pairs(cands, ids_N, q, k, slack, excl)
+    d2, ids = _canonical(q, x, qi, xi), ids_N[xi]
+    if excl is not None:
+        keep = ids != excl[qi]
+        qi, d2, ids = qi[keep], d2[keep], ids[keep]
+    return _rank_pairs(qi, d2, ids, m, k)
+
+
+def _brute_knn_pairs(cands: Candidates, ids_N: np.ndarray, q: np.ndarray, k: int, slack: float,
+                     excl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(query, position) pairs within ``slack`` of each query's k-th approximate distance
+    (the query's excluded row left out), from the brute-force float32 pass."""
+    m, n = q.shape[0], cands.x.shape[0]
     todo = np.arange(m)
     kk = min(n, k + max(8, k) + (excl is not None))
     qi_parts, xi_parts = [], []
@@ -239,8 +258,7 @@ def exact_knn(cands: Candidates, ids_N: np.ndarray, q_Q_D: np.ndarray, k: int,
         xi_parts.append(pos[r, c])
         todo = todo[~done]
         kk = min(n, kk * 4)
-    qi, xi = np.concatenate(qi_parts), np.concatenate(xi_parts)
-    return _rank_pairs(qi, _canonical(q, x, qi, xi), ids_N[xi], m, k)
+    return np.concatenate(qi_parts), np.concatenate(xi_parts)
 
 
 def _csr(qi: np.ndarray, d2: np.ndarray, ids: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,20 +288,30 @@ def exact_range(cands: Candidates, ids_N: np.ndarray, q_Q_D: np.ndarray, r2: flo
 
 
 class ExactIndex:
-    """Exact neighbours of rows ``x_N_D`` (ids ``ids_N``); see the module doc."""
+    """Exact neighbours of rows ``x_N_D`` (ids ``ids_N``); see the module doc.
+
+    On the CPU, from 4,096 rows on, searches prune by Voronoi cells
+    (:mod:`alscale.index.neighbours_cells`): range search always; k-NN from
+    :data:`CELL_KNN_QUERIES` queries in a call (fewer are cheaper by brute force than the
+    cells' assignment pass), with about ``√(4·Q)`` cells for the first such call's ``Q``
+    queries (``params['queries']`` overrides ``Q``, e.g. the total a caller will send in
+    batches) — and no longer once the cells prune less than half of the pairs (isotropic
+    data in many dimensions). Every path gives the same answer."""
 
     mode = "exact"
     exact = True
 
     def __init__(self, x_N_D: np.ndarray, ids_N: np.ndarray, *, device: str | None = None,
-                 backend: str = "auto", cells: bool | None = None, seed: int = 0) -> None:
+                 backend: str = "auto", cells: bool | None = None, seed: int = 0,
+                 queries: int | None = None) -> None:
         self.ids = np.asarray(ids_N, dtype=np.int64)
         self._cands = Candidates(x_N_D, device, backend)
-        #: Voronoi-cell pruning for range search (``None``: from 4,096 rows on the CPU).
+        self._forced = cells is not None
         self._use_cells = (len(self) >= 4096 and self._cands.name.startswith(("numpy", "faiss-cpu"))) \
             if cells is None else bool(cells)
         self._cells: Any = None
         self._seed = seed
+        self._queries = queries
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -295,17 +323,41 @@ class ExactIndex:
     def x(self) -> np.ndarray:
         return self._cands.x
 
+    def cells(self, queries: int | None = None) -> Any:
+        """The Voronoi cells (built on first use, sized for ``queries`` k-NN queries, or for
+        range search when None)."""
+        if self._cells is None:
+            from alscale.index.neighbours_cells import Cells, default_nlist
+
+            self._cells = Cells(self._cands.x, nlist=default_nlist(len(self), queries), seed=self._seed)
+        return self._cells
+
+    def _knn_cells(self, n_queries: int) -> Any:
+        if not self._use_cells:
+            return None
+        if self._forced:
+            return self.cells(max(n_queries, self._queries or 0))
+        if self._cells is None:
+            if max(n_queries, self._queries or 0) < CELL_KNN_QUERIES:
+                return None
+            return self.cells(max(n_queries, self._queries or 0))
+        if self._cells.scan_budget > 8 * len(self) and self._cells.scan_fraction() > 0.5:
+            return None  # the cells do not prune this data
+        return self._cells
+
     def search(self, q_Q_D: np.ndarray, k: int, *, exclude_ids_Q: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        return exact_knn(self._cands, self.ids, q_Q_D, int(k), exclude_ids_Q)
+        cells = self._knn_cells(int(np.shape(q_Q_D)[0]))
+        return exact_knn(self._cands, self.ids, q_Q_D, int(k), exclude_ids_Q, cells)
 
     def range_search(self, q_Q_D: np.ndarray, r2: float, *, strict: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._use_cells and self._cells is None:
-            from alscale.index.neighbours_cells import CellRange
+        cells = self.cells() if self._use_cells else None
+        return exact_range(self._cands, self.ids, q_Q_D, float(r2), strict, cells)
 
-            self._cells = CellRange(self._cands.x, seed=self._seed)
-        return exact_range(self._cands, self.ids, q_Q_D, float(r2), strict, self._cells)
+
+#: k-NN calls with at least this many queries use the Voronoi cells (:class:`ExactIndex`).
+CELL_KNN_QUERIES = 256
 
 
 def make_index(mode: str, x_N_D: np.ndarray, ids_N: np.ndarray, *, params: dict[str, Any] | None = None,
@@ -315,7 +367,10 @@ def make_index(mode: str, x_N_D: np.ndarray, ids_N: np.ndarray, *, params: dict[
     ``params`` (approximate modes): ``nlist``, ``nprobe`` (IVF), ``pq_m``, ``pq_bits``
     (IVF-PQ), ``hnsw_m``, ``ef_construction``, ``ef_search`` (HNSW), ``train_rows``;
     defaults in :mod:`alscale.index.faiss_ann`. ``exact`` takes ``backend``
-    (``auto``/``numpy``/``faiss``/``torch``) for its candidate pass.
+    (``auto``/``numpy``/``faiss``/``torch``) for its candidate pass, ``cells``
+    (``True``/``False``; default: on the CPU from 4,096 rows) for Voronoi-cell pruning and
+    ``queries`` (the k-NN queries a caller will send, to size the cells); see
+    :class:`ExactIndex`.
     """
     check_mode(mode)
     x = np.ascontiguousarray(x_N_D, dtype=np.float32)
@@ -325,7 +380,7 @@ def make_index(mode: str, x_N_D: np.ndarray, ids_N: np.ndarray, *, params: dict[
     params = dict(params or {})
     if mode == "exact":
         return ExactIndex(x, ids, device=device, backend=str(params.get("backend", "auto")),
-                          cells=params.get("cells"), seed=seed)
+                          cells=params.get("cells"), seed=seed, queries=params.get("queries"))
     fa = _faiss()
     if fa is None:
         raise AlscaleError(f"neighbour mode {mode} needs faiss; pip install 'alscale[cpu]' (faiss-cpu) or use "

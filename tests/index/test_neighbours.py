@@ -123,3 +123,33 @@ def test_gpu_candidate_pass_equals_cpu():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(cpu.range_search(q, 20.0), gpu.range_search(q, 20.0)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_cell_pruned_knn_equals_brute_force(k):
+    x, ids = _data(3000, 10, seed=3)
+    rng = np.random.default_rng(5)
+    q = np.concatenate([x[:150], (x[150:300] + rng.standard_normal((150, 10)) * 0.3).astype(np.float32),
+                        (rng.standard_normal((20, 10)) * 8).astype(np.float32)])  # rows, near rows, far away
+    excl = np.concatenate([ids[:150], np.full(170, -1)])
+    bd, bi = _brute_knn(q, x, ids, k, excl)
+    ix = make_index("exact", x, ids, params={"backend": "numpy", "cells": True})
+    for _ in range(2):  # the second call reuses the cells
+        d, i = ix.search(q, k, exclude_ids_Q=excl)
+        np.testing.assert_array_equal(i, bi)
+        np.testing.assert_allclose(d, bd, rtol=0, atol=1e-9)
+    assert ix.cells().scan_fraction() < 0.7  # clustered data: the cells prune
+    assert i[3][0] == ids[7] and (k == 1 or i[3][1] == ids[11])  # duplicates: ties to the lower id
+    d, i = ix.search(q, k)  # without exclusion each row finds itself first
+    np.testing.assert_array_equal(i[:150, 0], ids[np.where(np.isin(np.arange(150), (7, 11)), 3, np.arange(150))])
+
+
+def test_cell_pruned_knn_with_more_neighbours_than_a_cell_and_tiny_pools():
+    x, ids = _data(600, 6, seed=4)
+    for n in (1, 5, 600):
+        ix = make_index("exact", x[:n], ids[:n], params={"cells": True})
+        for k in (1, 3, 9, 700):
+            d, i = ix.search(x[:30], k)
+            bd, bi = _brute_knn(x[:30], x[:n], ids[:n], min(k, n))
+            np.testing.assert_array_equal(i[:, :min(k, n)], bi)
+            assert (i[:, n:] == -1).all() and np.isinf(d[:, n:]).all()
