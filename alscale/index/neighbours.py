@@ -412,15 +412,35 @@ def merge_range(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple
     return _csr(qi, d2, ids, m)
 
 
-def self_knn_sq(x_N_D: np.ndarray, k: int) -> np.ndarray:
-    """Approximate (float32 pass: FAISS ``knn`` when installed, else blocked numpy) squared
-    distances from every row to its ``k`` nearest *other* rows, ascending ``[N, k]`` —
-    a fast screen; callers decide near-ties in float64 (TypiClust's typicality)."""
+#: From this many rows on, :func:`self_knn_sq` prunes by Voronoi cells; below, the float32
+#: brute-force pass is cheaper (measured on a 10k-row k-means cluster of the 8-dimensional
+#: synthetic pool: cells 0.50 s vs brute force 0.32 s; at 107k rows 16.6 s vs ~32 s).
+SELF_KNN_CELLS = 32768
+
+
+def self_knn_sq(x_N_D: np.ndarray, k: int, *, block: int = 8192) -> np.ndarray:
+    """Squared distances from every row to its ``k`` nearest *other* rows, ascending ``[N, k]``
+    — a screen, accurate to the float32 error bound (callers decide near-ties in float64,
+    as TypiClust's typicality does): the float32 brute-force pass (FAISS ``knn`` when
+    installed) below :data:`SELF_KNN_CELLS` rows, else the exact cell-pruned search
+    (canonical values), queried by the rows themselves in blocks."""
     x = np.ascontiguousarray(x_N_D, dtype=np.float32)
+    n = x.shape[0]
+    if n < SELF_KNN_CELLS:
+        return _self_knn_brute(x, k)
+    ids = np.arange(n, dtype=np.int64)
+    ix = ExactIndex(x, ids, queries=n, cells=True)
+    out = np.empty((n, k), dtype=np.float64)
+    for r0 in range(0, n, block):
+        out[r0:r0 + block], _ = ix.search(x[r0:r0 + block], k, exclude_ids_Q=ids[r0:r0 + block])
+    return out
+
+
+def _self_knn_brute(x: np.ndarray, k: int) -> np.ndarray:
     n = x.shape[0]
     kk = min(n, k + 1)
     cands = Candidates(x)
-    out = np.empty((n, kk - 1), dtype=np.float32)
+    out = np.full((n, k), np.inf, dtype=np.float64)
     step = 4096
     for r0 in range(0, n, step):
         v, pos = cands.topk(x[r0:r0 + step], kk)
@@ -428,5 +448,5 @@ def self_knn_sq(x_N_D: np.ndarray, k: int) -> np.ndarray:
         drop = np.where(own.any(axis=1), own.argmax(axis=1), kk - 1)  # itself, else the farthest
         keep = np.ones_like(own)
         keep[np.arange(v.shape[0]), drop] = False
-        out[r0:r0 + step] = np.maximum(v[keep].reshape(v.shape[0], kk - 1), 0.0)
+        out[r0:r0 + step, :kk - 1] = np.maximum(v[keep].reshape(v.shape[0], kk - 1), 0.0)
     return out

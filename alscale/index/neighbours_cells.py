@@ -41,9 +41,11 @@ import numpy as np
 
 from alscale.index.base import U64, norm_upper_bound, sq_dist_error_bound
 
-_LLOYD_ITERS = 8
+_LLOYD_ITERS = 5
 _ASSIGN_ROWS = 65536
 _QUERY_BLOCK = 2048  # queries per k-NN block (bounds the [Q, nlist] masks)
+#: The k-NN probe scans the nearest cells until they hold this many times ``kk`` rows.
+PROBE_FACTOR = 4
 
 
 def _sq64(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
@@ -63,18 +65,19 @@ def default_nlist(n: int, queries: int | None = None) -> int:
 
 
 def _lloyd(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
-    """A few Lloyd iterations on a seeded sample (float64 centroids ``[nlist, D]``)."""
+    """A few Lloyd iterations on a seeded sample (centroids ``[nlist, D]``, float64 values of
+    float32 numbers: the same in both precisions). Any centroids keep the search exact."""
     n = x.shape[0]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
-    sample = x[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))].astype(np.float64)
-    c = sample[np.sort(rng.choice(sample.shape[0], size=nlist, replace=False))]
+    sample = x[np.sort(rng.choice(n, size=min(n, 32 * nlist), replace=False))]
+    c = sample[np.sort(rng.choice(sample.shape[0], size=nlist, replace=False))].astype(np.float32)
+    s_sq = np.einsum("nd,nd->n", sample, sample)
     for _ in range(_LLOYD_ITERS):
-        lab = np.argmin(_sq64(sample, c, (c * c).sum(1)), axis=1)
+        lab, _ = _assign(sample, s_sq, c)
         cnt = np.bincount(lab, minlength=nlist)
-        sums = np.zeros_like(c)
-        np.add.at(sums, lab, sample)
-        c = np.where(cnt[:, None] > 0, sums / np.maximum(cnt, 1)[:, None], c)
-    return c
+        sums = np.stack([np.bincount(lab, weights=sample[:, j], minlength=nlist) for j in range(x.shape[1])], 1)
+        c = np.where(cnt[:, None] > 0, sums / np.maximum(cnt, 1)[:, None], c).astype(np.float32)
+    return c.astype(np.float64)
 
 
 def _assign(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +110,7 @@ class Cells:
         x = np.ascontiguousarray(x_N_D, dtype=np.float32)
         n, d = x.shape
         self.nlist = nlist = int(max(1, min(nlist or default_nlist(n), n)))
-        c = _lloyd(x, nlist, seed).astype(np.float32).astype(np.float64)  # the same in both precisions
+        c = _lloyd(x, nlist, seed)
         self.c = c
         self.c_sq = (c * c).sum(1)
         x_sq = np.einsum("nd,nd->n", x, x)
@@ -195,20 +198,41 @@ class Cells:
 
     def _probe_kth(self, q: np.ndarray, q_sq: np.ndarray, dq: np.ndarray, kk: int) -> np.ndarray:
         """Per query, the ``kk``-th smallest approximate squared distance over its nearest
-        cells holding at least ``kk`` rows (an upper bound on the true ``kk``-th, up to the
-        float32 error)."""
-        m = q.shape[0]
-        order = np.argsort(dq, axis=1, kind="stable")
-        cum = np.cumsum(self.counts[order], axis=1)
-        need = (cum < kk).sum(axis=1) + 1  # cells up to the one that reaches kk rows
-        probe = np.zeros(dq.shape, dtype=bool)
-        ranks = np.arange(dq.shape[1])[None, :] < need[:, None]
-        np.put_along_axis(probe, order, ranks, axis=1)
+        cells holding at least :data:`PROBE_FACTOR` · ``kk`` rows (an upper bound on the true
+        ``kk``-th, up to the float32 error; more rows than ``kk`` make it tighter)."""
+        m, want = q.shape[0], min(self.n, PROBE_FACTOR * kk)
+        probe = self._nearest_cells(dq, want)
         best = np.full((m, kk), np.inf, dtype=np.float32)
         for qs, _, approx in self._blocks(q, q_sq, probe):
-            both = np.concatenate([best[qs], approx], axis=1)
-            best[qs] = np.partition(both, kk - 1, axis=1)[:, :kk]
+            self._merge(best, qs, approx)
         return best.max(axis=1).astype(np.float64)
+
+    def _nearest_cells(self, dq: np.ndarray, want: int) -> np.ndarray:
+        """``[Q, nlist]``: per query, its nearest cells (by centroid distance) up to the one
+        that brings their rows to ``want``."""
+        m, n_cells = dq.shape
+        probe = np.zeros(dq.shape, dtype=bool)
+        few = min(n_cells, 16)
+        near = np.argpartition(dq, few - 1, axis=1)[:, :few] if few < n_cells else \
+            np.tile(np.arange(n_cells), (m, 1))
+        near = np.take_along_axis(near, np.argsort(np.take_along_axis(dq, near, 1), axis=1, kind="stable"), 1)
+        need = (np.cumsum(self.counts[near], axis=1) < want).sum(axis=1) + 1
+        r, c = np.nonzero(np.arange(few)[None, :] < np.minimum(need, few)[:, None])
+        probe[r, near[r, c]] = True
+        short = np.flatnonzero(need > few)  # the nearest few cells hold too few rows
+        if short.size:
+            order = np.argsort(dq[short], axis=1, kind="stable")
+            need_s = (np.cumsum(self.counts[order], axis=1) < want).sum(axis=1) + 1
+            r, c = np.nonzero(np.arange(n_cells)[None, :] < need_s[:, None])
+            probe[short[r], order[r, c]] = True
+        return probe
+
+    @staticmethod
+    def _merge(best: np.ndarray, qs: np.ndarray, approx: np.ndarray) -> None:
+        """Keep per query the ``kk`` smallest of ``best`` and a new block (unordered)."""
+        kk = best.shape[1]
+        both = np.concatenate([best[qs], approx], axis=1)
+        best[qs] = np.partition(both, kk - 1, axis=1)[:, :kk]
 
     def knn_candidates(self, q: np.ndarray, kk: int, slack: float) -> tuple[np.ndarray, np.ndarray]:
         """Pairs (query, row position) with approximate squared distance within ``slack``
@@ -223,15 +247,35 @@ class Cells:
             self.scan_budget += qb.shape[0] * self.n
             limit = self._probe_kth(qb, q_sq, dq, kk) + slack
             visit = self.relevant(qb, np.sqrt(limit), dq, e_q)
-            qi, xi = self.range_candidates(qb, limit, 0.0, visit)
-            self.scan_budget -= qb.shape[0] * self.n  # counted once per query
-            qi_all.append(qi + q0)
-            xi_all.append(xi)
-        return np.concatenate(qi_all), np.concatenate(xi_all)
+            lim32 = limit.astype(np.float32)
+            qi_l, xi_l, v_l = [], [], []
+            for qs, a, approx in self._blocks(qb, q_sq, visit):
+                r, c = np.nonzero(approx <= lim32[qs, None])
+                qi_l.append(qs[r])
+                xi_l.append(self.order[a + c])
+                v_l.append(approx[r, c])
+            qi, xi, v = np.concatenate(qi_l), np.concatenate(xi_l), np.concatenate(v_l).astype(np.float64)
+            # every row within the probe's radius was seen: its kk-th smallest is the float32 kk-th
+            keep = v <= _kth_per_query(qi, v, qb.shape[0], kk)[qi] + slack
+            qi_all.append(qi[keep] + q0)
+            xi_all.append(xi[keep])
+        return np.concatenate(qi_all).astype(np.int64), np.concatenate(xi_all).astype(np.int64)
 
     def scan_fraction(self) -> float:
         """Row-query pairs computed so far over the brute-force count (1.0: no pruning)."""
         return self.scanned / self.scan_budget if self.scan_budget else 0.0
+
+
+def _kth_per_query(qi: np.ndarray, v: np.ndarray, m: int, kk: int) -> np.ndarray:
+    """Per query ``0..m-1``, the ``kk``-th smallest of its values ``v`` (inf when fewer)."""
+    o = np.lexsort((v, qi))
+    qs, vs = qi[o], v[o]
+    starts = np.searchsorted(qs, np.arange(m))
+    counts = np.bincount(qs, minlength=m)
+    out = np.full(m, np.inf)
+    ok = counts >= kk
+    out[ok] = vs[starts[ok] + kk - 1]
+    return out
 
 
 #: The former name (range search only).

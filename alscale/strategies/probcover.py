@@ -35,6 +35,7 @@ import logging
 from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
+from alscale.strategies import clustering
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
@@ -88,7 +89,7 @@ def _pairs_within(a: np.ndarray, b: np.ndarray, limit_sq: float, *, strict: bool
 def pc_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``[start, stop)`` of this shard: (row_ids, normalised embeddings, k-means labels or empty)."""
     x = _normed(state, normalize)
-    labels = state.strategy_state.get("kmeans")
+    labels = clustering.labels(state, required=False)
     lab = labels[start:stop] if labels is not None else np.empty(0, np.int64)
     return state.row_ids_N[start:stop], x[start:stop], lab
 
@@ -98,7 +99,7 @@ def pc_other_label_dist(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarr
     """Lower each row's squared distance to its nearest row of another pseudo-label."""
     x = _normed(state, normalize)
     sc = state.strategy_state["probcover"]
-    mine = state.strategy_state["kmeans"]
+    mine = clustering.labels(state)
     r = sc.setdefault("r_sq", np.full(x.shape[0], np.inf))
     rows = max(1, _PAIRS // max(1, x_M_D.shape[0]))
     m_sq = (x_M_D.astype(np.float64) ** 2).sum(1)

@@ -35,6 +35,7 @@ import numpy as np
 from alscale.errors import AlscaleError
 from alscale.index.neighbours import Candidates, exact_knn, is_exact
 from alscale.strategies import noise, progress
+from alscale.strategies import clustering
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 
@@ -61,13 +62,13 @@ def pcg_sample(state: ShardState, seed: int, round: int, frac: float, normalize:
     """This shard's rows with keyed uniform noise below ``frac``: (ids, normalised x, labels)."""
     u = noise.keyed_uniform(seed, round, state.row_ids_N)
     pos = np.flatnonzero(u < frac)
-    return state.row_ids_N[pos], _normed(state, normalize)[pos], state.scratch["kmeans"][pos]
+    return state.row_ids_N[pos], _normed(state, normalize)[pos], clustering.labels(state)[pos]
 
 
 def _by_label(state: ShardState, normalize: bool) -> dict[str, Any]:
     sc = _sc(state)
     if "label_order" not in sc:
-        labels = np.asarray(state.scratch["kmeans"], np.int64)
+        labels = np.asarray(clustering.labels(state), np.int64)
         order = np.argsort(labels, kind="stable")
         xs = np.ascontiguousarray(_normed(state, normalize)[order])
         sc["label_order"] = {"labels": labels[order], "x": xs, "x_sq": np.einsum("nd,nd->n", xs, xs),
@@ -102,7 +103,7 @@ def pcg_other_label_within(state: ShardState, x_M_D: np.ndarray, labels_M: np.nd
     if it is below ``tau_sq``, else inf (a range search on the shard's exact index)."""
     lims, d2, pos = _sc(state)["index"].range_search(x_M_D, tau_sq, strict=True)
     q = np.repeat(np.arange(x_M_D.shape[0]), np.diff(lims))
-    other = state.scratch["kmeans"][pos] != np.asarray(labels_M)[q]
+    other = clustering.labels(state)[pos] != np.asarray(labels_M)[q]
     out = np.full(x_M_D.shape[0], np.inf)
     np.minimum.at(out, q[other], d2[other])
     return out

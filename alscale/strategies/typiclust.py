@@ -77,8 +77,8 @@ def typicality(x_N_D: np.ndarray, knn: int) -> np.ndarray:
 
     x = np.asarray(x_N_D, dtype=np.float64)
     x = x - x.mean(axis=0)
-    # float32 screen on the neighbour layer (FAISS kNN when installed; issue 16)
-    out = 1.0 / (np.sqrt(self_knn_sq(x, k).astype(np.float64)).mean(axis=1) + 1e-5)
+    # screen on the neighbour layer (exact k-NN of the float32 rows, cell-pruned; issue 16)
+    out = 1.0 / (np.sqrt(self_knn_sq(x, k)).mean(axis=1) + 1e-5)
     top = np.flatnonzero(out >= out.max() * (1.0 - SCREEN_MARGIN))
     out[top] = 1.0 / (knn_mean_distance(x, k, rows=top) + 1e-5)
     return out

@@ -15,6 +15,7 @@ import torch
 from alscale.errors import AlscaleError
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import FanoutShards, InProcessFanout, ShardState, registry, run_strategy
+from alscale.strategies import clustering
 from alscale.strategies.clustering import canonical_argmin, kmeans
 from alscale.strategies.egl import egl_scores
 from tests.conftest import log_softmax
@@ -35,7 +36,7 @@ def make_shards(ids, emb, lp=None, n_shards=1, labeled=()):
 
 
 def labels_of(states) -> dict[int, int]:
-    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, s.scratch["kmeans"])}
+    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, clustering.labels(s))}
 
 
 @pytest.fixture(scope="module")
@@ -635,3 +636,19 @@ def test_new_strategies_on_ray_equal_local(data, tmp_path, ray_session, name, op
         out[executor] = run_job(job, out_dir=tmp_path / executor, progress=False).selection
     assert out["ray"].indices_B.tolist() == out["local"].indices_B.tolist()
     np.testing.assert_array_equal(out["ray"].scores_B, out["local"].scores_B)
+
+
+def test_kmeans_bounds_skip_rows_without_changing_any_assignment(data, monkeypatch):
+    """Hamerly's bounds (the rows whose cluster cannot change are skipped) give exactly the
+    labels, centers and iteration count of assigning every row at every iteration."""
+    ids, emb, _ = data
+    runs = []
+    for bounded in (True, False):
+        if not bounded:
+            monkeypatch.setattr(clustering, "_stale_rows", lambda km, c: np.arange(km.x_N_D.shape[0]))
+        shards, states = make_shards(ids, emb, n_shards=3)
+        km = kmeans(shards, 12, seed=5, round=0, tol=0.0)
+        runs.append((km, labels_of(states)))
+    (a, la), (b, lb) = runs
+    np.testing.assert_array_equal(a["centers"], b["centers"])
+    assert la == lb and a["iters"] == b["iters"] and a["iters"] > 2
