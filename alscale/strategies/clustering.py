@@ -101,7 +101,10 @@ def _assign_block(xb: np.ndarray, xs: np.ndarray, c: np.ndarray, c_m2: np.ndarra
     # ‖c‖² − 2 x·c: the squared distance less the row's own ‖x‖², which does not change the
     # order; its float32 error is at most half the slack (alscale.index.base's bound covers
     # the full expression), so the slack still certifies every decision below.
-    approx = xb @ c_m2.T
+    from alscale.index.blas import threads_for
+
+    with threads_for(xb.shape[0] * c.shape[0] * c.shape[1]):
+        approx = xb @ c_m2.T
     approx += c_sq[None, :]
     first = approx.argmin(axis=1)
     at = np.arange(xb.shape[0])

@@ -116,16 +116,46 @@ def _quantile_sq(r_sq: np.ndarray, purity: float) -> float:
     return float(r[m - 1])
 
 
-def _sample_r(shards: Shards, n: int, sample: int, seed: int, round: int, normalize: bool, chunk_rows: int
-              ) -> np.ndarray:
+def _sample(shards: Shards, n: int, sample: int, seed: int, round: int, normalize: bool
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """About ``sample`` rows drawn by keyed uniform noise: (normalised x, pseudo-labels)."""
     parts = shards.call(_OP + "pcg_sample", seed, round, float(sample) / n, normalize)
-    x = np.concatenate([p[1] for p in parts])
-    lab = np.concatenate([p[2] for p in parts])
-    out = []
-    for s0 in range(0, x.shape[0], chunk_rows):
-        res = shards.call(_OP + "pcg_other_label", x[s0:s0 + chunk_rows], lab[s0:s0 + chunk_rows], normalize)
-        out.append(np.min(np.stack(res), axis=0))
-    return np.concatenate(out) if out else np.empty(0)
+    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def _other_label_sq(shards: Shards, chunks: Any, op: str, *args: Any) -> np.ndarray:
+    """Per row of ``chunks()`` ((x, labels) pairs), the minimum over shards of ``op``."""
+    parts = [np.min(np.stack(shards.call(_OP + op, x, lab, *args)), axis=0) for x, lab in chunks()]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _rule_rows(shards: Shards, n: int, sample: int | None, seed: int, round: int, normalize: bool,
+               chunk_rows: int) -> tuple[Any, int]:
+    """The rows the purity rule is applied to — every row, or the keyed sample — as a
+    function giving their (x, labels) chunks, and their number."""
+    from alscale.strategies.probcover import _chunks
+
+    if sample is None or sample >= n:
+        sizes = [int(v) for v in shards.call(_PC + "pc_size")]
+        return (lambda: ((x, lab) for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize))), n
+    x, lab = _sample(shards, n, sample, seed, round, normalize)
+    return (lambda: ((x[s:s + chunk_rows], lab[s:s + chunk_rows]) for s in range(0, x.shape[0], chunk_rows))), \
+        int(x.shape[0])
+
+
+def _first_radius(shards: Shards, n: int, t: int, m: int, seed: int, round: int, normalize: bool,
+                  chunk_rows: int) -> float:
+    """A radius τ likely above the rule's quantile: from the exact distances of a keyed
+    probe of :data:`_PROBE` rows (brute-force 1-NN per label)."""
+    x, lab = _sample(shards, n, min(n, _PROBE), seed + 1, round, normalize)
+    probe = _other_label_sq(shards, lambda: ((x[s:s + chunk_rows], lab[s:s + chunk_rows])
+                                             for s in range(0, x.shape[0], chunk_rows)), "pcg_other_label", normalize)
+    probe = probe[np.isfinite(probe)]
+    return float(np.quantile(probe, min(1.0, 2.0 * t / m + 0.01))) * 1.2 if probe.size else 0.0
+
+
+#: Rows of the probe that suggests the first radius of the purity rule's range searches.
+_PROBE = 1000
 
 
 def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bool, chunk_rows: int, seed: int,
@@ -133,39 +163,27 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
     """The largest δ at which at least ``purity`` of the δ-balls are pure; with ``sample``,
     of the balls around about ``sample`` keyed-random rows (approximate).
 
-    Exact: a keyed sample of rows (brute-force 1-NN per label) suggests a radius τ above the
-    quantile; one range search at τ per row (the shards' exact cell-pruned indexes, built
-    by ``pcg_index`` before) gives every distance below τ exactly. When at least the
-    ``n - ceil(purity·n) + 1`` smallest are among them, the quantile is exact; otherwise τ
-    grows and the pass repeats."""
-    from alscale.strategies.probcover import _chunks
-
+    A probe (brute-force 1-NN per label) suggests a radius τ above the quantile; one range
+    search at τ per rule row (the shards' exact cell-pruned indexes, built by ``pcg_index``)
+    gives every distance below τ exactly. When at least the ``m - ceil(purity·m) + 1``
+    smallest of the ``m`` rows' distances are among them, the quantile is exact; otherwise
+    τ grows and the pass repeats."""
     n = shards.n_rows()
     kmeans(shards, int(min(n_classes, n)), seed=seed, round=round, max_iters=kmeans_iters)
     try:
-        if sample is not None and sample < n:
-            r_sq = _sample_r(shards, n, sample, seed, round, normalize, chunk_rows)
-            return float(math.sqrt(_quantile_sq(r_sq, purity))) if r_sq.size and \
-                np.isfinite(_quantile_sq(r_sq, purity)) else float("inf")
+        chunks, m = _rule_rows(shards, n, sample, seed, round, normalize, chunk_rows)
+        if m == 0:
+            return float("inf")
         shards.call(_OP + "pcg_index", "exact", {}, normalize, int(seed), True)  # after k-means: its own state
-        t = n - max(1, math.ceil(purity * n)) + 1  # the t-th smallest squared distance is δ²
-        probe = _sample_r(shards, n, min(n, 4000), seed + 1, round, normalize, chunk_rows)
-        probe = probe[np.isfinite(probe)]
-        tau = float(np.quantile(probe, min(1.0, 2.0 * t / n + 0.01))) * 1.2 if probe.size else 0.0
-        sizes = [int(v) for v in shards.call(_PC + "pc_size")]
+        t = m - max(1, math.ceil(purity * m)) + 1  # the t-th smallest squared distance is δ²
+        tau = _first_radius(shards, n, t, m, seed, round, normalize, chunk_rows)
         while 0.0 < tau < 4.0 + 1e-9:  # unit vectors: every squared distance is <= 4
-            parts = []
-            for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
-                res = shards.call(_OP + "pcg_other_label_within", x, lab, tau)
-                parts.append(np.min(np.stack(res), axis=0))
-            r_sq = np.concatenate(parts)
+            r_sq = _other_label_sq(shards, chunks, "pcg_other_label_within", tau)
             if np.count_nonzero(r_sq < tau) >= t:
                 return float(math.sqrt(np.partition(r_sq, t - 1)[t - 1]))
             tau *= 4.0
         # Not normalised, or one label: every row's distance, brute force.
-        r_sq = np.concatenate([np.min(np.stack(shards.call(_OP + "pcg_other_label", x, lab, normalize)), axis=0)
-                               for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize)])
-        q = _quantile_sq(r_sq, purity)
+        q = _quantile_sq(_other_label_sq(shards, chunks, "pcg_other_label", normalize), purity)
         return float(math.sqrt(q)) if np.isfinite(q) else float("inf")
     finally:
         shards.call(_OP + "pcg_drop_purity")
