@@ -652,3 +652,24 @@ def test_kmeans_bounds_skip_rows_without_changing_any_assignment(data, monkeypat
     (a, la), (b, lb) = runs
     np.testing.assert_array_equal(a["centers"], b["centers"])
     assert la == lb and a["iters"] == b["iters"] and a["iters"] > 2
+
+
+def test_alfamix_nearest_candidate_per_centroid_equals_a_full_pass_per_centroid():
+    from alscale.strategies.alfamix import nearest_per_centroid
+
+    rng = np.random.default_rng(7)
+    x = blobs(3000, 5, 6, seed=8)
+    x[10] = x[20]  # a tie: the lower id first
+    ids = np.sort(rng.permutation(10 ** 6)[:3000]).astype(np.int64)
+    # centroids on rows, three on the tied pair, 30 on one point (their few neighbours get
+    # taken, so the later ones search again)
+    centers = np.concatenate([x[rng.choice(3000, 300)] + 0.01, x[[10, 10, 10]], np.repeat(x[[5]], 30, 0)]
+                             ).astype(np.float32)
+    got_i, got_d = nearest_per_centroid(x, ids, centers)
+    taken = np.zeros(3000, dtype=bool)
+    for j in range(centers.shape[0]):  # the reference: a full canonical pass per centroid
+        d = sq_dist_rows(x, centers[j])
+        d[taken] = np.inf
+        best = int(np.lexsort((ids, d))[0])
+        taken[best] = True
+        assert got_i[j] == ids[best] and got_d[j] == d[best]
