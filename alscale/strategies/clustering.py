@@ -17,7 +17,8 @@ times the weighted spread of the centers (sklearn's tolerance, on the between-cl
 variance), or after ``max_iters``; a cluster left empty keeps its center. Both tests use
 exact quantities, so they too are the same for any sharding.
 
-**Hamerly's bounds** (Hamerly, SDM 2010; Elkan, ICML 2003) skip the rows whose cluster
+**Hamerly's bounds** (Hamerly, SDM 2010; Elkan, ICML 2003; the assignment kernels are
+:mod:`alscale.strategies.clustering_assign`) skip the rows whose cluster
 cannot change: each row keeps an upper bound ``u`` on its true distance to its center and
 a lower bound ``l`` on its distance to every other center. When the centers move by
 ``δ_j``, ``u += δ_own`` and ``l −= max_{j ≠ own} δ_j`` stay bounds (triangle inequality);
@@ -40,13 +41,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from alscale.index.exact import combine_exact_sums, sq_dist_rows
+from alscale.strategies import clustering_assign as ca
 from alscale.strategies.shards import Shards, ShardState, shard_op
 
 logger = logging.getLogger(__name__)
 
 _OP = "alscale.strategies.clustering."
 _ROWS_PER_BLOCK = 16384
-_ASSIGN_BLOCK = 4096  # rows per assignment block (its [rows, K] distances stay in cache)
 _KEY = "kmeans"
 #: Relative gap between the bounds that certifies a row's cluster (float64 distances are
 #: accurate to ~1e-15 relative; the margin keeps every decision far from rounding).
@@ -56,95 +57,13 @@ _MARGIN = 1e-9
 def canonical_argmin(x_N_D: np.ndarray, centers_K_D: np.ndarray, x_sq_N: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Index of the canonical nearest center of each row (ties: lower index) and its
-    canonical squared distance; float32 GEMMs prune, float64 decides (module docstring).
-    ``x_sq_N``: the rows' squared norms (float32), when the caller keeps them."""
-    a = _assign(x_N_D, centers_K_D, x_sq_N, canonical_d2=True)
-    return a.labels_N, a.d2_N
-
-
-class Assignment(NamedTuple):
-    """Canonical nearest centers of rows: ``labels_N``; ``d2_N`` (float64), the canonical
-    squared distance to it, or (``canonical_d2=False``) an upper bound on the true one;
-    ``lower_sq_N``, a lower bound on the true squared distance to every other center (0
-    where a near tie was decided canonically)."""
-
-    labels_N: np.ndarray
-    d2_N: np.ndarray
-    lower_sq_N: np.ndarray
-
-
-def _assign(x_N_D: np.ndarray, centers_K_D: np.ndarray, x_sq_N: np.ndarray | None = None, *,
-            canonical_d2: bool = False) -> Assignment:
-    from alscale.index.base import norm_upper_bound
-    from alscale.index.numpy_backend import NumpyBackend
-
+    canonical squared distance; float32 GEMMs prune, float64 decides (module docstring;
+    the kernels are :mod:`alscale.strategies.clustering_assign`). ``x_sq_N``: the rows'
+    squared norms (float32), when the caller keeps them."""
     x = np.ascontiguousarray(x_N_D, dtype=np.float32)
-    c = np.ascontiguousarray(centers_K_D, dtype=np.float32)
-    n = x.shape[0]
-    out = Assignment(np.zeros(n, dtype=np.int64), np.full(n, np.inf), np.zeros(n))
-    if n == 0:
-        return out
-    x_sq = _sq_norms(x) if x_sq_N is None else x_sq_N
-    c_sq = _sq_norms(c)
-    d = x.shape[1]
-    slack = 2.0 * NumpyBackend().error_bound(norm_upper_bound(float(x_sq.max()), d),
-                                             norm_upper_bound(float(c_sq.max()), d), d)
-    c_m2 = c * np.float32(-2.0)  # exact: x·(−2c) = −2 (x·c) bit for bit
-    for r0 in range(0, n, _ASSIGN_BLOCK):
-        _assign_block(x[r0:r0 + _ASSIGN_BLOCK], x_sq[r0:r0 + _ASSIGN_BLOCK], c, c_m2, c_sq, slack, out, r0,
-                      canonical_d2)
-    return out
-
-
-def _assign_block(xb: np.ndarray, xs: np.ndarray, c: np.ndarray, c_m2: np.ndarray, c_sq: np.ndarray, slack: float,
-                  out: Assignment, r0: int, canonical_d2: bool) -> None:
-    # ‖c‖² − 2 x·c: the squared distance less the row's own ‖x‖², which does not change the
-    # order; its float32 error is at most half the slack (alscale.index.base's bound covers
-    # the full expression), so the slack still certifies every decision below.
-    from alscale.index.blas import threads_for
-
-    with threads_for(xb.shape[0] * c.shape[0] * c.shape[1]):
-        approx = xb @ c_m2.T
-    approx += c_sq[None, :]
-    first = approx.argmin(axis=1)
-    at = np.arange(xb.shape[0])
-    low = approx[at, first].astype(np.float64)
-    xs64 = xs.astype(np.float64)
-    if c.shape[0] > 1:  # a row whose runner-up is farther than the slack is decided
-        approx[at, first] = np.inf
-        runner_up = approx.min(axis=1).astype(np.float64)
-        approx[at, first] = low
-        decided = (runner_up - low) > slack
-        out.lower_sq_N[r0:r0 + xb.shape[0]] = np.where(decided, np.maximum(runner_up + xs64 - slack, 0.0), 0.0)
-    else:
-        decided = np.ones(xb.shape[0], dtype=bool)
-        out.lower_sq_N[r0:r0 + xb.shape[0]] = np.inf
-    dec = np.flatnonzero(decided)
-    out.labels_N[r0 + dec] = first[dec]
-    out.d2_N[r0 + dec] = sq_dist_rows(xb[dec], c[first[dec]]) if canonical_d2 else low[dec] + xs64[dec] + slack
-    open_rows = np.flatnonzero(~decided)
-    if open_rows.size == 0:
-        return
-    sub = approx[open_rows]
-    limit = sub.min(axis=1).astype(np.float64) + slack
-    rows, cols = np.nonzero(sub <= limit[:, None])
-    rows = open_rows[rows]
-    exact = sq_dist_rows(xb[rows], c[cols])
-    # Per row: the smallest exact distance, ties to the lower center (lexsort: last key first).
-    order = np.lexsort((cols, exact, rows))
-    head = np.ones(order.shape[0], dtype=bool)
-    head[1:] = rows[order][1:] != rows[order][:-1]
-    pick = order[head]
-    out.labels_N[r0 + rows[pick]] = cols[pick]
-    out.d2_N[r0 + rows[pick]] = exact[pick]
-
-
-def _sq_norms(x: np.ndarray) -> np.ndarray:
-    out = np.empty(x.shape[0], dtype=np.float32)
-    for r0 in range(0, x.shape[0], _ROWS_PER_BLOCK):
-        xb = x[r0:r0 + _ROWS_PER_BLOCK].astype(np.float64)
-        out[r0:r0 + _ROWS_PER_BLOCK] = np.einsum("nd,nd->n", xb, xb)
-    return out
+    x_sq = ca.sq_norms(x) if x_sq_N is None else x_sq_N
+    a = ca.assign(x, x_sq, ca.prepare(centers_K_D, float(x_sq.max(initial=0.0))), canonical_d2=True)
+    return a.labels_N, a.d2_N
 
 
 # -- shard state and ops --------------------------------------------------------------------
@@ -194,7 +113,7 @@ def _km(state: ShardState) -> KMeansShard:
     km = state.strategy_state.get(_KEY)
     if km is None:
         x = np.ascontiguousarray(_emb(state), dtype=np.float32)
-        km = state.strategy_state[_KEY] = KMeansShard(x, _sq_norms(x))
+        km = state.strategy_state[_KEY] = KMeansShard(x, ca.sq_norms(x))
     return km
 
 
@@ -241,7 +160,7 @@ def km_assign(state: ShardState, centers_K_D: np.ndarray) -> AssignResult:
     k, n = centers.shape[0], km.x_N_D.shape[0]
     old = km.labels_N
     if old is None or km.centers_K_D is None or km.centers_K_D.shape != centers.shape:
-        a = _assign(km.x_N_D, centers, km.x_sq_N)
+        a = ca.assign(km.x_N_D, km.x_sq_N, ca.prepare(centers, float(km.x_sq_N.max(initial=0.0))))
         changed = n if old is None or old.shape != a.labels_N.shape else int(np.count_nonzero(old != a.labels_N))
         km.labels_N, km.upper_N = a.labels_N, np.sqrt(a.d2_N) * (1.0 + 1e-12)
         km.lower_N = np.sqrt(a.lower_sq_N)
@@ -249,7 +168,7 @@ def km_assign(state: ShardState, centers_K_D: np.ndarray) -> AssignResult:
         _update_sums(km, np.arange(n), None, km.labels_N)
     else:
         rows = _stale_rows(km, centers)
-        a = _assign(km.x_N_D[rows], centers, km.x_sq_N[rows])
+        a = ca.assign(km.x_N_D[rows], km.x_sq_N[rows], ca.prepare(centers, float(km.x_sq_N.max(initial=0.0))))
         new_labels = old.copy()
         new_labels[rows] = a.labels_N
         km.upper_N[rows] = np.sqrt(a.d2_N) * (1.0 + 1e-12)
