@@ -146,7 +146,8 @@ def _numpy_range(q: np.ndarray, x: np.ndarray, x_sq: np.ndarray, limit: float) -
 
 class Candidates:
     """The float32 candidate pass over fixed rows ``x``: FAISS flat (CPU or GPU), torch on
-    CUDA, or numpy — whichever is available, in that order (``backend`` forces one)."""
+    CUDA, or numpy — whichever is available, in that order (``backend`` forces one;
+    ``torch`` on the CPU runs the GPU path's code where no GPU is, for tests)."""
 
     def __init__(self, x_N_D: np.ndarray, device: str | None = None, backend: str = "auto",
                  x_sq_N: np.ndarray | None = None) -> None:
@@ -161,11 +162,11 @@ class Candidates:
         if fa is not None and (not want_gpu or fa.gpu_ok(device)):
             self._impl = fa.FlatCandidates(self.x, device if want_gpu else "cpu")
             self.name = f"faiss-{'gpu' if want_gpu else 'cpu'}"
-        elif want_gpu and backend in ("auto", "torch"):
+        elif (want_gpu and backend == "auto") or backend == "torch":
             from alscale.index.neighbours_torch import TorchCandidates
 
-            self._impl = TorchCandidates(self.x, device)
-            self.name = "torch-cuda"
+            self._impl = TorchCandidates(self.x, device or "cpu")  # the GPU path, also runnable on the CPU
+            self.name = f"torch-{'cuda' if want_gpu else 'cpu'}"
 
     def topk(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         if self._impl is not None:

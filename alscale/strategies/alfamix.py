@@ -25,7 +25,7 @@ process on the rows in ``row_id`` order, so the picks are the same for any shard
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,10 +66,24 @@ def mix_flags(z_N_E: np.ndarray, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C
     return flags
 
 
-@shard_op
+class MixCandidates(NamedTuple):
+    """A shard's candidate rows (their prediction changes under some mixture): ids, embeddings."""
+
+    row_ids_C: np.ndarray
+    embeddings_C_D: np.ndarray
+
+
+class Draws(NamedTuple):
+    """A shard's best rows by keyed uniform noise (the random fill): noise and ids."""
+
+    u_K: np.ndarray
+    row_ids_K: np.ndarray
+
+
+@shard_op(mutates=False)
 def alfa_candidates(state: ShardState, anchors_Y_E: np.ndarray, w_C_E: np.ndarray, b_C: np.ndarray,
-                    eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(row_ids, embeddings) of this shard's candidate rows (module docstring)."""
+                    eps: float) -> MixCandidates:
+    """This shard's candidate rows (module docstring)."""
     if state.embeddings_N_D is None:
         raise AlscaleError("strategy alfamix needs embeddings, but this shard has none")
     cand = np.flatnonzero(state.candidates_N)
@@ -78,15 +92,16 @@ def alfa_candidates(state: ShardState, anchors_Y_E: np.ndarray, w_C_E: np.ndarra
         rows = cand[r0:r0 + _ROWS]
         keep.append(rows[mix_flags(state.embeddings_N_D[rows], anchors_Y_E, w_C_E, b_C, eps)])
     pos = np.concatenate(keep) if keep else np.empty(0, np.int64)
-    return state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+    return MixCandidates(state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32))
 
 
-@shard_op
-def alfa_random(state: ShardState, seed: int, round: int, k: int, exclude: np.ndarray) -> tuple:
+@shard_op(mutates=False)
+def alfa_random(state: ShardState, seed: int, round: int, k: int, exclude: np.ndarray) -> Draws:
+    """This shard's best ``k`` candidate rows outside ``exclude`` by keyed uniform noise."""
     cand = np.flatnonzero(state.candidates_N & ~np.isin(state.row_ids_N, exclude))
     u = noise.keyed_uniform(seed, round, state.row_ids_N[cand])
     o = np.lexsort((state.row_ids_N[cand], -u))[:k]
-    return u[o], state.row_ids_N[cand][o]
+    return Draws(u[o], state.row_ids_N[cand][o])
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +134,8 @@ def select_alfamix(shards: Shards, budget: int, *, options: dict[str, Any], seed
         picks, scores = _cluster_picks(c_ids, c_emb, budget, seed, round)
     if len(picks) < budget:  # fewer candidates than the budget: the rest at random, as the reference
         parts = shards.call(_OP + "alfa_random", seed, round, budget - len(picks), np.asarray(picks, np.int64))
-        u = np.concatenate([p[0] for p in parts])
-        r = np.concatenate([p[1] for p in parts])
+        u = np.concatenate([p.u_K for p in parts])
+        r = np.concatenate([p.row_ids_K for p in parts])
         o = np.lexsort((r, -u))[:budget - len(picks)]
         picks += r[o].tolist()
         scores += [0.0] * o.shape[0]
@@ -150,8 +165,8 @@ def _candidates(shards: Shards, head: Any, labels: Any, eps: float) -> tuple[np.
     y = lab_y[pos[known]]
     anchors = np.stack([emb[known][y == c].mean(axis=0) for c in np.unique(y)])
     parts = shards.call(_OP + "alfa_candidates", anchors, w, b, eps)
-    c_ids = np.concatenate([p[0] for p in parts])
-    c_emb = np.concatenate([p[1] for p in parts])
+    c_ids = np.concatenate([p.row_ids_C for p in parts])
+    c_emb = np.concatenate([p.embeddings_C_D for p in parts])
     o = np.argsort(c_ids)
     return c_ids[o], c_emb[o]
 

@@ -227,19 +227,34 @@ def _cluster_sums(km: KMeansShard, counts: np.ndarray) -> list:
     return [(int(j), (exps, n, km.sums[int(j)])) for j in np.flatnonzero(counts)]
 
 
+class ClusterLabels(NamedTuple):
+    """Rows of one shard with their cluster and whether they are labelled."""
+
+    row_ids_R: np.ndarray
+    labels_R: np.ndarray
+    labeled_R: np.ndarray
+
+
+class ClusterCounts(NamedTuple):
+    """One shard's rows per cluster and labelled rows per cluster."""
+
+    rows_K: np.ndarray
+    labeled_K: np.ndarray
+
+
 @shard_op(mutates=False)
-def km_labels(state: ShardState, row_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row_ids, cluster labels, labelled flags) of the requested rows (all rows when None)."""
+def km_labels(state: ShardState, row_ids: np.ndarray | None = None) -> ClusterLabels:
+    """The requested rows (all rows when None) with their clusters."""
     lab = labels(state)
     pos = np.arange(state.row_ids_N.shape[0]) if row_ids is None else np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    return state.row_ids_N[pos], lab[pos], state.labeled_N[pos]
+    return ClusterLabels(state.row_ids_N[pos], lab[pos], state.labeled_N[pos])
 
 
 @shard_op(mutates=False)
-def km_counts(state: ShardState, k: int) -> tuple[np.ndarray, np.ndarray]:
+def km_counts(state: ShardState, k: int) -> ClusterCounts:
     """Rows per cluster and labelled rows per cluster, ``[k]`` each."""
     lab = labels(state)
-    return np.bincount(lab, minlength=k), np.bincount(lab[state.labeled_N], minlength=k)
+    return ClusterCounts(np.bincount(lab, minlength=k), np.bincount(lab[state.labeled_N], minlength=k))
 
 
 @shard_op(mutates=False)

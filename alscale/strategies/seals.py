@@ -14,6 +14,8 @@ top-k exactly, so the candidate set — and the selection — is the same for an
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
@@ -25,20 +27,27 @@ _QUERIES = 4096  # labelled rows per round trip
 _KEY = "seals"
 
 
+class LabeledRows(NamedTuple):
+    """A shard's labelled rows: ids and embeddings (float32)."""
+
+    row_ids_L: np.ndarray
+    embeddings_L_D: np.ndarray
+
+
 @shard_op(mutates=False)
-def seals_labeled(state: ShardState) -> tuple[np.ndarray, np.ndarray]:
-    """(row_ids, embeddings) of this shard's labelled rows."""
+def seals_labeled(state: ShardState) -> LabeledRows:
+    """This shard's labelled rows."""
     if state.embeddings_N_D is None:
         raise AlscaleError("the SEALS candidate filter needs embeddings, but this shard has none")
     pos = np.flatnonzero(state.labeled_N)
-    return state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+    return LabeledRows(state.row_ids_N[pos], np.asarray(state.embeddings_N_D[pos], dtype=np.float32))
 
 
 def labeled_rows(shards: Shards) -> tuple[np.ndarray, np.ndarray]:
     """Every labelled row's id and embedding, by ascending ``row_id``: ``(ids_L, emb_L_D)``."""
     parts = shards.call(_OP + "seals_labeled")
-    ids = np.concatenate([p[0] for p in parts])
-    emb = np.concatenate([p[1] for p in parts])
+    ids = np.concatenate([p.row_ids_L for p in parts])
+    emb = np.concatenate([p.embeddings_L_D for p in parts])
     o = np.argsort(ids, kind="stable")
     return ids[o], emb[o]
 

@@ -101,7 +101,7 @@ def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], se
     k = int(min(n_labeled + budget, options["max_clusters"], n_cand))
     km = kmeans(shards, k, seed=seed, round=round, max_iters=options["kmeans_iters"])
     counts = km["counts"]
-    labeled = np.sum([c[1] for c in shards.call(_OP + "km_counts", k)], axis=0)
+    labeled = np.sum([c.labeled_K for c in shards.call(_OP + "km_counts", k)], axis=0)
     nonempty = np.flatnonzero(counts > 0)
     big = counts[nonempty] > options["min_cluster_size"]
 
@@ -124,9 +124,9 @@ def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], se
                 continue
             if c not in members:
                 parts = shards.call(_OP + "km_members", c)
-                ids = np.concatenate([p[0] for p in parts])
-                emb = np.concatenate([p[1] for p in parts])
-                free = ~np.concatenate([p[2] for p in parts])
+                ids = np.concatenate([p.row_ids_R for p in parts])
+                emb = np.concatenate([p.embeddings_R_D for p in parts])
+                free = ~np.concatenate([p.taken_R for p in parts])
                 srt = np.argsort(ids[free], kind="stable")
                 members[c] = (ids[free][srt], emb[free][srt])
             ids, emb = members[c]

@@ -36,11 +36,12 @@ def _brute_range(q, x, ids, r2):
     return [sorted(ids[np.flatnonzero(row < r2)].tolist()) for row in d]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+@pytest.mark.parametrize("backend", ["numpy", "faiss", "torch"])  # torch: the GPU path, run on the CPU
 def test_exact_knn_and_range_equal_brute_force(backend):
     x, ids = _data()
     q = x[:60]
-    ix = make_index("exact", x, ids, params={"backend": backend})
+    ix = make_index("exact", x, ids, params={"backend": backend, "cells": False})
+    assert repr(ix).endswith(f"candidates={backend}-cpu)" if backend != "numpy" else "candidates=numpy)")
     d, i = ix.search(q, 7, exclude_ids_Q=ids[:60])
     bd, bi = _brute_knn(q, x, ids, 7, ids[:60])
     np.testing.assert_array_equal(i, bi)
