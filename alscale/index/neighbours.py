@@ -326,11 +326,15 @@ class ExactIndex:
 
     def cells(self, queries: int | None = None) -> Any:
         """The Voronoi cells (built on first use, sized for ``queries`` k-NN queries, or for
-        range search when None)."""
+        range search when None: ``√n`` cells, fewer when ``params['queries']`` says few
+        queries will come)."""
         if self._cells is None:
             from alscale.index.neighbours_cells import Cells, default_nlist
 
-            self._cells = Cells(self._cands.x, nlist=default_nlist(len(self), queries), seed=self._seed)
+            n = len(self)
+            nlist = default_nlist(n, queries) if queries is not None else \
+                min(default_nlist(n), default_nlist(n, self._queries or n))
+            self._cells = Cells(self._cands.x, nlist=nlist, seed=self._seed)
         return self._cells
 
     def _knn_cells(self, n_queries: int) -> Any:

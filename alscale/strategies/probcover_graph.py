@@ -188,7 +188,8 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
         chunks, m = _rule_rows(shards, n, sample, seed, round, normalize, chunk_rows)
         if m == 0:
             return float("inf")
-        shards.call(_OP + "pcg_index", "exact", {}, normalize, int(seed), True)  # after k-means: its own state
+        # after k-means (its own state); sized for the m rule rows' range searches
+        shards.call(_OP + "pcg_index", "exact", {"queries": m} if m < n else {}, normalize, int(seed), True)
         t = m - max(1, math.ceil(purity * m)) + 1  # the t-th smallest squared distance is δ²
         tau = _first_radius(shards, n, t, m, seed, round, normalize, chunk_rows)
         while 0.0 < tau < 4.0 + 1e-9:  # unit vectors: every squared distance is <= 4
