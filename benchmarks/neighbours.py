@@ -18,12 +18,15 @@ Parts (each prints rows of the table and adds to ``benchmarks/results/neighbours
 - ``seals``: SEALS k = 10 with a kept index at 100k / 1M rows, N/20 labelled: round 1 builds
   the structure, round 2 adds 1,000 labels; round 2's candidates against a from-scratch
   exact SEALS of round 2's labelled set; candidate overlap of HNSW / IVF-Flat at 100k;
-- ``typiclust``: TypiClust B = 100 at 100k / 1M (and 10M with ``--typiclust-10m``);
-  scikit-activeml's TypiClust at 20k / 100k / 1M beside alscale, same pools; the mean
-  typicality of each side's picks (alscale's definition);
+- ``typiclust``: TypiClust B = 100 at 20k / 100k / 1M, scikit-activeml's TypiClust beside
+  it on the same pools; the mean typicality of each side's picks (alscale's definition);
+  ``typiclust_10m``: alscale at 10M rows (tens of minutes; a 2.2 GB pool);
 - ``growth``: fitted exponents ``t ∝ N^b`` over three sizes in this run — ProbCover exact
   (20k, 50k, 100k), ``probcover_approx`` (100k, 300k, 1M), SEALS round 2 (100k, 300k, 1M,
   N/20 labelled, 1,000 new labels), TypiClust (100k, 300k, 1M);
+- ``before_after`` (``--base DIR``, a tree of the code before, e.g. ``git archive main``
+  unpacked): k-means (1M rows, K = 100), TypiClust 1M and SEALS round 2 at 1M under that
+  tree and this one, each in a fresh process, with whether the answers are identical;
 - ``dedup``: planted near-duplicates (1% of rows copied with noise 1e-3) at 100k / 1M, E = 32:
   recall of the planted pairs, seconds.
 
@@ -269,8 +272,8 @@ def _mean_typicality(x: np.ndarray, picks: np.ndarray, knn: int = 20) -> float:
     return float(np.mean(1.0 / (np.sqrt(d2).mean(axis=1) + 1e-5)))
 
 
-def part_typiclust(ten_million: bool = False) -> None:
-    for rows in (20_000, 100_000, 1_000_000) + ((10_000_000,) if ten_million else ()):
+def part_typiclust(sizes: tuple[int, ...] = (20_000, 100_000, 1_000_000)) -> None:
+    for rows in sizes:
         x = embeddings(rows)
         sel, t = _run(x, "typiclust")
         row: dict[str, Any] = {"rows": rows, "select_s": t.wall, "cpu_s": t.cpu, "picks": len(sel),
@@ -281,8 +284,8 @@ def part_typiclust(ten_million: bool = False) -> None:
                        peer_peak_mb=round(p.get("peak_growth_mb", float("nan"))))
             if "picks" in p:
                 row["peer_typicality"] = round(_mean_typicality(x, np.asarray(p["picks"], np.int64)), 3)
-        if rows >= 1_000_000:
-            row.update(goal_s=30 if rows == 1_000_000 else None)
+        if rows == 1_000_000:
+            row.update(goal_s=30)
         del x
         record(part="typiclust", **row)
 
@@ -331,6 +334,119 @@ def part_dedup() -> None:
                    recall=round(float(np.mean(g[src] == g[dst])), 4), groups=int((~res.keep_N).sum()))
 
 
+# -- before / after: the same case under another tree (e.g. `git archive main`), same session --
+
+def _case(name: str) -> dict[str, Any]:
+    """One timed case in this process (run by :func:`part_before_after` under each tree)."""
+    import hashlib
+
+    x = embeddings(1_000_000)
+    if name == "typiclust_1m":
+        sel, t = _run(x, "typiclust")
+        out = sel.indices
+    elif name == "kmeans_1m_k100":
+        from alscale.strategies.clustering import kmeans
+
+        with Timed() as t:
+            out = kmeans(shards_of(x), 100, seed=0, round=0)["centers"]
+    else:  # seals_1m_round2: 50,000 labelled, then 1,000 more, kept index
+        from alscale.runtime.seals_store import apply_seals_kept
+
+        rng = np.random.default_rng(0)
+        lab = np.sort(rng.choice(x.shape[0], 50_000, replace=False))
+        lab2 = np.concatenate([lab, np.setdiff1d(rng.choice(x.shape[0], 1200, replace=False), lab)[:1000]])
+        with tempfile.TemporaryDirectory() as d:
+            apply_seals_kept(shards_of(x, 2, lab), 10, d, "exact")
+            sh = shards_of(x, 2, lab2)
+            with Timed() as t:
+                _, info = apply_seals_kept(sh, 10, d, "exact")
+        out = np.frombuffer(info["candidates_sha256"].encode(), np.uint8)
+    return {"wall_s": t.wall, "cpu_s": t.cpu, "answer_sha": hashlib.sha256(np.ascontiguousarray(out).tobytes())
+            .hexdigest()[:16]}
+
+
+def part_before_after(base: str | None) -> None:
+    """Each case under ``base`` (PYTHONPATH first) and under this tree, in subprocesses."""
+    import subprocess
+
+    if not base:
+        raise SystemExit("--parts before_after needs --base DIR (e.g. git archive main | tar -x -C DIR)")
+    for name in ("kmeans_1m_k100", "typiclust_1m", "seals_1m_round2"):
+        res = {}
+        for tree in (base, None):
+            env = dict(os.environ, **({"PYTHONPATH": tree} if tree else {}))
+            proc = subprocess.run([sys.executable, __file__, "--case", name], env=env, capture_output=True, text=True,
+                                  cwd=tree or ROOT)
+            res[tree] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else \
+                {"error": proc.stderr.strip().splitlines()[-1:]}
+        b, a = res[base], res[None]
+        record(part="before_after", case=name, before_s=b.get("wall_s"), before_cpu_s=b.get("cpu_s"),
+               after_s=a.get("wall_s"), after_cpu_s=a.get("cpu_s"),
+               speedup=round(b["wall_s"] / a["wall_s"], 1) if "wall_s" in a and "wall_s" in b else None,
+               same_answer=a.get("answer_sha") == b.get("answer_sha"), error=b.get("error") or a.get("error"))
+
+
+BEGIN, END = "<!-- neighbours.py: begin -->", "<!-- neighbours.py: end -->"
+COMMAND = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/neighbours.py --parts goals"
+
+
+def _goal_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    def find(part: str, **kw: Any) -> dict[str, Any]:
+        return next((r for r in rows if r["part"] == part and all(r.get(k) == v for k, v in kw.items())), {})
+
+    pc, cov = find("probcover", mode="probcover_approx", rows=1_000_000), find("probcover", mode="coverage at 100k")
+    se, ty = find("seals", rows=1_000_000, mode=None), find("typiclust", rows=1_000_000)
+    ty10 = find("typiclust", rows=10_000_000)
+    return [["ProbCover approx, B = 100, 1M rows, E = 32 ≤ 5 min", f"{pc.get('select_s')} s (CPU {pc.get('cpu_s')} s)",
+             str(pc.get("load"))],
+            ["… coverage within 2% of exact at 100k", f"loss {cov.get('loss_auto_pct')}% (own δ), "
+             f"{cov.get('loss_pct')}% (exact δ)", str(cov.get("load"))],
+            ["SEALS k = 10, kept index, round 2 at 1M rows, 50,000 labelled ≤ 5 s",
+             f"{se.get('round2_s')} s (CPU {se.get('round2_cpu_s')} s); candidates identical to exact: "
+             f"{se.get('identical_to_exact')}", str(se.get("load"))],
+            ["TypiClust B = 100, 1M rows ≤ 30 s", f"{ty.get('select_s')} s (CPU {ty.get('cpu_s')} s)",
+             str(ty.get("load"))],
+            ["TypiClust, 10M rows: measured", f"{ty10.get('select_s')} s (CPU {ty10.get('cpu_s')} s)"
+             if ty10 else "not run", str(ty10.get("load", ""))]]
+
+
+def benchmarks_section() -> list[str]:
+    """BENCHMARKS.md's section for the neighbour layer, from the stored results (empty when none)."""
+    if not RESULTS.exists():
+        return []
+    rows = json.loads(RESULTS.read_text())["rows"]
+    growth = [r for r in rows if r["part"] == "growth" and "exponent_wall" in r]
+    out = [BEGIN, "## Neighbour layer: ProbCover, SEALS, TypiClust at scale (benchmarks/neighbours.py)", "",
+           f"`{COMMAND}` (every goal number in one run; `--report` prints every stored row). Two in-process "
+           "shards; wall seconds on this shared machine, the process's CPU seconds beside them (one thread: "
+           "the work), the 1-minute load average of the row.", "",
+           md_table(["goal (issue 16)", "measured", "load"], _goal_rows(rows)), ""]
+    if growth:
+        out += ["Growth, fitted over three sizes run in the same invocation (`t ∝ N^b`):", "",
+                md_table(["strategy", "sizes", "b (wall)", "b (CPU)"],
+                         [[r["strategy"], ", ".join(f"{n:,}" for n in r["sizes"]), str(r["exponent_wall"]),
+                           str(r["exponent_cpu"])] for r in growth]), ""]
+    return out + [END, ""]
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def update_benchmarks_md(path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """Rewrite this section of BENCHMARKS.md in place (before the cluster model when new)."""
+    text = path.read_text()
+    section = "\n".join(benchmarks_section())
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        at = text.find("## ImageNet on a GPU cluster")
+        text = text[:at] + section + "\n" + text[at:] if at >= 0 else text + "\n" + section
+    path.write_text(text)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The results as one Markdown table per part."""
     out = []
@@ -347,9 +463,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true", help="print the stored results as Markdown and exit")
+    ap.add_argument("--update-docs", action="store_true", help="rewrite BENCHMARKS.md's section from the stored "
+                    "results and exit")
     ap.add_argument("--parts", default=GOALS, help=f"comma-separated parts; 'goals' = {GOALS}")
-    ap.add_argument("--typiclust-10m", action="store_true", help="also TypiClust at 10M rows (tens of minutes)")
+    ap.add_argument("--base", help="before_after: a tree of the code before (e.g. `git archive main` unpacked)")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.case:
+        print(json.dumps(_case(args.case)))
+        return
+    if args.update_docs:
+        update_benchmarks_md()
+        return
     if args.report:
         print(markdown(json.loads(RESULTS.read_text())["rows"]))
         return
@@ -358,8 +483,10 @@ def main() -> None:
         ROWS.extend(r for r in json.loads(RESULTS.read_text()).get("rows", []) if r.get("part") not in parts)
     for part in parts:
         print(f"== {part}", flush=True)
-        if part == "typiclust":
-            part_typiclust(args.typiclust_10m)
+        if part == "typiclust_10m":
+            part_typiclust((10_000_000,))
+        elif part == "before_after":
+            part_before_after(args.base)
         else:
             globals()[f"part_{part}"]()
     save()

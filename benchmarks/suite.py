@@ -474,8 +474,10 @@ def fit_growth(points: list[tuple[float, float]]) -> float | None:
 
 EXPECTED = {"entropy": "N", "bald": "N·K·C", "power": "N·K·C", "kcenter": "N·B·E", "badge": "N·B·(E+C)",
             "batchbald": "N·b·M·C", "entropy_model": "N·(model FLOPs)", "egl": "N·(C+E)",
-            "alfamix": "N·C·E (mixing) + candidates·B·E·iters", "entropy_seals": "L·N·E (exact kNN)",
-            "typiclust": "N·(L+B)·E·iters + cluster²", "probcover": "N²·E", "cluster_margin": "N·k·E·iters + N log N"}
+            "alfamix": "N·C·E (mixing) + candidates·B·E·iters",
+            "entropy_seals": "L·(rows in the visited cells)·E (exact kNN, cell-pruned)",
+            "typiclust": "N·(L+B)·E·iters (bounded) + Σ cluster²·E",
+            "probcover": "N·(rows in the visited cells)·E (range search)", "cluster_margin": "N·k·E·iters + N log N"}
 
 
 def engine_rows(recs: list[dict[str, Any]], sweep: str) -> list[dict[str, Any]]:
@@ -746,6 +748,16 @@ def output_paths(results: str | Path | None, update_docs: bool, markdown: bool =
     return out, (out / "BENCHMARKS.md") if markdown else None, ""
 
 
+def neighbour_section() -> list[str]:
+    """The neighbour layer's section (``benchmarks/neighbours.py``'s stored results), if any."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_neighbours", Path(__file__).with_name("neighbours.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.benchmarks_section()
+
+
 def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[str], quick: bool,
                    link_prefix: str = "benchmarks/results/suite/") -> str:
     cmd = "alscale bench" + (" --quick" if quick else "")
@@ -791,6 +803,7 @@ def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[
                   ""]
     for png in pngs:
         parts += [f"![{png}]({link_prefix}{png})", ""]
+    parts += neighbour_section()
     parts += ["## ImageNet on a GPU cluster, on paper", "",
               f"One acquisition over ImageNet-1k train ({IMAGENET['rows']:,} rows, ResNet-50, "
               f"{IMAGENET['emb']}-d embeddings, {IMAGENET['classes']} classes, B = {IMAGENET['budget']:,}), one shard "

@@ -154,3 +154,29 @@ def test_cell_pruned_knn_with_more_neighbours_than_a_cell_and_tiny_pools():
             bd, bi = _brute_knn(x[:30], x[:n], ids[:n], min(k, n))
             np.testing.assert_array_equal(i[:, :min(k, n)], bi)
             assert (i[:, n:] == -1).all() and np.isinf(d[:, n:]).all()
+
+
+@pytest.mark.gpu
+def test_gpu_paths_are_chosen_at_run_time_and_shards_agree_with_the_cpu():
+    """FAISS GPU where the wheel has the device's code, torch on CUDA otherwise; the sharded
+    exact search on the device equals the CPU's and brute force."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from alscale.index import cuda_device
+    from alscale.index.faiss_backend import faiss_gpu_usable
+
+    x, ids = _data(20000, 32)
+    ix = make_index("exact", x, ids, device=cuda_device())
+    want = "faiss-gpu" if faiss_gpu_usable(0) else "torch-cuda"
+    assert repr(ix).endswith(f"candidates={want})")
+    q = x[::97]
+    got = []
+    for device in (None, "auto"):
+        sh = _shards(x, ids, 3)
+        neighbour_ops.build(sh, "t", "exact", device=device)
+        got.append(neighbour_ops.knn(sh, "t", q, 12))
+    bd, bi = _brute_knn(q, x, ids, 12)
+    for d, i in got:
+        np.testing.assert_array_equal(i, bi)
+    np.testing.assert_array_equal(got[0][0], got[1][0])
