@@ -394,6 +394,7 @@ def part_before_after(base: str | None) -> None:
 
 
 BEGIN, END = "<!-- neighbours.py: begin -->", "<!-- neighbours.py: end -->"
+SECTION = ROOT / "benchmarks" / "results" / "sections" / "neighbours.md"
 COMMAND = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/neighbours.py --parts goals"
 
 
@@ -433,7 +434,7 @@ def benchmarks_section() -> list[str]:
                 md_table(["strategy", "sizes", "b (wall)", "b (CPU)"],
                          [[r["strategy"], ", ".join(f"{n:,}" for n in r["sizes"]), str(r["exponent_wall"]),
                            str(r["exponent_cpu"])] for r in growth]), ""]
-    return out + [END, ""]
+    return out + [END]
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -442,15 +443,16 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def update_benchmarks_md(path: Path = ROOT / "BENCHMARKS.md") -> None:
-    """Rewrite this section of BENCHMARKS.md in place (before the cluster model when new)."""
+    """Write the section to ``benchmarks/results/sections/neighbours.md`` (which the suite keeps
+    when it regenerates BENCHMARKS.md) and into BENCHMARKS.md between its markers."""
+    section = "\n".join(benchmarks_section()).rstrip("\n")
+    SECTION.parent.mkdir(parents=True, exist_ok=True)
+    SECTION.write_text(section + "\n")
     text = path.read_text()
-    section = "\n".join(benchmarks_section())
     if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:
-        at = text.find("## ImageNet on a GPU cluster")
-        text = text[:at] + section + "\n" + text[at:] if at >= 0 else text + "\n" + section
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
 
 
@@ -470,8 +472,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--report", action="store_true", help="print the stored results as Markdown and exit")
-    ap.add_argument("--update-docs", action="store_true", help="rewrite BENCHMARKS.md's section from the stored "
-                    "results and exit")
+    ap.add_argument("--update-docs", action="store_true", help="write BENCHMARKS.md's section (and "
+                    "benchmarks/results/sections/neighbours.md) from the stored results and exit")
     ap.add_argument("--parts", default=GOALS, help=f"comma-separated parts; 'goals' = {GOALS}")
     ap.add_argument("--base", help="before_after: a tree of the code before (e.g. `git archive main` unpacked)")
     ap.add_argument("--case", help=argparse.SUPPRESS)

@@ -748,16 +748,6 @@ def output_paths(results: str | Path | None, update_docs: bool, markdown: bool =
     return out, (out / "BENCHMARKS.md") if markdown else None, ""
 
 
-def neighbour_section() -> list[str]:
-    """The neighbour layer's section (``benchmarks/neighbours.py``'s stored results), if any."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_neighbours", Path(__file__).with_name("neighbours.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.benchmarks_section()
-
-
 def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[str], quick: bool,
                    link_prefix: str = "benchmarks/results/suite/") -> str:
     cmd = "alscale bench" + (" --quick" if quick else "")
@@ -803,7 +793,6 @@ def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[
                   ""]
     for png in pngs:
         parts += [f"![{png}]({link_prefix}{png})", ""]
-    parts += neighbour_section()
     parts += ["## ImageNet on a GPU cluster, on paper", "",
               f"One acquisition over ImageNet-1k train ({IMAGENET['rows']:,} rows, ResNet-50, "
               f"{IMAGENET['emb']}-d embeddings, {IMAGENET['classes']} classes, B = {IMAGENET['budget']:,}), one shard "
