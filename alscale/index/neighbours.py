@@ -3,9 +3,11 @@ approximate indexes, each mode named so that its name says whether it is exact.
 
 Modes (:data:`MODES`):
 
-- ``exact`` — brute force. A fast float32 pass (FAISS ``knn`` / flat ``range_search``
-  when faiss is installed, torch on a GPU, else blocked numpy GEMMs with a partial sort)
-  finds per query every row whose approximate squared distance is within twice the
+- ``exact`` — a fast float32 pass (on the CPU from 4,096 rows: over the Voronoi cells
+  that can hold a result, :mod:`alscale.index.neighbours_cells`; otherwise brute force —
+  FAISS ``knn`` / flat ``range_search`` when faiss is installed, torch on a GPU, else
+  blocked numpy GEMMs with a partial sort) finds per query every row whose approximate
+  squared distance is within twice the
   rigorous error bound of :func:`alscale.index.base.sq_dist_error_bound` of the k-th
   smallest (or of the radius); those pairs alone are compared with the canonical float64
   distance of :mod:`alscale.index.exact`, ties to the lower ``row_id``. The answer is
