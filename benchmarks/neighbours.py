@@ -434,6 +434,13 @@ def benchmarks_section() -> list[str]:
                 md_table(["strategy", "sizes", "b (wall)", "b (CPU)"],
                          [[r["strategy"], ", ".join(f"{n:,}" for n in r["sizes"]), str(r["exponent_wall"]),
                            str(r["exponent_cpu"])] for r in growth]), ""]
+    ba = [r for r in rows if r["part"] == "before_after"]
+    if ba:
+        out += ["Before / after (`--parts before_after --base DIR`, DIR = `git archive main` unpacked; each case in a "
+                "fresh process, same session):", "",
+                md_table(["case", "before (wall / CPU s)", "after (wall / CPU s)", "same answer", "load"],
+                         [[r["case"], f"{r['before_s']} / {r['before_cpu_s']}", f"{r['after_s']} / {r['after_cpu_s']}",
+                           str(r["same_answer"]), str(r["load"])] for r in ba]), ""]
     return out + [END]
 
 
