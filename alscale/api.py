@@ -28,6 +28,7 @@ def select(
     mc_samples: int = 1,
     scoring_batch_size: int = 4096,
     scoring_device: str = "auto",
+    columns: dict[str, Any] | None = None,
     **options: Any,
 ) -> Selection:
     """Select ``min(budget, unlabelled)`` rows with a registered strategy.
@@ -55,6 +56,9 @@ def select(
         scoring_batch_size, scoring_device: the scorer's ``model.batch_size`` and
             ``model.device`` (``auto``: CUDA when available); not strategy options (BatchBALD's
             own ``device`` option passes through ``**options`` as before).
+        columns: pool metadata columns by name, one value per row (numbers, booleans or
+            strings): what ``quotas={"by": name, ...}`` groups by and a composed selection
+            (strategy ``objective``) filters on or scores by.
         **options: strategy options (e.g. ``beta=2.0, base="bald"`` for ``power``).
 
     Returns:
@@ -85,6 +89,11 @@ def select(
             f"got shape {lp.shape}"
         )
     state = ShardState(np.arange(n, dtype=np.int64), lp, emb, model_outputs=outputs)
+    for name, values in (columns or {}).items():
+        v = np.asarray(values)
+        if v.shape != (n,):
+            raise AlscaleError(f"column {name!r} has shape {v.shape}; give one value per row ({n})")
+        state.columns[str(name)] = v.astype(object) if v.dtype.kind in "US" else v
     shards = FanoutShards(InProcessFanout([state]))
     shards.exclude(validation.check_labeled_positions(labeled, n))
     if seals is not None:

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="print a JSON summary (out_dir, n_selected, phase seconds, rows/s, cache) instead of text")
     r.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in the output directory: reuse its valid cached scores")
+    r.add_argument("--cache-from", action="append", default=[], metavar="DIR",
+                   help="also reuse the cached model outputs of an earlier run's output directory (e.g. the last "
+                        "round's, on a pool that has grown since); repeatable")
 
     sb = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API")
     sb.add_argument("job")
@@ -97,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write a precomputed log_probs column with K samples (0: none)")
     s.add_argument("--embedding-dim", type=int, default=0, metavar="E",
                    help="also write an 'embedding' column of E dims (a fixed random linear map of the features)")
+    s.add_argument("--metadata", action="store_true",
+                   help="also write metadata columns: source (camera_a, camera_b, dashcam, drone: 2%%) and quality "
+                        "(0-1)")
     m = psub.add_parser("mnist", help="MNIST idx files -> pool (features 784, label)")
     m.add_argument("out")
     m.add_argument("--source", help="folder with the idx files (default: ../shared/data/mnist)")
@@ -386,7 +392,8 @@ def _run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job, args.overrides)
     result = run_job(job, out_dir=args.out, force=args.force,
-                     progress=False if (args.no_progress or args.json) else None, resume=args.resume)
+                     progress=False if (args.no_progress or args.json) else None, resume=args.resume,
+                     cache_from=args.cache_from)
     if args.json:
         m = result.manifest
         cache = m.get("cache") or {}
@@ -511,7 +518,7 @@ def _pool(args: argparse.Namespace) -> int:
             out, rows=args.rows, dim=args.dim, classes=args.classes, seed=args.seed,
             format=fmt, log_probs_samples=args.log_probs, embedding_dim=args.embedding_dim,
             separation=args.separation, label_noise=args.label_noise,
-            clusters_per_class=args.clusters_per_class, split=args.split,
+            clusters_per_class=args.clusters_per_class, split=args.split, metadata=args.metadata,
         )
     elif args.pool_command == "mnist":
         out, fmt = _pool_out(args.out, args.format)

@@ -67,6 +67,9 @@ _SCHEMA: dict[str, Any] = {
     "loop": None,
     # Stream-based selective sampling (``alscale stream``); validated by alscale.workflow.stream.
     "stream": None,
+    # A composed objective instead of ``strategy`` (filters, scores, constraints, diversity);
+    # validated by alscale.selection.config, run as strategy ``objective``.
+    "selection": None,
 }
 
 
@@ -120,6 +123,7 @@ class JobSpec:
     loop: dict[str, Any] | None = None  # ``alscale simulate`` protocol, see alscale.loop.spec
     stream: dict[str, Any] | None = None  # ``alscale stream`` settings, see alscale.workflow.stream
     source: str | None = None  # the job file it came from
+    selection: bool = False  # the strategy came from a ``selection:`` section (strategy ``objective``)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable form (the shape of a job file)."""
@@ -127,6 +131,10 @@ class JobSpec:
         d["pool"] = {"path": self.pool}
         d["labeled"] = {"path": self.labeled}
         d.pop("source")
+        if d.pop("selection"):
+            st = d.pop("strategy")
+            d["selection"] = {"budget": st["budget"], "round": st["round"], "embedding": st["embedding"],
+                              **st["options"]}
         return d
 
 
@@ -225,7 +233,8 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         else:
             model = _validate_model(model_raw, errors)
 
-    strat = section("strategy", True)
+    selection = raw.get("selection") is not None
+    strat = _selection_strategy(raw, errors) if selection else section("strategy", True)
     name = strat.get("name")
     info = None
     strat_given = isinstance(raw.get("strategy"), dict)  # an empty mapping still names its missing fields
@@ -384,7 +393,25 @@ def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
         loop=copy.deepcopy(loop) if loop else None,
         stream=copy.deepcopy(stream) if stream else None,
         source=source,
+        selection=selection,
     )
+
+
+def _selection_strategy(raw: Mapping[str, Any], errors: list[str]) -> dict[str, Any]:
+    """The ``strategy`` fields of a job that gives a ``selection:`` section instead (strategy
+    ``objective`` with the section as its options); its problems go to ``errors``."""
+    from alscale.selection.config import STRATEGY, section_errors
+
+    if raw.get("strategy") is not None:
+        errors.append("the job gives both strategy: and selection:; keep one (selection: composes filters, scores, "
+                      "constraints and diversity; strategy: names one strategy)")
+        return {}
+    sec, problems = section_errors(raw["selection"])
+    errors.extend(problems)
+    if sec is None:
+        return {}
+    return {"name": STRATEGY, "budget": sec.budget, "round": sec.round, "embedding": sec.embedding,
+            "options": sec.options()}
 
 
 def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | None:

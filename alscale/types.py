@@ -5,7 +5,9 @@ Shape suffixes: N pool rows, K MC samples / committee members, C classes, D dims
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,11 +56,17 @@ class Selection:
     ``indices_B`` are positions in the arrays given to the in-memory API, or pool
     ``row_id`` values when produced by a job (then ``row_ids_B`` is the same array).
     ``scores_B[i]`` is the acquisition score of the i-th pick (higher = picked first).
+    ``provenance`` (optional): further per-pick columns ``name -> [B]`` written to
+    ``selection.parquet`` beside the standard ones (a composed selection's filter, score
+    components, group, distance at pick time); ``info``: what the manifest records of how
+    the batch was made.
     """
 
     indices_B: np.ndarray
     scores_B: np.ndarray
     strategy: str
+    provenance: Mapping[str, np.ndarray] | None = None
+    info: Mapping[str, Any] | None = None
 
     @property
     def indices(self) -> np.ndarray:

@@ -802,6 +802,9 @@ def write_markdown(recs: list[dict[str, Any]], meta: dict[str, Any], pngs: list[
               "B = 10,000, not the coordinator's per-pick work: " + per_pick_note(recs) + " No GPU was available "
               "to check the model; its scoring term dominates and is the assumption to verify first.", "",
               md_table(CLUSTER_HEAD, cluster_model(recs)), ""]
+    # Sections other benchmarks write (e.g. benchmarks/selection_objective.py), kept on regeneration.
+    for section in sorted((BENCH / "results" / "sections").glob("*.md")):
+        parts += [section.read_text().rstrip("\n"), ""]
     return "\n".join(parts)
 
 

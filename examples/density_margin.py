@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -60,12 +60,19 @@ def _unit_rows(x_N_D: np.ndarray) -> np.ndarray:
     return (x / np.where(norm > 0, norm, 1.0)[:, None]).astype(np.float32)
 
 
+class Sums(NamedTuple):
+    """One shard's exact column sums of the unit embeddings, and its row count."""
+
+    sums_D: Any
+    n_rows: int
+
+
 @shard_op(mutates=False)
-def dm_sums(state: ShardState) -> tuple:
-    """This shard's exact column sums of the unit embeddings, and its row count."""
+def dm_sums(state: ShardState) -> Sums:
+    """This shard's :class:`Sums` (a typed result: the loop reads it by field)."""
     if state.embeddings_N_D is None:
         raise AlscaleError("strategy density_margin needs embeddings, but this shard has none")
-    return exact_column_sums(_unit_rows(state.embeddings_N_D)), state.n_rows()
+    return Sums(exact_column_sums(_unit_rows(state.embeddings_N_D)), state.n_rows())
 
 
 @shard_op  # changes the shard's state (its ranking key): mutates=True, the default
@@ -79,9 +86,9 @@ def dm_rank(state: ShardState, mean_D: np.ndarray, beta: float) -> None:
 def select_density_margin(shards: Shards, budget: int, *, options: dict[str, Any], seed: int = 0,
                           round: int = 0) -> Selection:
     """The ``budget`` unlabelled rows of highest density-weighted margin (ties: lower row_id)."""
-    parts = shards.call(_OP + "dm_sums")
-    n_rows = sum(n for _, n in parts)
-    mean_D = combine_exact_sums([p for p, _ in parts]) / max(n_rows, 1)
+    parts: list[Sums] = shards.call(_OP + "dm_sums")
+    n_rows = sum(p.n_rows for p in parts)
+    mean_D = combine_exact_sums([p.sums_D for p in parts]) / max(n_rows, 1)
     shards.call(_OP + "dm_rank", mean_D, options["beta"])
     scores_B, ids_B = shards.topk(budget)
     return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "density_margin")

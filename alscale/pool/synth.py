@@ -11,6 +11,11 @@ The optional ``embedding`` column (``embedding_dim = E > 0``) is a fixed random 
 of the features, ``features @ W / sqrt(D)`` with ``W ~ N(0, 1)^{D×E}`` drawn from its own
 stream (a stand-in for a penultimate layer; the other columns do not depend on it).
 
+The optional metadata columns (``metadata=True``, drawn from their own stream) stand in for
+what real pools carry beside the data: ``source`` (string: ``camera_a`` 55%, ``camera_b``
+30%, ``dashcam`` 13%, ``drone`` 2%, a rare domain) and ``quality`` (float64 in [0, 1), three
+decimals, so values tie), independent of everything else.
+
 The optional ``log_probs`` column comes from a noisy teacher: the exact class posterior of
 the blob model (``logsumexp`` over the class's blobs of ``-|x - c_b|^2 / 2``) plus
 independent N(0, ``_TEACHER_NOISE``^2) logit noise per sample, then ``log_softmax``.
@@ -48,6 +53,9 @@ _PARAMS_STREAM = 0
 _BLOCK_STREAM = 1
 _EMBED_STREAM = 2
 _TEST_STREAM = 3  # the rows of split="test": same planted model, other draws
+_META_STREAM = 4
+#: The ``source`` values of ``metadata=True`` and their shares.
+SOURCES = (("camera_a", 0.55), ("camera_b", 0.30), ("dashcam", 0.13), ("drone", 0.02))
 #: ``split`` values: the pool's rows, or a held-out set drawn from the same planted model.
 SPLITS = ("pool", "test")
 
@@ -70,6 +78,15 @@ class _Block:
     labels_N: np.ndarray
     log_probs_N_K_C: np.ndarray | None
     embeddings_N_E: np.ndarray | None = None
+    meta: dict[str, np.ndarray] | None = None  # metadata columns (metadata=True)
+
+
+def _metadata(seed: int, stream: int, index: int, n: int) -> dict[str, np.ndarray]:
+    """The block's ``source`` and ``quality`` (module doc), from their own generator."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _META_STREAM, stream, index]))
+    names = np.array([s for s, _ in SOURCES], dtype=object)
+    source = names[rng.choice(len(SOURCES), n, p=[p for _, p in SOURCES])]
+    return {"source": source, "quality": np.floor(rng.random(n) * 1000) / 1000}
 
 
 def _model(seed: int, dim: int, classes: int, clusters_per_class: int,
@@ -158,13 +175,14 @@ def synth_pool(out: str, *, rows: int, dim: int, classes: int, seed: int = 0,
                format: str | None = None, log_probs_samples: int = 0,
                clusters_per_class: int = 2, label_noise: float = 0.05,
                chunk_rows: int = 262144, embedding_dim: int = 0,
-               separation: float = _CENTRE_DISTANCE, split: str = "pool") -> PoolInfo:
+               separation: float = _CENTRE_DISTANCE, split: str = "pool", metadata: bool = False) -> PoolInfo:
     """Write a synthetic pool to ``out`` and return its :class:`PoolInfo`.
 
     Columns: ``row_id`` = 0..rows-1, ``features`` [dim] float32, ``label`` (noisy) int64,
     and with ``log_probs_samples = K > 0`` a teacher's ``log_probs``: list<float32>[C] for
     K = 1, [K][C] for K > 1; with ``embedding_dim = E > 0`` an ``embedding`` [E] float32
-    column (see the module doc). ``separation`` is the typical distance between two blob
+    column (see the module doc); with ``metadata`` the ``source`` and ``quality`` columns.
+    ``separation`` is the typical distance between two blob
     centres in noise SDs (default 4.5: overlapping blobs; ~12: nearly separable classes).
     ``split="test"`` draws a held-out set from the same planted model (same centres, other
     rows; its ``row_id`` also starts at 0), e.g. the test set of a simulated loop. ``format`` defaults to the suffix of ``out`` (.arrow -> IPC,
@@ -183,7 +201,10 @@ def synth_pool(out: str, *, rows: int, dim: int, classes: int, seed: int = 0,
 
     def make(index: int) -> _Block:
         n = min(_BLOCK_ROWS, rows - index * _BLOCK_ROWS)
-        return _block(model, seed, index, n, label_noise, log_probs_samples, embed_D_E, stream)
+        blk = _block(model, seed, index, n, label_noise, log_probs_samples, embed_D_E, stream)
+        if metadata:
+            blk.meta = _metadata(seed, stream, index, n)
+        return blk
 
     with PoolWriter(out, format=fmt) as writer, ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, rows, chunk_rows):
@@ -208,7 +229,7 @@ def synth_pool(out: str, *, rows: int, dim: int, classes: int, seed: int = 0,
 def _block_table(blk: _Block, first_row: int, lo: int, hi: int, samples: int) -> pa.Table:
     """Rows ``[lo, hi)`` of a block (whose first pool row is ``first_row``) as a pool table."""
     log_probs = blk.log_probs_N_K_C[lo:hi] if samples else None
-    return pool_table(
+    table = pool_table(
         np.arange(first_row + lo, first_row + hi, dtype=np.int64),
         features_N_D=blk.features_N_D[lo:hi],
         log_probs_N_C=log_probs[:, 0, :] if samples == 1 else None,
@@ -216,3 +237,7 @@ def _block_table(blk: _Block, first_row: int, lo: int, hi: int, samples: int) ->
         embeddings_N_D=None if blk.embeddings_N_E is None else blk.embeddings_N_E[lo:hi],
         labels_N=blk.labels_N[lo:hi],
     )
+    for name, values in (blk.meta or {}).items():
+        v = values[lo:hi]
+        table = table.append_column(name, pa.array(v.tolist() if v.dtype == object else v))
+    return table

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -135,13 +135,15 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
     from alscale.runtime.ray_executor import RayExecutor
     from alscale.runtime.shipping import strategy_sources
 
+    specs = [get_strategy(job.strategy.name)]  # and the score strategies it runs on the workers
+    specs += [get_strategy(c) for c in requirements(job.strategy.name, job.strategy.options).components]
     return RayExecutor(
         n_workers,
         address=job.runtime.address,
         cpus_per_worker=job.runtime.cpus_per_worker,
         gpus_per_worker=job.runtime.gpus_per_worker,
         startup_timeout_s=job.runtime.startup_timeout_s,
-        py_modules=strategy_sources(get_strategy(job.strategy.name)),
+        py_modules=sorted({p for s in specs for p in strategy_sources(s)}),
     )
 
 
@@ -153,6 +155,7 @@ def run_job(
     progress: bool | None = None,
     executor: Any = None,
     resume: bool = False,
+    cache_from: Sequence[str] = (),
 ) -> RunResult:
     """Run one acquisition job end to end and write its output directory.
 
@@ -166,6 +169,10 @@ def run_job(
     ``resume``: continue an interrupted run in ``out_dir``: chunks whose cached model
     outputs are valid (:mod:`alscale.runtime.cache`) are not scored again; missing, corrupt
     or foreign caches are scored and rewritten. Without it, earlier caches are removed.
+
+    ``cache_from``: output directories of earlier runs (e.g. the last round's) whose cached
+    model outputs are read too (never written): rows they hold for the same model and pool
+    files are not scored again (a pool that has grown scores only its new files).
     """
     started = datetime.now(timezone.utc)
     timings = PhaseTimings()
@@ -195,15 +202,22 @@ def run_job(
                    else "needs no model outputs")
             logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
         stream = _stream_plan(job, info, in_features, dims) if job.runtime.memory_budget else None
+    from alscale.runtime.inputs import PoolHasher
+
+    hasher = PoolHasher(info)  # the pool files' sha256, on a thread while the job runs (stops if it fails)
     # One job per output directory: a second one refuses instead of interleaving.
-    with output.OutputLock(out_path):
+    with output.OutputLock(out_path), hasher:
         output.check_output_dir(out_path, force=force, resume=resume)
         cache_record = None
         if model_spec is not None and job.runtime.cache:
             from alscale.runtime.cache import fingerprint
 
-            with _phase(timings, "validate"):
-                cache_record = fingerprint(info, model_spec, job.seed, in_features)
+            with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
+                cache_record = fingerprint(info, model_spec, job.seed, in_features, hasher.result())
+            cache_record["sources"] = _cache_sources(cache_from, out_path)
+        elif cache_from:
+            raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
+                               "(or runtime.cache is false); drop --cache-from")
         if not resume:
             from alscale.runtime.cache import remove_caches
 
@@ -211,12 +225,13 @@ def run_job(
         for name in output.remove_partial_files(out_path):
             logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
         return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor,
-                        cache_record, resume, stream)
+                        cache_record, resume, stream, hasher)
 
 
 def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int, out_path: str,
              timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any,
-             cache_record: dict[str, Any] | None = None, resume: bool = False, stream: Any = None) -> RunResult:
+             cache_record: dict[str, Any] | None = None, resume: bool = False, stream: Any = None,
+             hasher: Any = None) -> RunResult:
     """The phases after validation: start-up, read, score, select, write."""
     plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     columns = _columns_needed(job, info)
@@ -299,6 +314,13 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         if owns_executor:
             executor.close()
 
+    inputs = None
+    if hasher is not None:
+        from alscale.runtime.inputs import input_versions
+
+        with _phase(timings, "hash"):  # only the wait for a hashing that outlasted the job
+            inputs = input_versions(job, info, hasher.result(), embedding_source(job), cache_record)
+        inputs["hash_seconds"] = round(hasher.seconds, 6)
     manifest: dict[str, Any] = {
         "job": job.to_dict(),
         "job_file": job.source,
@@ -319,6 +341,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         "round_trips": shards.round_trips,
         "candidates": candidates,
         "quotas": quota_info,
+        "selection": None if selection.info is None else dict(selection.info),
         "resumed": bool(resume),
         "memory": None if stream is None else {
             "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,
@@ -326,6 +349,7 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
                      "embeddings": stream.keep_embeddings},
             "resident_bytes_per_row": stream.resident_bytes_per_row},
         "cache": cache_info,
+        "inputs": inputs,
         "started_utc": started.isoformat(),
         "versions": output.versions(),
         "git_revision": output.git_revision(),
@@ -345,6 +369,22 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
     _add_throughput(manifest, timings, info.n_rows)
     logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
     return RunResult(selection=selection, out_dir=out_path, manifest=manifest)
+
+
+def _cache_sources(dirs: Sequence[str], out_path: str) -> list[str]:
+    """The ``--cache-from`` directories, checked: each holds a cache of an earlier run."""
+    from alscale.runtime.cache import has_caches
+
+    out = []
+    for d in dirs:
+        loc = output.output_location(d)
+        if loc.canonical == output.output_location(out_path).canonical:
+            raise AlscaleError(f"--cache-from {d} is the output directory itself; use --resume to reuse its caches")
+        if not has_caches(loc):
+            raise AlscaleError(f"--cache-from {d}: no cached model outputs there ({loc.display}/cache has no records); "
+                               "give the output directory of an earlier run with a model and runtime.cache: true")
+        out.append(loc.canonical)
+    return out
 
 
 def _strategy_options(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int
@@ -447,23 +487,34 @@ def _check_labeled_in_pool(labeled: np.ndarray, path: str | None, info: PoolInfo
 
 
 def _group_columns(job: JobSpec) -> list[str]:
-    """Pool metadata columns the workers read for the selection (``strategy.quotas.by``)."""
+    """Pool metadata columns the workers read for the selection: ``strategy.quotas.by`` and
+    those the strategy's needs name (a composed selection's filters, scores and constraints)."""
     from alscale.strategies.quotas import quota_column
 
     by = quota_column(job.strategy.quotas)
-    return [] if by is None else [by]
+    needed = requirements(job.strategy.name, job.strategy.options).columns
+    return list(dict.fromkeys(([] if by is None else [by]) + list(needed)))
 
 
 def _group_column_problems(job: JobSpec, info: PoolInfo) -> list[str]:
-    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group."""
+    """A ``strategy.quotas.by`` column the pool lacks, or of a type that cannot group; the
+    columns of a composed selection that the pool lacks or that do not fit their use."""
     from alscale.pool.columns import check_group_column
+    from alscale.strategies.quotas import quota_column
 
     problems = []
-    for column in _group_columns(job):
+    by = quota_column(job.strategy.quotas)
+    if by is not None:
         try:
-            check_group_column(info.path, column, "strategy.quotas.by")
+            check_group_column(info.path, by, "strategy.quotas.by")
         except AlscaleError as exc:
             problems.append(str(exc))
+    spec = get_strategy(job.strategy.name)
+    if spec.pool_check is not None:  # the strategy's own checks of its options against the pool
+        from alscale.strategies.registry import resolve
+
+        field = "selection" if job.selection else "strategy.options"
+        problems += resolve(spec.pool_check)(job.strategy.options, info.path, field)
     return problems
 
 

@@ -90,17 +90,25 @@ def remove_partial_files(out_dir: str | Path) -> list[str]:
 
 
 def selection_table(selection: Selection, round: int) -> pa.Table:
-    """``row_id, rank (1 = first pick), score, strategy, round``."""
+    """``row_id, rank (1 = first pick), score, strategy, round``, then the selection's
+    provenance columns (a composed selection's ``filter``, ``score_<component>``,
+    ``combined``, ``group``, ``distance``): text columns as strings, NaN as null."""
     b = len(selection)
-    return pa.table(
-        {
-            "row_id": pa.array(np.asarray(selection.indices_B, dtype=np.int64)),
-            "rank": pa.array(np.arange(1, b + 1, dtype=np.int32)),
-            "score": pa.array(np.asarray(selection.scores_B, dtype=np.float64)),
-            "strategy": pa.array([selection.strategy] * b, type=pa.string()),
-            "round": pa.array(np.full(b, round, dtype=np.int32)),
-        }
-    )
+    cols = {
+        "row_id": pa.array(np.asarray(selection.indices_B, dtype=np.int64)),
+        "rank": pa.array(np.arange(1, b + 1, dtype=np.int32)),
+        "score": pa.array(np.asarray(selection.scores_B, dtype=np.float64)),
+        "strategy": pa.array([selection.strategy] * b, type=pa.string()),
+        "round": pa.array(np.full(b, round, dtype=np.int32)),
+    }
+    for name, values in (selection.provenance or {}).items():
+        v = np.asarray(values)
+        if v.dtype == object:
+            cols[name] = pa.array([None if x is None else str(x) for x in v.tolist()], type=pa.string())
+        else:
+            v = v.astype(np.float64)
+            cols[name] = pa.array(v, mask=np.isnan(v))
+    return pa.table(cols)
 
 
 def write_selection(out_dir: str | Path, selection: Selection, round: int) -> None:

@@ -28,18 +28,11 @@ from typing import Any
 import numpy as np
 
 from alscale.errors import AlscaleError, WorkerLostError
-from alscale.runtime.worker import ShardWorker
+from alscale.runtime.worker import READS, SHARD_STATE, ShardWorker
 
 logger = logging.getLogger(__name__)
 
 _PUT_THRESHOLD_BYTES = 1 << 16
-#: Calls that change no worker state: not replayed after a restart.
-_STATELESS = frozenset({"ready", "n_rows", "n_candidates", "topk", "count_ahead", "softrank_candidates",
-                        "cache_stats", "snapshot"})
-#: Calls that change only the worker's shard state (``ShardWorker.state``): a snapshot of that
-#: state replaces them in the restart log. Every other logged call (loading, the model,
-#: scoring chunks) is kept and replayed as it was.
-_STATE_CALLS = frozenset({"exclude", "restrict", "compute_scores", "call"})
 #: Defaults of the restart log's bounds: a snapshot after this many state calls of one worker,
 #: or once their arguments pass this many bytes.
 SNAPSHOT_EVERY = 16
@@ -47,9 +40,10 @@ SNAPSHOT_LOG_BYTES = 64 << 20
 
 
 def _mutates(method: str, args: Sequence[tuple]) -> bool:
-    """Whether a call may change worker state (logged for a restart): not the calls in
-    :data:`_STATELESS`, nor a shard op declared read-only (``@shard_op(mutates=False)``)."""
-    if method in _STATELESS:
+    """Whether a call may change worker state (logged for a restart): not a method declared
+    read-only (``ShardWorker.effect_of``), nor a shard op declared read-only
+    (``@shard_op(mutates=False)``)."""
+    if ShardWorker.effect_of(method) == READS:
         return False
     if method == "call" and args and args[0]:
         from alscale.strategies.shards import op_mutates
@@ -59,6 +53,11 @@ def _mutates(method: str, args: Sequence[tuple]) -> bool:
         except KeyError:  # not importable here: assume it changes state
             return True
     return True
+
+
+def _state_call(method: str) -> bool:
+    """Whether ``method`` changes only the shard state (a snapshot replaces it in the log)."""
+    return ShardWorker.effect_of(method) == SHARD_STATE
 
 
 def _arg_bytes(args: tuple) -> int:
@@ -267,7 +266,7 @@ class RayExecutor:
             log[:] = [e for e in log if e[0] == "call" and e[1] == "prepare_model"][-1:]
             self._tail[i] = self._tail_bytes[i] = self._snapshot_bytes[i] = 0
         log.append(("call", method, args))
-        if method in _STATE_CALLS:
+        if _state_call(method):
             self._tail[i] += 1
             self._tail_bytes[i] += _arg_bytes(args)
         else:  # a barrier: a snapshot only replaces the state calls after the last one
@@ -296,7 +295,7 @@ class RayExecutor:
             del snap
             log = self._log[i]
             cut = len(log)
-            while cut > 0 and (log[cut - 1][0] == "snapshot" or log[cut - 1][1] in _STATE_CALLS):
+            while cut > 0 and (log[cut - 1][0] == "snapshot" or _state_call(log[cut - 1][1])):
                 cut -= 1
             log[cut:] = [("snapshot", ref)]
             self._tail[i] = self._tail_bytes[i] = 0
@@ -408,7 +407,7 @@ class RayExecutor:
                 past_args = (*past_args[:3], True)
             refs.append(getattr(actor, past_method).remote(*past_args))
             self._stats["replayed_calls"] += 1
-            self._stats["replayed_state_calls"] += past_method in _STATE_CALLS
+            self._stats["replayed_state_calls"] += _state_call(past_method)
         ray.get(refs)
         return getattr(actor, method).remote(*args)
 

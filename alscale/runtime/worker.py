@@ -19,10 +19,28 @@ from alscale.pool import read_shard
 from alscale.pool.location import media_base
 from alscale.pool.read import read_media
 from alscale.pool.schema import MEDIA_COLUMNS
-from alscale.strategies.shards import ShardState
+from alscale.strategies.shards import ShardState, TopK
 from alscale.types import ShardData, ShardSpec
 
 logger = logging.getLogger(__name__)
+
+#: What a call does to its worker, declared on each method with :func:`declares` and read by an
+#: executor that rebuilds a lost worker (:meth:`ShardWorker.effect_of`): ``READS`` changes
+#: nothing (never replayed); ``SHARD_STATE`` changes only the shard's selection state (a
+#: snapshot of :class:`ShardState` replaces it; ``call`` refines this per shard op with
+#: ``op_mutates``); ``WORKER`` (the default) changes what the worker loaded, its model or its
+#: scores (replayed as it was).
+READS, SHARD_STATE, WORKER = "reads", "shard_state", "worker"
+
+
+def declares(effect: str) -> Any:
+    """Declare a worker method's :data:`READS` / :data:`SHARD_STATE` / :data:`WORKER` effect."""
+
+    def mark(fn: Any) -> Any:
+        fn.effect = effect
+        return fn
+
+    return mark
 
 
 def media_decoder(spec: ShardSpec, column: str, model_spec: Any, row_ids_N: np.ndarray | None = None) -> Any:
@@ -56,6 +74,12 @@ class ShardWorker:
         self._meta: dict[str, np.ndarray] = {}  # pool metadata columns (e.g. a quota group column)
         self._recovering = False  # a restarted process: cache hits are this run's own chunks
 
+    @classmethod
+    def effect_of(cls, method: str) -> str:
+        """The declared effect of calling ``method`` (see :data:`READS`)."""
+        return getattr(getattr(cls, method), "effect", WORKER)
+
+    @declares(READS)
     def ready(self) -> bool:
         """A no-op call: returns once the worker (its process and imports) is up."""
         return True
@@ -71,8 +95,9 @@ class ShardWorker:
         is ready for selection right after loading. With a
         :class:`alscale.runtime.memory.StreamPlan` only the row ids are read now; the
         columns are read chunk by chunk by :meth:`score_chunk`, which keeps what the plan says.
-        ``group_columns`` (integer or string pool columns, e.g. a quota's ``by``) are read whole
-        (one value per row) and reach the shard state as ``ShardState.columns``.
+        ``group_columns`` (pool metadata columns: a quota's ``by``, the columns a composed
+        selection filters on or scores by) are read whole (one value per row) and reach the
+        shard state as ``ShardState.columns``.
         """
         t0 = time.perf_counter()
         self.spec = spec
@@ -87,9 +112,9 @@ class ShardWorker:
         self._log_probs = self._embeddings = None
         self._base: np.ndarray | None = None
         self._loss = None
-        from alscale.pool.columns import read_group_values
+        from alscale.pool.columns import read_column_values
 
-        self._meta = {c: read_group_values(spec, c) for c in group_columns}
+        self._meta = {c: read_column_values(spec, c) for c in group_columns}
         if not will_score and stream is None:
             self.state = ShardState(self.data.row_ids_N, self.data.log_probs_N_K_C, self.data.embeddings_N_D)
             self.state.columns.update(self._meta)
@@ -138,28 +163,37 @@ class ShardWorker:
             part = read_shard(self._chunk_spec(start, stop), cols, check_finite=self._check_finite,
                               check_normalised=self._check_finite)
             return part.log_probs_N_K_C, part.embeddings_N_D, None
-        cached = None
-        if self._cache is not None:
-            assert self.spec is not None
-            self._scorer.model  # noqa: B018 -- builds the model, so its device is known
-            device_type = self._scorer.device.type
-            lo, hi = self.spec.start + start, self.spec.start + stop
-            cached = self._cache.load(lo, hi, self.data.row_ids_N[start:stop], device_type)
-        if cached is not None:
-            return cached
-        if self._media is not None:
-            lp, emb, loss = self._score_media(start, stop)
-        else:
-            if self._stream is not None:
-                part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
-                lp, emb = self._scorer.score(part.features_N_D)
-            else:
-                assert self.data.features_N_D is not None
-                lp, emb = self._scorer.score(self.data.features_N_D[start:stop])
-            loss = self._scorer.last_loss_N
-        if self._cache is not None:
-            self._cache.store(lo, hi, self.data.row_ids_N[start:stop], lp, emb, device_type, loss)
+        if self._cache is None:
+            return self._score_rows(start, stop)
+        assert self.spec is not None
+        self._scorer.model  # noqa: B018 -- builds the model, so its device is known
+        device_type = self._scorer.device.type
+        s0 = self.spec.start
+        parts = []
+        for a, b, got in self._cache.load_parts(s0 + start, s0 + stop, self.data.row_ids_N[start:stop], device_type):
+            if got is None:  # rows no valid cache holds: score them, and keep them
+                got = self._score_rows(a - s0, b - s0)
+                self._cache.store(a, b, self.data.row_ids_N[a - s0:b - s0], got[0], got[1], device_type, got[2])
+            parts.append(got)
+        if len(parts) == 1:
+            return parts[0]
+        lp = np.concatenate([p[0] for p in parts])
+        emb = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+        loss = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
         return lp, emb, loss
+
+    def _score_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The model's outputs for rows ``[start, stop)`` of this shard (decoded first for image pools)."""
+        assert self.data is not None
+        if self._media is not None:
+            return self._score_media(start, stop)
+        if self._stream is not None:
+            part = read_shard(self._chunk_spec(start, stop), ["features"], check_finite=False)
+            lp, emb = self._scorer.score(part.features_N_D)
+        else:
+            assert self.data.features_N_D is not None
+            lp, emb = self._scorer.score(self.data.features_N_D[start:stop])
+        return lp, emb, self._scorer.last_loss_N
 
     def _keep(self, start: int, stop: int, log_probs_B_K_C: np.ndarray | None, emb_B_E: np.ndarray | None) -> None:
         """Store what the selection needs of rows ``[start, stop)``: everything, or (streaming)
@@ -219,6 +253,7 @@ class ShardWorker:
         self._recovering = bool(recovering)
         self._cache = ChunkCache(output_location(out_dir), record, reuse=reuse or self._recovering)
 
+    @declares(READS)
     def cache_stats(self) -> dict[str, Any]:
         """Chunks reused, computed and rejected by this worker's cache ({} without one); after a
         restart, ``recovered``: chunks the dead process had scored, read back from the cache."""
@@ -245,30 +280,31 @@ class ShardWorker:
             raise RuntimeError("shard not loaded and scored yet")
         return self.state
 
+    @declares(READS)
     def n_rows(self) -> int:
         return self._st().n_rows()
 
+    @declares(READS)
     def n_candidates(self) -> int:
         return self._st().n_candidates()
 
+    @declares(SHARD_STATE)
     def exclude(self, row_ids: np.ndarray) -> int:
         return self._st().exclude(row_ids)
 
+    @declares(SHARD_STATE)
     def restrict(self, row_ids: np.ndarray) -> int:
         return self._st().restrict(row_ids)
 
+    @declares(SHARD_STATE)
     def compute_scores(self, strategy: str, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._st().compute_scores(strategy, options, seed, round)
 
-    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    @declares(READS)
+    def topk(self, k: int) -> TopK:
         return self._st().topk(k)
 
-    def count_ahead(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
-        return self._st().count_ahead(base_scores_Q, row_ids_Q)
-
-    def softrank_candidates(self, m: int, beta: float, seed: int, round: int) -> tuple:
-        return self._st().softrank_candidates(m, beta, seed, round)
-
+    @declares(READS)
     def snapshot(self) -> Any:
         """The shard state's mutable part (:meth:`ShardState.snapshot`), for a restart."""
         return self._st().snapshot()
@@ -277,6 +313,7 @@ class ShardWorker:
         """Take back a :meth:`snapshot` (after this worker's shard was loaded and scored again)."""
         self._st().restore(snap)
 
+    @declares(SHARD_STATE)
     def call(self, op: str, *args: Any) -> Any:
         """A selection loop's shard op (see ``alscale.strategies.shards.shard_op``)."""
         return self._st().call(op, *args)

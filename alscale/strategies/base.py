@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,13 +46,14 @@ import numpy as np
 from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import progress
 from alscale.strategies import spec as _spec
-from alscale.strategies.quotas import class_streams, predicted_class
+from alscale.strategies.quotas import Page, class_streams, predicted_class
 from alscale.strategies.shards import Shards, ShardState, shard_op, topk_order
 from alscale.types import Selection
 
 logger = logging.getLogger(__name__)
 
 _OP = "alscale.strategies.base."
+_KEY = "base_balanced"
 _ROWS = 65536  # rows per block of the O(N·C) passes
 DISTANCES = ("auto", "feature", "logit")
 ORDERS = ("round_robin", "sequential")
@@ -117,6 +118,21 @@ def _own_distance(m_N_C: np.ndarray, pred_N: np.ndarray, norms_C_C: np.ndarray |
     return out
 
 
+@dataclass
+class BaseShard:
+    """One shard's BASE state (in ``ShardState.strategy_state["base_balanced"]``): the log mean
+    probabilities ``m_N_C`` (a view of the log-probs when K = 1), the predicted class, its
+    log-prob, the own-class distance, the class-pair norms (None: logit distance) and, per
+    class touched, the sorted prefix of its candidates (positions, keys = −d)."""
+
+    m_N_C: np.ndarray
+    pred_N: np.ndarray
+    top_N: np.ndarray
+    own_N: np.ndarray
+    norms_C_C: np.ndarray | None
+    order: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
 @shard_op
 def base_prepare(state: ShardState, norms_C_C: np.ndarray | None) -> int:
     """Predicted class, its log-prob and the own-class distance of every row; returns C."""
@@ -131,43 +147,41 @@ def base_prepare(state: ShardState, norms_C_C: np.ndarray | None) -> int:
     if norms is not None and norms.shape[0] != m.shape[1]:
         raise AlscaleError(f"strategy base_balanced: the head has {norms.shape[0]} classes but the log-probs "
                            f"{m.shape[1]}; give the head of the model that produced them")
-    state.strategy_state["base"] = {"m": m, "pred": pred,
-                                    "top": np.asarray(m[np.arange(m.shape[0]), pred], dtype=np.float64),
-                                    "own": _own_distance(m, pred, norms), "norms": norms, "order": {}}
+    state.strategy_state[_KEY] = BaseShard(m, pred, np.asarray(m[np.arange(m.shape[0]), pred], dtype=np.float64),
+                                           _own_distance(m, pred, norms), norms)
     return int(m.shape[1])
 
 
-def _class_distance(st: dict[str, Any], c: int, pos: np.ndarray) -> np.ndarray:
+def _class_distance(st: BaseShard, c: int, pos: np.ndarray) -> np.ndarray:
     """``d(x, c)`` of the rows at ``pos``."""
-    pred = st["pred"][pos]
-    den = 1.0 if st["norms"] is None else st["norms"][pred, c]
-    d = _ratio(st["top"][pos] - np.asarray(st["m"][pos, c], dtype=np.float64), np.broadcast_to(den, pos.shape))
-    return np.where(pred == c, st["own"][pos], d)
+    pred = st.pred_N[pos]
+    den = 1.0 if st.norms_C_C is None else st.norms_C_C[pred, c]
+    d = _ratio(st.top_N[pos] - np.asarray(st.m_N_C[pos, c], dtype=np.float64), np.broadcast_to(den, pos.shape))
+    return np.where(pred == c, st.own_N[pos], d)
 
 
 @shard_op
-def base_pages(state: ShardState, requests: list[tuple[int, int]], page: int
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
+def base_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[Page]:
     """For each (class, start rank): this shard's candidates of ranks ``[start, start + page)``
     by ``(d(·, class) ascending, row_id ascending)``, as (keys = −d, row_ids).
 
     A class's order is kept as a sorted prefix, extended (doubled) only when a request reaches
     past it, so a batch costs O(N) per class touched, not a full sort.
     """
-    st = state.strategy_state["base"]
+    st: BaseShard = state.strategy_state[_KEY]
     cand = np.flatnonzero(state.candidates_N)
     out = []
     for c, start in requests:
-        have = st["order"].get(c)
+        have = st.order.get(c)
         need = start + page
         if have is None or (have[0].shape[0] < need and have[0].shape[0] < cand.shape[0]):
             want = max(need, 2 * (0 if have is None else have[0].shape[0]))
             d = _class_distance(st, c, cand)
             top = topk_order(-d, state.row_ids_N[cand], want)
             have = (cand[top], -d[top])
-            st["order"][c] = have
+            st.order[c] = have
         pos, keys = have[0][start:need], have[1][start:need]
-        out.append((keys.astype(np.float64), state.row_ids_N[pos]))
+        out.append(Page(keys.astype(np.float64), state.row_ids_N[pos]))
     return out
 
 
@@ -233,11 +247,11 @@ def select_base(shards: Shards, budget: int, *, options: Mapping[str, Any], seed
                 refill([j])
             h = stream.head()
             assert h is not None, "a class stream ran out before the budget"  # budget <= candidates
-            stream.at[h[2]] += 1
-            if h[1] not in taken:
-                taken.add(h[1])
-                ids_B.append(h[1])
-                keys_B.append(h[0])
+            stream.advance(h)
+            if h.row_id not in taken:
+                taken.add(h.row_id)
+                ids_B.append(h.row_id)
+                keys_B.append(h.key)
                 progress.advance()
                 return
 

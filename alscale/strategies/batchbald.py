@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -84,6 +84,7 @@ from alscale.strategies.joint_entropy import (
     row_expected_entropy,
 )
 from alscale.strategies import progress
+from alscale.strategies.scores import bald
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_budget
@@ -183,8 +184,8 @@ def default_prefilter(budget: int) -> int:
 
 
 @dataclass
-class _ShardCache:
-    """One shard's BatchBALD state for one selection (in ``ShardState.strategy_state``)."""
+class BatchBALDShard:
+    """One shard's BatchBALD state for one selection (in ``ShardState.strategy_state["batchbald"]``)."""
 
     device: Any  # torch.device
     pos_N: np.ndarray  # candidate -> position in the shard's arrays
@@ -210,7 +211,7 @@ def _resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
-def _map(cache: _ShardCache, fn: Callable[[Any], Any], items: list) -> list:
+def _map(cache: BatchBALDShard, fn: Callable[[Any], Any], items: list) -> list:
     if cache.pool is None or len(items) < 2:
         return [fn(x) for x in items]
     return list(cache.pool.map(fn, items))
@@ -244,7 +245,7 @@ def _to_device(x: np.ndarray, device: Any, dtype: Any = np.float32) -> Any:
     return torch.from_numpy(arr).to(device)
 
 
-def _probs_chunk(state: ShardState, cache: _ShardCache, cand: np.ndarray) -> Any:
+def _probs_chunk(state: ShardState, cache: BatchBALDShard, cand: np.ndarray) -> Any:
     """float32 ``[n, C, K]`` probabilities of candidates ``cand`` on the cache's device."""
     import torch
 
@@ -256,9 +257,17 @@ def _probs_chunk(state: ShardState, cache: _ShardCache, cand: np.ndarray) -> Any
     return torch.exp(lp).transpose(1, 2).contiguous()
 
 
+class SetupInfo(NamedTuple):
+    """What :func:`setup` reports: the shard's candidates and its log-probs' K and C."""
+
+    n_candidates: int
+    k: int
+    c: int
+
+
 @shard_op
-def setup(state: ShardState, device: str, chunk_rows: int | None, prune: bool) -> tuple[int, int, int]:
-    """Start a BatchBALD selection on this shard; returns (candidates, K, C)."""
+def setup(state: ShardState, device: str, chunk_rows: int | None, prune: bool) -> SetupInfo:
+    """Start a BatchBALD selection on this shard."""
     import torch
 
     lp = state.log_probs_N_K_C
@@ -274,7 +283,7 @@ def setup(state: ShardState, device: str, chunk_rows: int | None, prune: bool) -
     else:
         budget, threads = _CPU_CACHE_BYTES, max(1, torch.get_num_threads())
     probs = torch.empty((n, c, k), dtype=torch.float32, device=dev) if n * k * c * 4 <= budget else None
-    cache = _ShardCache(
+    cache = BatchBALDShard(
         device=dev,
         pos_N=pos,
         row_ids_N=state.row_ids_N[pos],
@@ -302,10 +311,10 @@ def setup(state: ShardState, device: str, chunk_rows: int | None, prune: bool) -
         _map(cache, block, [(s, min(s + rows, n)) for s in range(0, n, rows)])
     state.strategy_state[_KEY] = cache
     logger.debug("batchbald set-up: %d candidates on %s (probabilities cached: %s)", n, dev, probs is not None)
-    return n, int(k), int(c)
+    return SetupInfo(n, int(k), int(c))
 
 
-def _fast_rows(cache: _ShardCache, m: int) -> int:
+def _fast_rows(cache: BatchBALDShard, m: int) -> int:
     """Fast-path rows per chunk: the option, else by memory (CPU: ~4 MiB of π; CUDA: free/4)."""
     if cache.chunk_rows is not None:
         return cache.chunk_rows
@@ -318,7 +327,7 @@ def _fast_rows(cache: _ShardCache, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Offer:
+class StepOffer:
     """A shard's best row for one step."""
 
     gain: float  # reference Ĥ(y|A) - E H(y|ω)
@@ -340,7 +349,7 @@ def step(
     masses_G: np.ndarray | None,
     picked_row_id: int | None,
     final: bool,
-) -> _Offer | None:
+) -> StepOffer | None:
     """One greedy step on this shard: drop the previous pick, return the best row (or None).
 
     ``post_M_K``, ``weights_M``: the batch's joint state; ``centres_G_K``, ``masses_G``: the
@@ -366,86 +375,138 @@ def step(
                 cache.pool.shutdown(wait=False)
 
 
-def _state_tensors(cache: _ShardCache, post_M_K: np.ndarray, weights_M: np.ndarray) -> tuple[Any, Any]:
+@shard_op
+def prefilter_scores(state: ShardState) -> None:
+    """Rank this shard's rows by BALD (Houlsby et al. 2011), BatchBALD's gain of a one-row
+    batch: the ranking key of ``batchbald_prefilter``'s top-k."""
+    if state.log_probs_N_K_C is None:
+        raise AlscaleError("strategy batchbald_prefilter needs log-probs [N, K, C], but this shard has none")
+    state.use_scores(bald(state.log_probs_N_K_C))
+
+
+def _state_tensors(cache: BatchBALDShard, post_M_K: np.ndarray, weights_M: np.ndarray) -> tuple[Any, Any]:
     return _to_device(post_M_K.T, cache.device), _to_device(weights_M, cache.device, np.float64)
+
+
+@dataclass
+class _Step:
+    """One greedy step on one shard: the batch's joint state (as arrays and on the device), the
+    grouped state of the second bound, the margin ``2ε``, the best fast gain so far and the
+    work counters."""
+
+    state: ShardState
+    cache: BatchBALDShard
+    post_M_K: np.ndarray
+    weights_M: np.ndarray
+    post_t: Any
+    w_t: Any
+    group_t: tuple[Any, Any] | None
+    margin: float
+    rows_full: int  # fast-path rows per chunk
+    best: float = -math.inf
+    n_passed: int = 0
+    n_bounded: int = 0
 
 
 def _best_offer(
     state: ShardState,
-    cache: _ShardCache,
+    cache: BatchBALDShard,
     full: tuple[np.ndarray, np.ndarray],
     grouped: tuple[np.ndarray, np.ndarray] | None,
     idx: np.ndarray,
-) -> _Offer:
-    import torch
-
+) -> StepOffer:
+    """The shard's exact reference argmax of the gain among the live rows ``idx`` (module
+    docstring: bound, group-bound, fast-score, re-score)."""
     post_M_K, weights_M = full
-    m = post_M_K.shape[0]
-    margin = 2 * fast_error_bound(cache.k, cache.c)
     post_t, w_t = _state_tensors(cache, post_M_K, weights_M)
-    rows_full = _fast_rows(cache, m)
+    step = _Step(state, cache, post_M_K, weights_M, post_t, w_t, None, 2 * fast_error_bound(cache.k, cache.c),
+                 _fast_rows(cache, post_M_K.shape[0]))
     if cache.prune:
-        # Stage 1 for every live row: the one-group bound (all configurations in one group).
-        mean_t, one_t = _state_tensors(cache, (weights_M @ post_M_K)[None, :], np.ones(1))
-
-        def bound(cand: np.ndarray) -> np.ndarray:
-            return chunk_conditional_entropies(mean_t, one_t, _probs_chunk(state, cache, cand)).cpu().numpy()
-
-        block = max(1, _BLOCK_VALUES // (cache.k * cache.c))
-        ub = np.concatenate(_map(cache, bound, [idx[s : s + block] for s in range(0, idx.size, block)]))
-        ub -= cache.eh_N[idx]
-        perm = np.lexsort((cache.row_ids_N[idx], -ub))
-        order, ub_sorted = idx[perm], ub[perm]
-        size = min(_FIRST_CHUNK_ROWS, rows_full)
-        group_t = _state_tensors(cache, *grouped) if grouped is not None else None
+        order, ub_sorted = _bound_order(step, idx)
+        size = min(_FIRST_CHUNK_ROWS, step.rows_full)
+        step.group_t = _state_tensors(cache, *grouped) if grouped is not None else None
     else:
-        order, ub_sorted, size, group_t = idx, None, rows_full, None
+        order, ub_sorted, size = idx, None, step.rows_full
+    cand_all, g_all = _score_waves(step, order, ub_sorted, size)
+    return _reference_pick(step, cand_all, g_all)
 
-    best = -math.inf
 
-    def score(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        probs = _probs_chunk(state, cache, cand)
-        bounded = 0
-        if group_t is not None:  # stage 2: the grouped bound, against the best at wave start
-            ub2 = chunk_conditional_entropies(group_t[0], group_t[1], probs).cpu().numpy() - cache.eh_N[cand]
-            keep = ub2 >= threshold
-            bounded = cand.size
-            if not keep.all():
-                cand = cand[keep]
-                probs = probs[torch.from_numpy(np.flatnonzero(keep)).to(probs.device)]
-        if cand.size == 0:
-            return cand, np.empty(0), bounded
-        h = chunk_conditional_entropies(post_t, w_t, probs).cpu().numpy()
-        return cand, h - cache.eh_N[cand], bounded
+def _bound_order(step: _Step, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1 for every live row: the one-group bound (all configurations in one group);
+    returns the rows by decreasing bound (ties: lower row_id) and their bounds."""
+    cache = step.cache
+    mean_t, one_t = _state_tensors(cache, (step.weights_M @ step.post_M_K)[None, :], np.ones(1))
 
+    def bound(cand: np.ndarray) -> np.ndarray:
+        return chunk_conditional_entropies(mean_t, one_t, _probs_chunk(step.state, cache, cand)).cpu().numpy()
+
+    block = max(1, _BLOCK_VALUES // (cache.k * cache.c))
+    ub = np.concatenate(_map(cache, bound, [idx[s:s + block] for s in range(0, idx.size, block)]))
+    ub -= cache.eh_N[idx]
+    perm = np.lexsort((cache.row_ids_N[idx], -ub))
+    return idx[perm], ub[perm]
+
+
+def _score_waves(step: _Step, order: np.ndarray, ub_sorted: np.ndarray | None, size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Fast gains of the rows in ``order``, in waves of chunks (one per thread; chunks double
+    up to the full size) until the next bound is below ``best - 2ε``; returns the scored rows
+    and their fast gains."""
+    cache = step.cache
     scored: list[np.ndarray] = []
     gains: list[np.ndarray] = []
-    n_bounded = n_passed = 0
     start = 0
     while start < order.size:
-        threshold = best - margin
+        threshold = step.best - step.margin
         wave = []
         while len(wave) < cache.threads and start < order.size:
             if ub_sorted is not None and ub_sorted[start] < threshold:
                 break  # no row left can beat the best (see the module docstring)
-            wave.append(order[start : start + size])
-            n_passed += wave[-1].size
+            wave.append(order[start:start + size])
+            step.n_passed += wave[-1].size
             start += size
         if not wave:
             break
-        for cand, g, bounded in _map(cache, score, wave):
-            n_bounded += bounded
+        for cand, g, bounded in _map(cache, lambda c, t=threshold: _score_chunk(step, c, t), wave):
+            step.n_bounded += bounded
             if cand.size:
                 scored.append(cand)
                 gains.append(g)
-                best = max(best, float(g.max()))
-        size = min(2 * size, rows_full)
-    cand_all = np.concatenate(scored)
-    g_all = np.concatenate(gains)
-    short = cand_all[g_all >= best - margin]
+                step.best = max(step.best, float(g.max()))
+        size = min(2 * size, step.rows_full)
+    return np.concatenate(scored), np.concatenate(gains)
+
+
+def _score_chunk(step: _Step, cand: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Stage 2 (the grouped bound against the best at wave start, when there is a grouped
+    state) then stage 3 (the fast kernel against the full state) for one chunk of rows;
+    returns the rows kept, their fast gains and how many rows got the grouped bound."""
+    import torch
+
+    cache = step.cache
+    probs = _probs_chunk(step.state, cache, cand)
+    bounded = 0
+    if step.group_t is not None:
+        ub2 = chunk_conditional_entropies(step.group_t[0], step.group_t[1], probs).cpu().numpy() - cache.eh_N[cand]
+        keep = ub2 >= threshold
+        bounded = cand.size
+        if not keep.all():
+            cand = cand[keep]
+            probs = probs[torch.from_numpy(np.flatnonzero(keep)).to(probs.device)]
+    if cand.size == 0:
+        return cand, np.empty(0), bounded
+    h = chunk_conditional_entropies(step.post_t, step.w_t, probs).cpu().numpy()
+    return cand, h - cache.eh_N[cand], bounded
+
+
+def _reference_pick(step: _Step, cand_all: np.ndarray, g_all: np.ndarray) -> StepOffer:
+    """Stage 4: every scored row within ``2ε`` of the best fast gain, re-scored with the float64
+    reference kernel in row_id order; the best reference gain wins (ties: lower row_id)."""
+    cache = step.cache
+    short = cand_all[g_all >= step.best - step.margin]
     short = short[np.argsort(cache.row_ids_N[short], kind="stable")]
-    lp = state.log_probs_N_K_C
-    post_T_K_M = np.ascontiguousarray(post_M_K.T, dtype=np.float64)
+    lp = step.state.log_probs_N_K_C
+    post_T_K_M = np.ascontiguousarray(step.post_M_K.T, dtype=np.float64)
     seen: set[bytes] = set()
     best_gain, best_i, best_eh, n_ref = -math.inf, -1, 0.0, 0
     for i in short:  # row_id order: a strictly better gain is needed to replace
@@ -455,17 +516,17 @@ def _best_offer(
             continue
         seen.add(key)
         eh = row_expected_entropy(row_K_C)
-        gain = row_conditional_entropy(post_T_K_M, weights_M, row_K_C) - eh
+        gain = row_conditional_entropy(post_T_K_M, step.weights_M, row_K_C) - eh
         n_ref += 1
         if gain > best_gain:
             best_gain, best_i, best_eh = gain, int(i), eh
-    return _Offer(
+    return StepOffer(
         gain=best_gain,
         row_id=int(cache.row_ids_N[best_i]),
         log_probs_K_C=np.array(lp[cache.pos_N[best_i]], copy=True),
         expected_entropy=best_eh,
-        n_passed=n_passed,
-        n_bounded=n_bounded,
+        n_passed=step.n_passed,
+        n_bounded=step.n_bounded,
         n_scored=int(cand_all.size),
         n_reference=n_ref,
     )
@@ -491,6 +552,7 @@ class BatchBALDStats:
 
 _SETUP = f"{__name__}.setup"
 _STEP = f"{__name__}.step"
+_PREFILTER = f"{__name__}.prefilter_scores"
 
 
 def _use_groups(m: int, k: int, c: int, n_groups: int, passed: int) -> bool:
@@ -521,70 +583,93 @@ def batchbald_loop(
     """
     t0 = time.perf_counter()
     budget = check_budget(budget)
-    trips0 = getattr(shards, "round_trips", 0)
-    infos = shards.call(_SETUP, options["device"], options["chunk_rows"], options["prune"])
-    shapes = {(k, c) for n, k, c in infos if n > 0} or {(k, c) for _, k, c in infos}
-    if len(shapes) != 1:
-        raise AlscaleError(f"shards disagree on the log-probs shape [K, C]: {sorted(shapes)}")
-    k, c = shapes.pop()
-    if k < 2:
-        raise AlscaleError(f"strategy {strategy} needs K >= 2 samples on the middle axis of log_probs; got K = {k}")
-    n_cand = int(sum(n for n, _, _ in infos))
+    trips0 = shards.round_trips
+    k, c, n_cand = _setup(shards, options, strategy)
     if budget > n_cand:
         logger.warning("budget %d exceeds the %d unlabelled rows; selecting all of them", budget, n_cand)
     b = min(budget, n_cand)
     joint = BatchJoint.empty(
         k, c, max_configs=options["max_configs"], num_samples=options["num_samples"], seed=seed, round=round
     )
-    stats = BatchBALDStats()
-    picks: list[int] = []
-    scores: list[float] = []
-    sum_eh = 0.0
-    picked: int | None = None
-    passed = 0
+    run = _Greedy(shards, options, joint, k, c)
     for i in range(b):
-        ts = time.perf_counter()
-        final = i == b - 1
-        centres_G_K = masses_G = None
-        n_groups = min(joint.n_configs // _GROUP_RATIO, _MAX_GROUPS)
-        if options["prune"] and _use_groups(joint.n_configs, k, c, n_groups, passed):
-            labels_M = group_configs(joint.post_M_K, joint.weights_M, n_groups)
-            centres_G_K, masses_G = grouped_state(joint.post_M_K, joint.weights_M, labels_M)
-        offers = shards.call(_STEP, joint.post_M_K, joint.weights_M, centres_G_K, masses_G, picked, final)
-        best: _Offer | None = None
-        for o in offers:
-            if o is not None and (best is None or o.gain > best.gain or (o.gain == best.gain and o.row_id < best.row_id)):
-                best = o
-        assert best is not None  # n_cand > i rows are left
-        picks.append(best.row_id)
-        scores.append(joint.entropy - sum_eh + best.gain)
-        progress.advance()
-        stats.steps.append(
-            {
-                "mode": joint.mode,
-                "configs": joint.n_configs,
-                "passed": int(sum(o.n_passed for o in offers if o is not None)),
-                "bounded": int(sum(o.n_bounded for o in offers if o is not None)),
-                "scored": int(sum(o.n_scored for o in offers if o is not None)),
-                "reference": int(sum(o.n_reference for o in offers if o is not None)),
-                "seconds": 0.0,
-            }
-        )
-        sum_eh += best.expected_entropy
-        passed = stats.steps[-1]["passed"]
-        picked = best.row_id
-        if not final:
-            joint.extend(best.log_probs_K_C)
-        stats.steps[-1]["seconds"] = time.perf_counter() - ts
-        logger.debug("batchbald step %d: %s", i, stats.steps[-1])
+        _greedy_step(run, final=i == b - 1)
     if b == 0:
         shards.call(_STEP, joint.post_M_K, joint.weights_M, None, None, None, True)  # frees the caches
-    stats.round_trips = getattr(shards, "round_trips", 0) - trips0
-    stats.seconds = time.perf_counter() - t0
-    sel = Selection(
-        indices_B=np.asarray(picks, dtype=np.int64), scores_B=np.asarray(scores, dtype=np.float64), strategy=strategy
-    )
-    return sel, stats
+    run.stats.round_trips = shards.round_trips - trips0
+    run.stats.seconds = time.perf_counter() - t0
+    sel = Selection(indices_B=np.asarray(run.picks, dtype=np.int64), scores_B=np.asarray(run.scores, dtype=np.float64),
+                    strategy=strategy)
+    return sel, run.stats
+
+
+def _setup(shards: Shards, options: Mapping[str, Any], strategy: str) -> tuple[int, int, int]:
+    """Set every shard up (one fan-out); returns the log-probs' K and C and the candidates."""
+    infos: list[SetupInfo] = shards.call(_SETUP, options["device"], options["chunk_rows"], options["prune"])
+    shapes = {(i.k, i.c) for i in infos if i.n_candidates > 0} or {(i.k, i.c) for i in infos}
+    if len(shapes) != 1:
+        raise AlscaleError(f"shards disagree on the log-probs shape [K, C]: {sorted(shapes)}")
+    k, c = shapes.pop()
+    if k < 2:
+        raise AlscaleError(f"strategy {strategy} needs K >= 2 samples on the middle axis of log_probs; got K = {k}")
+    return k, c, int(sum(i.n_candidates for i in infos))
+
+
+@dataclass
+class _Greedy:
+    """The greedy loop at the coordinator: the batch's joint state, the picks and their
+    cumulative scores, the last pick (dropped by its shard at the next step) and the rows
+    that passed the first bound at the last step (for the grouping's cost model)."""
+
+    shards: Shards
+    options: Mapping[str, Any]
+    joint: BatchJoint
+    k: int
+    c: int
+    stats: BatchBALDStats = field(default_factory=BatchBALDStats)
+    picks: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    sum_eh: float = 0.0
+    picked: int | None = None
+    passed: int = 0
+
+
+def _greedy_step(run: _Greedy, final: bool) -> None:
+    """One pick: every shard's best row (one fan-out), the global best (ties: lower row_id)."""
+    ts = time.perf_counter()
+    joint = run.joint
+    centres_G_K, masses_G = _grouping(run)
+    offers = run.shards.call(_STEP, joint.post_M_K, joint.weights_M, centres_G_K, masses_G, run.picked, final)
+    best: StepOffer | None = None
+    for o in offers:
+        if o is not None and (best is None or o.gain > best.gain or (o.gain == best.gain and o.row_id < best.row_id)):
+            best = o
+    assert best is not None  # n_cand > i rows are left
+    run.picks.append(best.row_id)
+    run.scores.append(joint.entropy - run.sum_eh + best.gain)
+    progress.advance()
+    live = [o for o in offers if o is not None]
+    record = {"mode": joint.mode, "configs": joint.n_configs, "passed": int(sum(o.n_passed for o in live)),
+              "bounded": int(sum(o.n_bounded for o in live)), "scored": int(sum(o.n_scored for o in live)),
+              "reference": int(sum(o.n_reference for o in live)), "seconds": 0.0}
+    run.stats.steps.append(record)
+    run.sum_eh += best.expected_entropy
+    run.passed = record["passed"]
+    run.picked = best.row_id
+    if not final:
+        joint.extend(best.log_probs_K_C)
+    record["seconds"] = time.perf_counter() - ts
+    logger.debug("batchbald step %d: %s", len(run.picks) - 1, record)
+
+
+def _grouping(run: _Greedy) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The grouped state ``(centres_G_K, masses_G)`` of the second bound, when it pays off."""
+    joint = run.joint
+    n_groups = min(joint.n_configs // _GROUP_RATIO, _MAX_GROUPS)
+    if not (run.options["prune"] and _use_groups(joint.n_configs, run.k, run.c, n_groups, run.passed)):
+        return None, None
+    labels_M = group_configs(joint.post_M_K, joint.weights_M, n_groups)
+    return grouped_state(joint.post_M_K, joint.weights_M, labels_M)
 
 
 def select_batchbald(
@@ -605,10 +690,10 @@ def prefilter_loop(
     t0 = time.perf_counter()
     budget = check_budget(budget)
     opts = check_options(options)
-    trips0 = getattr(shards, "round_trips", 0)
+    trips0 = shards.round_trips
     p = opts["prefilter"] if opts.get("prefilter") is not None else default_prefilter(budget)
     p = min(p, shards.n_candidates())
-    shards.compute_scores("bald", {}, seed, round)
+    shards.call(_PREFILTER)
     _, ids = shards.topk(p)
     parts = shards.take(np.sort(ids), ("log_probs",), where="candidates")
     row_ids = np.concatenate([p.row_ids_R for p in parts]) if parts else np.empty(0, np.int64)
@@ -620,7 +705,7 @@ def prefilter_loop(
     local = FanoutShards(InProcessFanout([ShardState(row_ids[order], lp[order])]))
     inner = {key: value for key, value in opts.items() if key != "prefilter"}
     sel, stats = batchbald_loop(local, budget, options=inner, seed=seed, round=round, strategy="batchbald_prefilter")
-    stats.round_trips = getattr(shards, "round_trips", 0) - trips0
+    stats.round_trips = shards.round_trips - trips0
     stats.seconds = time.perf_counter() - t0
     return sel, stats
 

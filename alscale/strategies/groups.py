@@ -10,17 +10,37 @@ smallest value everywhere.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from alscale.errors import AlscaleError
-from alscale.strategies.shards import Shards, ShardState, shard_op
+from alscale.strategies.shards import LastingState, Shards, ShardState, shard_op
 
 PREDICTED_CLASS = "predicted_class"
 #: The most groups a column may have by default (``strategy.quotas.max_groups``).
 MAX_GROUPS = 1024
 _OP = "alscale.strategies.groups."
+_KEY = "groups"
+
+
+@dataclass
+class GroupCodes(LastingState):
+    """One shard's installed groups (kept in ``ShardState.strategy_state["groups"]``; they do
+    not depend on the candidates): per column, each row's group (int64 ``[N]``) and the number
+    of groups."""
+
+    codes_N: dict[str, np.ndarray] = field(default_factory=dict)
+    n_groups: dict[str, int] = field(default_factory=dict)
+
+
+class Distinct(NamedTuple):
+    """A shard's distinct values of a column (sorted, at most ``limit + 1``) and whether there
+    were more than ``limit``."""
+
+    values: list[Any]
+    more: bool
 
 
 def _values(state: ShardState, column: str) -> np.ndarray:
@@ -31,11 +51,10 @@ def _values(state: ShardState, column: str) -> np.ndarray:
 
 
 @shard_op(mutates=False)
-def group_distinct(state: ShardState, column: str, limit: int) -> tuple[list[Any], bool]:
-    """The distinct values of ``column`` on this shard (sorted; at most ``limit + 1``), and
-    whether there were more than ``limit``."""
+def group_distinct(state: ShardState, column: str, limit: int) -> Distinct:
+    """The distinct values of ``column`` on this shard."""
     values = np.unique(_values(state, column))
-    return values[:limit + 1].tolist(), bool(values.shape[0] > limit)
+    return Distinct(values[:limit + 1].tolist(), bool(values.shape[0] > limit))
 
 
 @shard_op
@@ -44,26 +63,27 @@ def group_install(state: ShardState, column: str, values: list[Any]) -> None:
     v = _values(state, column)
     table = np.asarray(values, dtype=v.dtype)
     codes = np.searchsorted(table, v)
-    state.columns[f"_codes:{column}"] = codes.astype(np.int64)
-    state.columns[f"_ngroups:{column}"] = np.array(len(values), dtype=np.int64)
+    groups = state.strategy_state.setdefault(_KEY, GroupCodes())
+    groups.codes_N[column] = codes.astype(np.int64)
+    groups.n_groups[column] = len(values)
 
 
 def group_codes(state: ShardState, by: str, positions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """The installed group codes (int64) of column ``by`` at ``positions`` (all rows: None), and
     the number of groups."""
-    key = f"_codes:{by}"
-    if key not in state.columns:
+    groups = state.strategy_state.get(_KEY)
+    if groups is None or by not in groups.codes_N:
         raise RuntimeError(f"groups of column {by!r} are not installed on this shard (install_groups)")
-    codes = state.columns[key]
-    return (codes if positions is None else codes[positions]), int(state.columns[f"_ngroups:{by}"])
+    codes = groups.codes_N[by]
+    return (codes if positions is None else codes[positions]), int(groups.n_groups[by])
 
 
 def install_groups(shards: Shards, column: str, max_groups: int = MAX_GROUPS) -> list[Any]:
     """Number ``column``'s groups on every shard the same way; returns the sorted values
     (group g is ``values[g]``). More than ``max_groups`` distinct values is an error."""
     parts = shards.call(_OP + "group_distinct", column, int(max_groups))
-    union = sorted(set().union(*(set(p[0]) for p in parts)))
-    if any(p[1] for p in parts) or len(union) > max_groups:
+    union = sorted(set().union(*(set(p.values) for p in parts)))
+    if any(p.more for p in parts) or len(union) > max_groups:
         raise AlscaleError(f"strategy.quotas.by: column '{column}' has more than {max_groups} distinct values "
                            f"(first: {', '.join(map(repr, union[:3]))}, ...); group by a coarser column or raise "
                            "strategy.quotas.max_groups")

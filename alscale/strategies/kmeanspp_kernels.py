@@ -2,9 +2,10 @@
 
 Fixed-point factors whose float64 dot products are exact in any summation order, the
 exact and the float32-filtered (rigorously bounded) min-distance kernels, the 6-bit weight
-grid, and the keyed trial randomness. The loops and shard ops that use them, and the
-argument for why the result does not depend on the shard count, are in
-:mod:`alscale.strategies.kmeanspp`. The kernels assume valid input.
+grid, and the keyed trial randomness. The shard ops that use them are in
+:mod:`alscale.strategies.kmeanspp_shard`, the loops and the argument for why the result does
+not depend on the shard count in :mod:`alscale.strategies.kmeanspp`. The kernels assume
+valid input.
 """
 
 from __future__ import annotations
@@ -208,8 +209,13 @@ def trial_uniforms(seed: int, round: int, trials_R: np.ndarray) -> np.ndarray:
     return np.array([math.ldexp(k, -104) for k in trial_bits(seed, round, trials_R)], dtype=np.float64)
 
 
+def keyed_round(round: int, stream: int) -> int:
+    """The ``round`` key of stream ``stream`` of round ``round``: ``(round << 8) | stream``."""
+    return (int(round) << 8) | stream
+
+
 def _keyed(seed: int, round: int, stream: int, keys: np.ndarray) -> np.ndarray:
-    return noise.keyed_uniform(seed, (int(round) << 8) | stream, np.asarray(keys, dtype=np.int64))
+    return noise.keyed_uniform(seed, keyed_round(round, stream), np.asarray(keys, dtype=np.int64))
 
 
 def _bits52(seed: int, round: int, stream: int, keys: np.ndarray) -> np.ndarray:

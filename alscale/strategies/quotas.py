@@ -31,14 +31,14 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import registry
-from alscale.strategies.shards import Shards, ShardState, order_desc, shard_op
+from alscale.strategies.shards import LastingState, Shards, ShardState, order_desc, shard_op
 from alscale.types import Selection
 
 logger = logging.getLogger(__name__)
@@ -55,84 +55,113 @@ def predicted_class(log_probs_N_K_C: np.ndarray) -> np.ndarray:
     return out
 
 
-_BY = "_quota_by"  # ShardState.columns key: the pool column this selection's quotas group by
+_KEY = "quotas"
 
 
-def _set_grouping(state: ShardState, by: str | None) -> None:
-    """Group rows by pool column ``by`` (its codes installed by
-    :func:`alscale.strategies.groups.install_groups`), or by predicted class (None), for the
-    quota ops that follow."""
-    if by is None:
-        state.columns.pop(_BY, None)
-    else:
-        state.columns[_BY] = np.array(by, dtype=object)
+@dataclass
+class QuotaState(LastingState):
+    """One shard's quota state (in ``ShardState.strategy_state["quotas"]``): the pool column the
+    quotas group by (None: the predicted class), each grouping's group per row (cached), the
+    eligibility before the first quota restriction, and — until the candidates change — the
+    candidates of each group in ranking order (:func:`quota_prepare`)."""
+
+    by: str | None = None
+    groups_N: dict[str | None, np.ndarray] = field(default_factory=dict)
+    eligible_before_N: np.ndarray | None = None
+    order_by_group: list[np.ndarray] | None = None
+
+    def candidates_changed(self) -> None:
+        self.order_by_group = None
+
+
+def _quota_state(state: ShardState) -> QuotaState:
+    return state.strategy_state.setdefault(_KEY, QuotaState())
 
 
 def _groups(state: ShardState, positions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Group of each row (at ``positions``; all rows: None) and the number of groups: the
-    predicted class, or the installed codes of the pool column set by :func:`_set_grouping`."""
-    if _BY in state.columns:
+    predicted class, or the installed codes of the pool column the quotas group by."""
+    by = _quota_state(state).by
+    if by is not None:
         from alscale.strategies.groups import group_codes
 
-        return group_codes(state, str(state.columns[_BY]), positions)
+        return group_codes(state, by, positions)
     if state.log_probs_N_K_C is None:
         raise AlscaleError("class quotas need the model's log-probs (predicted classes), but this shard has none")
     lp = state.log_probs_N_K_C if positions is None else state.log_probs_N_K_C[positions]
     return predicted_class(lp), int(state.log_probs_N_K_C.shape[2])
 
 
+class Page(NamedTuple):
+    """One page of a group's stream on one shard: ranking keys (higher first) and row ids."""
+
+    keys_P: np.ndarray
+    row_ids_P: np.ndarray
+
+
+class GroupOf(NamedTuple):
+    """The group (predicted class or column group) of each of a shard's rows."""
+
+    row_ids_R: np.ndarray
+    groups_R: np.ndarray
+
+
 @shard_op
 def quota_prepare(state: ShardState, strategy: Any, options: Mapping[str, Any], seed: int, round: int,
                   by: str | None = None) -> np.ndarray:
     """Score this shard, sort its candidates per group (predicted class, or pool column ``by``);
-    returns the candidates per group ``[C]``."""
-    _set_grouping(state, by)
+    returns the candidates per group (int64 ``[C]``)."""
+    _quota_state(state).by = by
     cls, c = _groups(state)
     state.compute_scores(strategy, options, seed, round)
     cand = np.flatnonzero(state.candidates_N)
-    keys = state._scores_N
+    keys = state.key_N
     order = cand[order_desc(keys[cand], state.row_ids_N[cand])]
     by_class = [order[cls[order] == j] for j in range(c)]
-    state.strategy_state["quotas"] = by_class
+    _quota_state(state).order_by_group = by_class
     return np.array([b.shape[0] for b in by_class], dtype=np.int64)
 
 
 @shard_op(mutates=False)
-def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def quota_pages(state: ShardState, requests: list[tuple[int, int]], page: int) -> list[Page]:
     """For each (class, start rank): this shard's ranks [start, start + page) of that class."""
-    by_class = state.strategy_state["quotas"]
+    by_class = _quota_state(state).order_by_group
+    if by_class is None:
+        raise RuntimeError("quota_pages: quota_prepare must run first (after any change of the candidates)")
     out = []
     for c, start in requests:
         pos = by_class[c][start:start + page]
-        out.append((state._scores_N[pos].astype(np.float64), state.row_ids_N[pos]))
+        out.append(Page(state.key_N[pos].astype(np.float64), state.row_ids_N[pos]))
     return out
 
 
 @shard_op
 def quota_restrict(state: ShardState, disallowed: list[int]) -> int:
-    """Only rows of groups (predicted classes) not in ``disallowed`` (and eligible before) stay pickable."""
-    key = "_predicted_class" if _BY not in state.columns else f"_group:{state.columns[_BY]}"
-    if key not in state.base_scores:  # kept apart from scratch, which picks clear
-        state.base_scores[key] = _groups(state)[0]
-        state.base_scores.setdefault("_eligible_before_quotas", state.eligible_N.copy())
-    cls = state.base_scores[key]
-    state.eligible_N = state.base_scores["_eligible_before_quotas"] & ~np.isin(cls, np.asarray(disallowed, np.int64))
-    state.strategy_state.clear()
+    """Only rows of groups (predicted classes) not in ``disallowed`` (and eligible before the
+    first quota restriction) stay pickable; returns the candidates left here."""
+    qs = _quota_state(state)
+    cls = qs.groups_N.get(qs.by)
+    if cls is None:
+        cls = qs.groups_N[qs.by] = _groups(state)[0]
+    if qs.eligible_before_N is None:
+        qs.eligible_before_N = state.eligible_N.copy()
+    state.eligible_N = qs.eligible_before_N & ~np.isin(cls, np.asarray(disallowed, np.int64))
+    state.candidates_changed()
     return int(np.count_nonzero(state.candidates_N))
 
 
 @shard_op  # sets the grouping for the quota ops that follow: a state change
 def quota_class_counts(state: ShardState, by: str | None = None) -> np.ndarray:
-    """Candidates per group (predicted class, or pool column ``by``), before any restriction."""
-    _set_grouping(state, by)
+    """Candidates per group (predicted class, or pool column ``by``) before any restriction (``[C]``)."""
+    _quota_state(state).by = by
     cls, c = _groups(state)
     return np.bincount(cls[state.candidates_N], minlength=c).astype(np.int64)
 
 
 @shard_op(mutates=False)
-def quota_class_of(state: ShardState, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quota_class_of(state: ShardState, row_ids: np.ndarray) -> GroupOf:
     pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    return state.row_ids_N[pos], _groups(state, pos)[0]
+    return GroupOf(state.row_ids_N[pos], _groups(state, pos)[0])
 
 
 def allowed_classes(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> np.ndarray:
@@ -151,8 +180,8 @@ def restrict_classes(shards: Shards, disallowed_C: np.ndarray) -> int:
 
 def classes_of(shards: Shards, row_ids: np.ndarray) -> dict[int, int]:
     """row_id -> predicted class of the given rows."""
-    parts = shards.call(_OP + "quota_class_of", np.asarray(row_ids, np.int64))
-    return {int(r): int(k) for p in parts for r, k in zip(p[0].tolist(), p[1].tolist())}
+    parts: list[GroupOf] = shards.call(_OP + "quota_class_of", np.asarray(row_ids, np.int64))
+    return {int(r): int(k) for p in parts for r, k in zip(p.row_ids_R.tolist(), p.groups_R.tolist())}
 
 
 class QuotaGate:
@@ -169,7 +198,7 @@ class QuotaGate:
         missing = np.array([r for r in np.asarray(row_ids).tolist() if r not in self.cls], dtype=np.int64)
         if missing.size:
             for p in self.shards.call(_OP + "quota_class_of", missing):
-                self.cls.update(zip(p[0].tolist(), p[1].tolist()))
+                self.cls.update(zip(p.row_ids_R.tolist(), p.groups_R.tolist()))
 
     def _allowed(self) -> np.ndarray:
         return allowed_classes(self.counts, self.lo, self.hi, self.budget - self.n)
@@ -184,6 +213,14 @@ class QuotaGate:
     def picked(self, row: int) -> None:
         self.counts[self.cls[row]] += 1
         self.n += 1
+
+
+class Head(NamedTuple):
+    """A group stream's best unread row: its key, row id and the shard it is on."""
+
+    key: float
+    row_id: int
+    shard: int
 
 
 class _Stream:
@@ -206,15 +243,19 @@ class _Stream:
         self.next_rank[s] += len(ids)
         self.done[s] = len(ids) < page
 
-    def head(self) -> tuple[float, int, int] | None:
-        """(key, row_id, shard) of the class's best unread row (the stream must not be dry)."""
+    def head(self) -> Head | None:
+        """The class's best unread row (the stream must not be dry); None when it has none."""
         best = None
         for s in range(self.n_shards):
             if self.at[s] < len(self.bufs[s]):
                 k, r = self.bufs[s][self.at[s]]
-                if best is None or (k > best[0] or (k == best[0] and r < best[1])):
-                    best = (k, r, s)
+                if best is None or (k > best.key or (k == best.key and r < best.row_id)):
+                    best = Head(k, r, s)
         return best
+
+    def advance(self, head: Head) -> None:
+        """Consume ``head`` (the row :meth:`head` returned)."""
+        self.at[head.shard] += 1
 
 
 def class_streams(shards: Shards, pages_op: str, n_shards: int, c: int, page: int
@@ -232,8 +273,8 @@ def class_streams(shards: Shards, pages_op: str, n_shards: int, c: int, page: in
             return
         res = shards.call_each(pages_op, [(r, page) for r in reqs])
         for s in range(n_shards):
-            for (j, _), (keys, ids) in zip(reqs[s], res[s]):
-                streams[j].add(s, keys, ids, page)
+            for (j, _), got in zip(reqs[s], res[s]):
+                streams[j].add(s, got.keys_P, got.row_ids_P, page)
 
     return streams, refill
 
@@ -339,16 +380,20 @@ class QuotaResult:
 
 def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mapping[str, Any], *,
                        options: Mapping[str, Any] | None = None, seed: int = 0, round: int = 0,
-                       page: int | None = None) -> QuotaResult:
-    """The constrained greedy of the module docstring over a score-based strategy."""
+                       page: int | None = None, loop: Callable[..., Any] | None = None) -> QuotaResult:
+    """The constrained greedy of the module docstring over a strategy that supports quotas
+    (a ranking through :func:`_ranked_greedy`, a loop through its ``quota_select``).
+
+    ``loop``: a constrained loop (the signature of ``StrategySpec.quota_select``) to run
+    instead of the strategy's own: a composed selection runs its greedy under the
+    constraints of its options (which then need not be ``strategy.quotas``)."""
     info = registry.get_strategy(strategy)
-    if not quotas_supported(info):
+    if loop is None and not quotas_supported(info):
         raise AlscaleError(unsupported_message(info))
     quotas = check_quotas(quotas)
     opts = registry.check_options(info, options or {})
-    n_cand = shards.n_candidates()
-    budget = min(int(budget), n_cand)
-    loop = info.quota_select
+    budget = min(int(budget), shards.n_candidates())
+    loop = loop if loop is not None else info.quota_select
     by = quota_column(quotas)
     values = None
     if by is not None:
@@ -360,19 +405,31 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
     else:
         prepared = shards.call(_OP + "quota_prepare", registry.wire(info), dict(opts), int(seed), int(round), by)
     avail = np.sum(prepared, axis=0)
-    c, n_shards = int(avail.shape[0]), len(prepared)
-    if values is None:
-        lo = _bounds(quotas.get("min"), c, "min")
-        hi = _bounds(quotas.get("max"), c, "max")
+    lo, hi, unmet = _quota_bounds(quotas, avail, budget, values, by)
+    if loop is not None:  # the strategy's own constrained loop (or the caller's)
+        sel, counts = registry.resolve(loop)(shards, budget, lo, hi, options=opts, seed=int(seed),
+                                             round=int(round), avail=avail)
     else:
-        lo = _group_bounds(quotas.get("min"), values, "min", by)
-        hi = _group_bounds(quotas.get("max"), values, "max", by)
+        sel, counts = _ranked_greedy(shards, info.name, budget, lo, hi, len(prepared), page)
+    return QuotaResult(sel, counts.tolist(), unmet, values)
+
+
+def _quota_bounds(quotas: Mapping[str, Any], avail: np.ndarray, budget: int, values: list[Any] | None,
+                  by: str | None) -> tuple[np.ndarray, np.ndarray, dict[Any, int]]:
+    """Per-group minimums (lowered to the rows there are) and maximums ``[C]``, and the
+    minimums no row can meet (group, or column value, -> shortfall); checked against the budget."""
+    c = int(avail.shape[0])
+    if values is None:
+        lo, hi = _bounds(quotas.get("min"), c, "min"), _bounds(quotas.get("max"), c, "max")
+    else:
+        lo = _group_bounds(quotas.get("min"), values, "min", str(by))
+        hi = _group_bounds(quotas.get("max"), values, "max", str(by))
     if (lo > hi).any():
         j = int(np.flatnonzero(lo > hi)[0])
         raise AlscaleError(f"strategy.quotas: class {j} has min {lo[j]} above its max {hi[j]}")
     short = np.maximum(lo - avail, 0)  # minimums no row can meet: known up front
-    unmet: dict[int, int] = {int(j): int(short[j]) for j in np.flatnonzero(short)}
-    for j, v in unmet.items():
+    unmet: dict[Any, int] = {int(j): int(short[j]) for j in np.flatnonzero(short)}
+    for j in unmet:
         logger.warning("class quota: class %d has %d candidate rows, fewer than its minimum %d", j, int(avail[j]),
                        int(lo[j]))
     lo = np.minimum(lo, avail)
@@ -381,38 +438,36 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
                            "lower them or raise strategy.budget")
     if values is not None:
         unmet = {values[j]: v for j, v in unmet.items()}
-    if loop is not None:  # the strategy's own constrained loop
-        sel, counts_k = registry.resolve(loop)(shards, budget, lo, hi, options=opts, seed=int(seed),
-                                               round=int(round), avail=avail)
-        return QuotaResult(sel, counts_k.tolist(), unmet, values)
-    page = int(page or max(16, 2 * budget // max(c, 1) + 1))
-    streams, refill = class_streams(shards, _OP + "quota_pages", n_shards, c, page)
+    return lo, hi, unmet
 
+
+def _ranked_greedy(shards: Shards, name: str, budget: int, lo: np.ndarray, hi: np.ndarray, n_shards: int,
+                   page: int | None) -> tuple[Selection, np.ndarray]:
+    """The constrained greedy over a per-row ranking: the best allowed row next, from the
+    groups' lazily merged streams (a heap of each live group's head)."""
+    c = lo.shape[0]
+    streams, refill = class_streams(shards, _OP + "quota_pages", n_shards, c,
+                                    int(page or max(16, 2 * budget // max(c, 1) + 1)))
     refill(list(range(c)))
     heap: list[tuple[float, int, int]] = []  # (-key, row_id, class)
     counts = np.zeros(c, dtype=np.int64)
     ids_B: list[int] = []
     keys_B: list[float] = []
-    alive = np.ones(c, dtype=bool)  # classes that may still have rows
+    alive = hi > 0  # classes that may still have rows
 
     def push(j: int) -> None:
         if streams[j].dry():
             refill([j])
         h = streams[j].head()
         if h is not None:
-            heapq.heappush(heap, (-h[0], h[1], j))
-            return
-        alive[j] = False  # no rows left in this class (its minimum, capped at its rows, is met)
-
-    for j in range(c):
-        if hi[j] > 0:
-            push(j)
+            heapq.heappush(heap, (-h.key, h.row_id, j))
         else:
-            alive[j] = False
-    while len(ids_B) < budget:
+            alive[j] = False  # no rows left in this class (its minimum, capped at its rows, is met)
+
+    for j in np.flatnonzero(alive).tolist():
+        push(j)
+    while len(ids_B) < budget and heap:
         owed = int(np.maximum(lo - counts, 0)[alive].sum())
-        if not heap:
-            break
         negk, row, j = heapq.heappop(heap)
         if counts[j] >= hi[j]:
             continue  # class full: drop it
@@ -421,10 +476,7 @@ def select_with_quotas(shards: Shards, strategy: str, budget: int, quotas: Mappi
         ids_B.append(row)
         keys_B.append(-negk)
         counts[j] += 1
-        stream = streams[j]
-        stream.at[stream.head()[2]] += 1
+        streams[j].advance(streams[j].head())
         if counts[j] < hi[j]:
             push(j)  # its next row, or the class is exhausted
-
-    sel = Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), info.name)
-    return QuotaResult(sel, counts.tolist(), unmet, values)
+    return Selection(np.asarray(ids_B, np.int64), np.asarray(keys_B, np.float64), name), counts

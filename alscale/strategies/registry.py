@@ -60,6 +60,7 @@ __all__ = [
 BUILTIN_MODULES = (
     "alscale.strategies.scores",
     "alscale.strategies.topk",
+    "alscale.strategies.softrank",
     "alscale.strategies.batchbald",
     "alscale.strategies.kcenter",
     "alscale.strategies.badge",
@@ -298,11 +299,17 @@ class Requirements:
     needs_log_probs: bool
     min_samples: int
     needs_embeddings: bool
+    columns: tuple[str, ...] = ()  # pool metadata columns the workers read
+    components: tuple[str, ...] = ()  # further strategies whose score functions run on the workers
 
 
 def requirements(name: Any, options: Mapping[str, Any] | None = None) -> Requirements:
-    """Resolve a strategy's needs (through the base score for a stochastic strategy)."""
+    """Resolve a strategy's needs (through the base score for a stochastic strategy, through
+    ``needs_for`` for one whose needs depend on its options)."""
     info = get_strategy(name)
+    if info.needs_for is not None:
+        n = resolve(info.needs_for)(check_options(info, options))
+        return Requirements(n.log_probs, n.min_samples, n.embeddings, tuple(n.columns), tuple(n.components))
     base = score_strategy(info, options) if info.kind == "stochastic" else info
     return Requirements(base.needs_log_probs, base.min_samples, info.needs_embeddings)
 

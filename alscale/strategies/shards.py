@@ -9,13 +9,17 @@ same interface over actors. No loop has a Ray twin.
 
 Row order everywhere: higher score first, ties to the lower ``row_id``.
 
-Selection loops with shard-side state of their own (k-center min-distances, k-means++
-masses, BatchBALD scoring) register *shard ops* with :func:`shard_op`: plain functions
-``fn(state: ShardState, *args)`` that keep their state in ``state.strategy_state`` (one
-typed object per strategy module, under its key). A loop calls
-them on every shard with ``FanoutShards.call(op, *args)`` (one fan-out). The op's module
-must be imported where the shard lives; ``ShardState.call`` imports it from the op name
-(``"alscale.strategies.kcenter.offer"`` lives in ``alscale.strategies.kcenter``).
+The protocol is small: counts, the masks (``exclude`` / ``restrict``), the ranking key and
+its exact top-k, ``take`` (rows by ``row_id``, the labelled rows, the candidates) and the
+keyed random fill, each with a typed result (:class:`TopK`, :class:`Rows`) and declared as
+a read or a change (docs/architecture.md lists them). Selection loops with shard-side state
+of their own (k-center min-distances, k-means++ masses, BatchBALD scoring) register *shard
+ops* with :func:`shard_op`: plain functions ``fn(state: ShardState, *args)`` that return a
+typed result and keep their state in ``state.strategy_state`` (one typed object per
+strategy module, under its key). A loop calls them on every shard with
+``FanoutShards.call(op, *args)`` (one fan-out). The op's module must be imported where the
+shard lives; ``ShardState.call`` imports it from the op name
+(``"alscale.strategies.kcenter_shard.sync"`` lives in ``alscale.strategies.kcenter_shard``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from alscale.strategies import noise, registry, scores
+from alscale.strategies import noise, registry
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +94,34 @@ def _lookup_op(op: str) -> Callable[..., Any]:
     return _SHARD_OPS[op]
 
 
+class TopK(NamedTuple):
+    """Rows in pick order: their ranking keys (higher first, ties to the lower ``row_id``)
+    and ids. The result of :meth:`Shards.topk` and of the keyed random fill."""
+
+    scores_K: np.ndarray
+    row_ids_K: np.ndarray
+
+
+class Rows(NamedTuple):
+    """Rows fetched from one shard by :meth:`Shards.take`: their ids and the requested
+    columns (None when not requested or not held). Embeddings are float32; log-probs as held."""
+
+    row_ids_R: np.ndarray
+    embeddings_R_D: np.ndarray | None
+    log_probs_R_K_C: np.ndarray | None
+
+
 class Shards(Protocol):
-    """Where candidate rows live. Every method is one fan-out plus a reduce."""
+    """Where candidate rows live (DESIGN §3): the generic operations every selection loop
+    shares. Each method is one fan-out plus a reduce (one round trip); ``call`` /
+    ``call_each`` run a strategy module's own shard ops. docs/architecture.md lists them
+    with their typed results and whether they change the shards' state."""
+
+    @property
+    def n_shards(self) -> int: ...
+
+    @property
+    def round_trips(self) -> int: ...
 
     def n_rows(self) -> int: ...
 
@@ -103,15 +133,13 @@ class Shards(Protocol):
 
     def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None: ...
 
-    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def topk(self, k: int) -> TopK: ...
 
-    def global_ranks(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray: ...
+    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ..., where: str = ...,
+             page: tuple[int, int] | None = ...) -> list[Rows]: ...
 
-    def softrank_candidates(
-        self, m: int, beta: float, seed: int, round: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]: ...
-
-    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ..., where: str = ...) -> list[Rows]: ...
+    def random_fill(self, k: int, seed: int, round: int, exclude_ids: np.ndarray | None = ...,
+                    smallest: bool = ...) -> TopK: ...
 
     def call(self, op: str, *args: Any) -> list: ...
 
@@ -136,48 +164,27 @@ def topk_order(scores_N: np.ndarray, row_ids_N: np.ndarray, k: int) -> np.ndarra
     return cand[order_desc(scores_N[cand], row_ids_N[cand])[:k]]
 
 
-def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> TopK:
     """Exact global top-k from per-shard top-k lists (each already holds its shard's best k)."""
     if not parts:
-        return np.empty(0, np.float64), np.empty(0, np.int64)
+        return TopK(np.empty(0, np.float64), np.empty(0, np.int64))
     scores_M = np.concatenate([np.asarray(s, np.float64) for s, _ in parts])
     row_ids_M = np.concatenate([np.asarray(r, np.int64) for _, r in parts])
     pos = topk_order(scores_M, row_ids_M, k)
-    return scores_M[pos], row_ids_M[pos]
+    return TopK(scores_M[pos], row_ids_M[pos])
 
 
-class Rows(NamedTuple):
-    """Rows fetched from one shard by :func:`take`: their ids and the requested columns
-    (None when not requested or not held). Embeddings are float32; log-probs as held."""
+class LastingState:
+    """Base of a module's shard state that does not depend on the candidate set (e.g. the
+    groups of class quotas): :meth:`ShardState.exclude` / :meth:`ShardState.restrict` keep it
+    (calling :meth:`candidates_changed`) instead of dropping it with the loops' state."""
 
-    row_ids_R: np.ndarray
-    embeddings_R_D: np.ndarray | None
-    log_probs_R_K_C: np.ndarray | None
+    def candidates_changed(self) -> None:
+        """The candidates changed: drop whatever part depends on them (default: none)."""
 
 
 #: What :func:`take` may restrict to: every row, the labelled rows, or the candidates.
 TAKE_WHERE = ("all", "labeled", "candidates")
-
-
-def _take(state: "ShardState", row_ids: np.ndarray | None, columns: Sequence[str], where: str) -> Rows:
-    """The one "fetch these rows" op (see :meth:`FanoutShards.take`)."""
-    if where not in TAKE_WHERE:
-        raise ValueError(f"take: where must be one of {', '.join(TAKE_WHERE)}; got {where!r}")
-    mask = {"all": None, "labeled": state.labeled_N, "candidates": None}[where]
-    if where == "candidates":
-        mask = state.candidates_N
-    if row_ids is not None:
-        hit = np.isin(state.row_ids_N, np.asarray(row_ids, dtype=np.int64))
-        mask = hit if mask is None else hit & mask
-    pos = np.arange(state.n_rows()) if mask is None else np.flatnonzero(mask)
-    emb = lp = None
-    if "embeddings" in columns:
-        if state.embeddings_N_D is None:
-            raise ValueError("take: this shard holds no embeddings")
-        emb = np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
-    if "log_probs" in columns and state.log_probs_N_K_C is not None:
-        lp = np.ascontiguousarray(state.log_probs_N_K_C[pos])
-    return Rows(state.row_ids_N[pos], emb, lp)
 
 
 class ShardState:
@@ -210,18 +217,12 @@ class ShardState:
         self.labeled_N = np.zeros(self.row_ids_N.shape[0], dtype=bool)
         self.eligible_N = np.ones(self.row_ids_N.shape[0], dtype=bool)  # candidate filter (e.g. SEALS)
         self._scores_N: np.ndarray | None = None  # ranking key per row
-        self._base_N: np.ndarray | None = None  # base score (softrank ranks on it)
-        self._base_order: np.ndarray | None = None  # candidate positions by (-base, row_id)
+        self._base_N: np.ndarray | None = None  # base score of a stochastic key
         self.columns: dict[str, np.ndarray] = {}  # pool metadata columns by name (e.g. a quota group column)
-        # Per-strategy shard state: each strategy module keeps its own typed state object
-        # here under its key (e.g. k-center's min-distances); cleared when the candidates
-        # change. The one place a worker's selection state lives besides the arrays above.
+        # Per-module shard state: each strategy module keeps one typed state object here under
+        # its key (e.g. k-center's min-distances). Dropped when the candidates change, except
+        # a LastingState. The one place a worker's selection state lives besides the above.
         self.strategy_state: dict[str, Any] = {}
-
-    @property
-    def scratch(self) -> dict[str, Any]:
-        """The former name of :attr:`strategy_state` (the same dict)."""
-        return self.strategy_state
 
     # -- bookkeeping -------------------------------------------------------------------
     def n_rows(self) -> int:
@@ -239,17 +240,25 @@ class ShardState:
         """Only rows whose id is in ``row_ids`` stay pickable (labelled rows keep their role,
         e.g. as k-center centers); returns how many of them are here."""
         self.eligible_N = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
-        self._base_order = None
-        self.strategy_state.clear()
+        self.candidates_changed()
         return int(np.count_nonzero(self.eligible_N))
 
     def exclude(self, row_ids: np.ndarray) -> int:
         """Mark rows whose id is in ``row_ids`` as labelled; returns how many are here."""
         hit = np.isin(self.row_ids_N, np.asarray(row_ids, dtype=np.int64))
         self.labeled_N |= hit
-        self._base_order = None
-        self.strategy_state.clear()
+        self.candidates_changed()
         return int(np.count_nonzero(hit))
+
+    def candidates_changed(self) -> None:
+        """Drop the per-module state that depends on the candidates (every entry of
+        :attr:`strategy_state` but a :class:`LastingState`, which is told instead). A shard op
+        that changes ``eligible_N`` or ``labeled_N`` itself calls this."""
+        for key, value in list(self.strategy_state.items()):
+            if isinstance(value, LastingState):
+                value.candidates_changed()
+            else:
+                del self.strategy_state[key]
 
     def call(self, op: str, *args: Any) -> Any:
         """Run the registered shard op ``op`` on this partition."""
@@ -270,6 +279,18 @@ class ShardState:
         snapshot.restore(self, snap)
 
     # -- scores ----------------------------------------------------------------------
+    @property
+    def key_N(self) -> np.ndarray | None:
+        """The ranking key of every row (float64 ``[N]``, higher first) set by
+        :meth:`compute_scores` / :meth:`use_scores`; None before, or when the strategy's key
+        needs more than the row (a stochastic strategy without per-row ``keys``)."""
+        return self._scores_N
+
+    @property
+    def base_N(self) -> np.ndarray | None:
+        """The base score under the ranking key (the score itself, or a stochastic strategy's base)."""
+        return self._base_N
+
     def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
         """Compute this partition's ranking key for ``strategy`` (a name or a
         :class:`~alscale.strategies.spec.StrategySpec`; higher = picked first)."""
@@ -285,11 +306,10 @@ class ShardState:
             self._base_N = self._score(registry.get_strategy(opts["base"]), info.name)
             if info.keys is not None:
                 self._scores_N = info.keys(self._base_N, noise.keyed_gumbel(seed, round, self.row_ids_N), opts["beta"])
-            else:  # the key needs global ranks (SoftRank), see softrank_candidates
+            else:  # the key needs more than the row: the strategy's own select ranks on base_N
                 self._scores_N = None
         else:
             raise ValueError(f"strategy {info.name} is a selection loop, not a per-row score")
-        self._base_order = None
         if self._scores_N is not None and np.isnan(self._scores_N).any():
             raise ValueError(f"strategy {info.name} produced NaN scores")  # kernels assume valid input
 
@@ -297,7 +317,6 @@ class ShardState:
         """Rank this partition by ``scores_N`` (float64 ``[N]``, higher first) computed elsewhere —
         by a loop's own shard op (EGL, Learning Loss) — for :meth:`topk`."""
         self._base_N = self._scores_N = np.asarray(scores_N, dtype=np.float64)
-        self._base_order = None
 
     def _score(self, score: Any, strategy: str) -> np.ndarray:
         """The score of ``score`` (a score strategy's spec) for every row: computed ahead,
@@ -311,53 +330,14 @@ class ShardState:
             raise ValueError(f"strategy {name} needs log-probs, but this shard has none")
         return self.log_probs_N_K_C
 
-    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """This partition's best ``k`` unlabelled rows: (scores_k, row_ids_k) in pick order."""
+    def topk(self, k: int) -> TopK:
+        """This partition's best ``k`` candidate rows by the ranking key, in pick order."""
         if self._scores_N is None:
-            raise RuntimeError("compute_scores must run before topk (softrank uses softrank_candidates)")
+            raise RuntimeError("compute_scores must run before topk (a strategy without a per-row key ranks "
+                               "with its own shard ops)")
         cand = np.flatnonzero(self.candidates_N)
         pos = cand[topk_order(self._scores_N[cand], self.row_ids_N[cand], k)]
-        return self._scores_N[pos], self.row_ids_N[pos]
-
-    # -- softrank (global ranks) -----------------------------------------------------
-    def _sorted_candidates(self) -> np.ndarray:
-        if self._base_order is None:
-            cand = np.flatnonzero(self.candidates_N)
-            self._base_order = cand[order_desc(self._base_N[cand], self.row_ids_N[cand])]
-        return self._base_order
-
-    def count_ahead(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
-        """For each query (score, row_id): how many candidates here come strictly before it."""
-        order = self._sorted_candidates()
-        neg_sorted = -self._base_N[order]  # ascending
-        ids_sorted = self.row_ids_N[order]
-        q_neg = -np.asarray(base_scores_Q, np.float64)
-        lo = np.searchsorted(neg_sorted, q_neg, side="left")  # strictly higher score
-        hi = np.searchsorted(neg_sorted, q_neg, side="right")
-        counts = lo.astype(np.int64)
-        for i in np.flatnonzero(hi > lo):  # equal scores: rows with a lower id come first
-            counts[i] += np.searchsorted(ids_sorted[lo[i] : hi[i]], row_ids_Q[i], side="left")
-        return counts
-
-    def softrank_candidates(
-        self, m: int, beta: float, seed: int, round: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Top-``m`` rows by an upper bound of the SoftRank key, and the bound on the rest.
-
-        The global rank r of a row is at least its local rank l, so its key
-        ``-beta*log(r) + g`` is at most ``U = -beta*log(l) + g``. Returns
-        (U_m, base_m, row_ids_m, bound) where ``bound`` is the largest U of any row not
-        returned (-inf when all are returned).
-        """
-        order = self._sorted_candidates()
-        local_rank = np.arange(1, order.shape[0] + 1, dtype=np.float64)
-        gumbel = noise.keyed_gumbel(seed, round, self.row_ids_N[order])
-        upper = scores.softrank_keys(local_rank, gumbel, beta)
-        ids = self.row_ids_N[order]
-        top = topk_order(upper, ids, m + 1)
-        bound = float(upper[top[m]]) if top.shape[0] > m else -np.inf
-        top = top[:m]
-        return upper[top], self._base_N[order][top], ids[top], bound
+        return TopK(self._scores_N[pos], self.row_ids_N[pos])
 
 
 class InProcessFanout:
@@ -379,10 +359,20 @@ class FanoutShards:
 
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
-        self.round_trips = 0
+        self._round_trips = 0
+
+    @property
+    def n_shards(self) -> int:
+        """How many partitions (workers) the rows live in."""
+        return int(self.fanout.n_workers)
+
+    @property
+    def round_trips(self) -> int:
+        """Fan-outs made so far (each one round trip to every shard)."""
+        return self._round_trips
 
     def _all(self, method: str, *args: Any) -> list:
-        self.round_trips += 1
+        self._round_trips += 1
         return self.fanout.map(method, [args] * self.fanout.n_workers)
 
     def n_rows(self) -> int:
@@ -401,30 +391,28 @@ class FanoutShards:
     def compute_scores(self, strategy: Any, options: Mapping[str, Any], seed: int, round: int) -> None:
         self._all("compute_scores", strategy, dict(options), int(seed), int(round))
 
-    def topk(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, k: int) -> TopK:
         return merge_topk(self._all("topk", int(k)), k)
 
-    def global_ranks(self, base_scores_Q: np.ndarray, row_ids_Q: np.ndarray) -> np.ndarray:
-        """1-based rank of each query row among all candidates of all partitions."""
-        counts = self._all("count_ahead", np.asarray(base_scores_Q, np.float64), np.asarray(row_ids_Q, np.int64))
-        return 1 + np.sum(counts, axis=0)
-
-    def softrank_candidates(
-        self, m: int, beta: float, seed: int, round: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        parts = self._all("softrank_candidates", int(m), float(beta), int(seed), int(round))
-        upper = np.concatenate([p[0] for p in parts])
-        base = np.concatenate([p[1] for p in parts])
-        ids = np.concatenate([p[2] for p in parts])
-        bound = max((p[3] for p in parts), default=-np.inf)
-        return upper, base, ids, float(bound)
-
-    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ("embeddings",), where: str = "all"
-             ) -> list[Rows]:
+    def take(self, row_ids: np.ndarray | None, columns: Sequence[str] = ("embeddings",), where: str = "all",
+             page: tuple[int, int] | None = None) -> list[Rows]:
         """One fan-out fetching rows to the coordinator: per shard (in shard order) its
-        :class:`Rows` among ``row_ids`` (None: all) that are ``where``."""
+        :class:`Rows` among ``row_ids`` (None: all) that are ``where``; ``page = (start,
+        count)`` keeps only those positions of each shard's answer."""
         ids = None if row_ids is None else np.asarray(row_ids, dtype=np.int64)
-        return self.call(TAKE_OP, ids, tuple(columns), where)
+        return self.call(TAKE_OP, ids, tuple(columns), where, page)
+
+    def random_fill(self, k: int, seed: int, round: int, exclude_ids: np.ndarray | None = None,
+                    smallest: bool = False) -> TopK:
+        """The keyed random fill: the ``k`` candidates (not in ``exclude_ids``) with the largest
+        (``smallest``: the smallest) keyed uniform of ``(seed, round, row_id)``, ties to the
+        lower ``row_id``, exact over the shards; ``scores_K`` are the uniforms."""
+        ex = None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
+        parts = self.call(FILL_OP, int(k), int(seed), int(round), ex, bool(smallest))
+        u = np.concatenate([p.scores_K for p in parts]) if parts else np.empty(0)
+        ids = np.concatenate([p.row_ids_K for p in parts]) if parts else np.empty(0, np.int64)
+        pos = np.lexsort((ids, u if smallest else -u))[:k]
+        return TopK(u[pos], ids[pos])
 
     def call(self, op: str, *args: Any) -> list:
         """Run shard op ``op`` with the same arguments on every shard; results in shard order."""
@@ -432,16 +420,48 @@ class FanoutShards:
 
     def call_each(self, op: str, args_per_shard: Sequence[tuple]) -> list:
         """Run shard op ``op`` with per-shard arguments; results in shard order."""
-        self.round_trips += 1
+        self._round_trips += 1
         return self.fanout.map("call", [(op, *args) for args in args_per_shard])
 
 
+# -- the generic shard ops behind take and random_fill -------------------------------------
 @shard_op(mutates=False)
-def take(state: ShardState, row_ids: np.ndarray | None, columns: Sequence[str], where: str = "all") -> Rows:
+def take(state: ShardState, row_ids: np.ndarray | None, columns: Sequence[str], where: str = "all",
+         page: tuple[int, int] | None = None) -> Rows:
     """Shard op: this shard's rows among ``row_ids`` (None: every row) that are ``where``
     (``"all"``, ``"labeled"``, ``"candidates"``), with ``columns`` (``"embeddings"``,
-    ``"log_probs"``), in shard order."""
-    return _take(state, row_ids, columns, where)
+    ``"log_probs"``), in shard order; ``page = (start, count)``: only those positions."""
+    if where not in TAKE_WHERE:
+        raise ValueError(f"take: where must be one of {', '.join(TAKE_WHERE)}; got {where!r}")
+    mask = None if where == "all" else state.labeled_N if where == "labeled" else state.candidates_N
+    if row_ids is not None:
+        hit = np.isin(state.row_ids_N, np.asarray(row_ids, dtype=np.int64))
+        mask = hit if mask is None else hit & mask
+    pos = np.arange(state.n_rows()) if mask is None else np.flatnonzero(mask)
+    if page is not None:
+        pos = pos[int(page[0]):int(page[0]) + int(page[1])]
+    emb = lp = None
+    if "embeddings" in columns:
+        if state.embeddings_N_D is None:
+            raise ValueError("take: this shard holds no embeddings")
+        emb = np.asarray(state.embeddings_N_D[pos], dtype=np.float32)
+    if "log_probs" in columns and state.log_probs_N_K_C is not None:
+        lp = np.ascontiguousarray(state.log_probs_N_K_C[pos])
+    return Rows(state.row_ids_N[pos], emb, lp)
+
+
+@shard_op(mutates=False)
+def random_fill(state: ShardState, k: int, seed: int, round: int, exclude_ids: np.ndarray | None,
+                smallest: bool) -> TopK:
+    """Shard op of :meth:`FanoutShards.random_fill`: this shard's ``k`` best candidates."""
+    cand = np.flatnonzero(state.candidates_N)
+    if exclude_ids is not None and exclude_ids.size:
+        cand = cand[~np.isin(state.row_ids_N[cand], exclude_ids)]
+    ids = state.row_ids_N[cand]
+    u = noise.keyed_uniform(seed, round, ids)
+    order = np.lexsort((ids, u if smallest else -u))[:k]
+    return TopK(u[order], ids[order])
 
 
 TAKE_OP = f"{__name__}.take"
+FILL_OP = f"{__name__}.random_fill"

@@ -17,7 +17,9 @@ A spec says
   budget and the per-row state it keeps then, whether it can be the base of a stochastic
   strategy;
 - how it selects: a per-row ``score`` (kind ``"score"``), a stochastic transform ``keys``
-  of a base score (kind ``"stochastic"``), keyed uniform noise (``"random"``), or a
+  of a base score (kind ``"stochastic"``; a key that needs more than the row, such as
+  SoftRank's global rank, gives ``select`` instead, run after the base scores are
+  computed), keyed uniform noise (``"random"``), or a
   selection loop ``select(shards, budget, *, options, seed, round) -> Selection`` over the
   :class:`~alscale.strategies.shards.Shards` seam (``"loop"``).
 
@@ -85,6 +87,11 @@ class Needs:
         labels: the labelled rows' labels as the option ``labels``.
         model_output: a further model output the workers keep per row (e.g. ``"loss"``,
             a Learning Loss module's predicted loss), read from ``ShardState.model_outputs``.
+        columns: pool metadata columns the workers read whole into ``ShardState.columns``
+            (e.g. the columns a composed selection filters on).
+        components: further strategies (names or import paths) whose score functions run on
+            the workers (a composed selection's score components): their modules ship with a
+            Ray job like the strategy's own.
     """
 
     log_probs: bool = True
@@ -93,6 +100,8 @@ class Needs:
     head: bool | str = False
     labels: bool = False
     model_output: str | None = None
+    columns: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,12 @@ class StrategySpec:
     select: Callable[..., Any] | str | None = None
     quota_select: Callable[..., Any] | str | None = None
     citation: str = ""
+    #: Needs that depend on the options (a composed selection: its scores, filters and
+    #: diversity decide): ``options -> Needs``; None: :attr:`needs` for any options.
+    needs_for: Callable[[Mapping[str, Any]], Needs] | str | None = None
+    #: Problems of these options with the pool, before any worker starts (e.g. a column it
+    #: names that the pool lacks): ``(options, pool path, job field) -> [one-line message]``.
+    pool_check: Callable[[Mapping[str, Any], str, str], list[str]] | str | None = None
 
     _KIND_FIELDS: ClassVar[dict[str, str]] = {"score": "score", "loop": "select"}
 
@@ -149,6 +164,9 @@ class StrategySpec:
         need = self._KIND_FIELDS.get(self.kind)
         if need is not None and getattr(self, need) is None:
             raise ValueError(f"strategy {self.name} of kind {self.kind} needs '{need}'")
+        if self.kind == "stochastic" and self.keys is None and self.select is None:
+            raise ValueError(f"strategy {self.name} of kind stochastic needs 'keys' (a per-row key) or 'select' "
+                             "(its own top-k over the base scores)")
         if not (isinstance(self.options_type, type) and issubclass(self.options_type, StrategyOptions)
                 and dataclasses.is_dataclass(self.options_type)):
             raise ValueError(f"strategy {self.name}: options_type must be a StrategyOptions dataclass")

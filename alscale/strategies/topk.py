@@ -3,10 +3,9 @@
 Deterministic scores (uncertainty, committee), uniform random and the per-row stochastic
 strategies (Power, Softmax; Kirsch et al., TMLR 2023) reduce to one fan-out: every shard
 returns its own best ``B`` unlabelled rows and the coordinator keeps the global best ``B``
-(ties to the lower ``row_id``). SoftRank's key depends on each row's *global* rank, which
-no shard knows; it is made exact by certification: shards offer candidates ranked by an
-upper bound of the key, the coordinator computes the candidates' true global ranks in one
-more fan-out, and accepts the batch once its worst key beats every un-offered bound.
+(ties to the lower ``row_id``). A stochastic strategy whose key needs more than the row
+(SoftRank's global rank, :mod:`alscale.strategies.softrank`) brings its own ``select``,
+called after the base scores are computed.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
-from alscale.strategies import noise, registry, scores
+from alscale.strategies import registry, scores
 from alscale.strategies import spec as _spec
-from alscale.strategies.shards import Shards, topk_order
+from alscale.strategies.shards import Shards
 from alscale.types import Selection
 
 logger = logging.getLogger(__name__)
@@ -53,30 +52,10 @@ def select_by_score(
         logger.warning("budget %d exceeds the %d unlabelled rows; selecting all of them", budget, n_cand)
     k = min(int(budget), n_cand)
     shards.compute_scores(registry.wire(info), opts, seed, round)
-    if info.kind == "stochastic" and info.keys is None:  # SoftRank: keys need global ranks
-        keys_B, row_ids_B = _softrank_topk(shards, k, opts["beta"], seed, round)
-    else:
-        keys_B, row_ids_B = shards.topk(k)
+    if not info.ranks_by_score:  # a key that needs more than the row: the strategy's own top-k
+        return info.select_fn(shards, k, options=opts, seed=seed, round=round)
+    keys_B, row_ids_B = shards.topk(k)
     return Selection(indices_B=row_ids_B.astype(np.int64), scores_B=keys_B.astype(np.float64), strategy=info.name)
-
-
-def _softrank_topk(shards: Shards, k: int, beta: float, seed: int, round: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Gumbel-top-k of ``-beta*log(global rank) + g`` by bound certification."""
-    if k == 0:
-        return np.empty(0, np.float64), np.empty(0, np.int64)
-    m = 2 * k + 16
-    while True:
-        _, base_M, ids_M, bound = shards.softrank_candidates(m, beta, seed, round)
-        ranks_M = shards.global_ranks(base_M, ids_M).astype(np.float64)
-        keys_M = scores.softrank_keys(ranks_M, noise.keyed_gumbel(seed, round, ids_M), beta)
-        pos = topk_order(keys_M, ids_M, k)
-        # Every row not offered has key <= bound; the batch is certain when its worst
-        # key is strictly larger (equal keys would need the row_id tie rule).
-        if keys_M[pos[-1]] > bound:
-            return keys_M[pos], ids_M[pos]
-        logger.debug("softrank: %d offered rows per shard were not enough; retrying with %d", m, 4 * m)
-        m *= 4
-
 
 
 # -- the ranking strategies' specs: random and the stochastic transforms ----------------
@@ -88,8 +67,9 @@ class StochasticOptions(_spec.StrategyOptions):
     base: str = "entropy"
 
 
-def _stochastic_check(name: str) -> type[StochasticOptions]:
-    """The options dataclass of stochastic strategy ``name`` (its messages name it)."""
+def stochastic_options(name: str, module: str = __name__) -> type[StochasticOptions]:
+    """The options dataclass of stochastic strategy ``name`` (its messages name it), defined
+    in ``module``."""
 
     def check(cls: type, options: dict[str, Any]) -> dict[str, Any]:
         beta = options["beta"]
@@ -101,12 +81,11 @@ def _stochastic_check(name: str) -> type[StochasticOptions]:
         return options
 
     return dataclass(frozen=True)(type(f"{name.title()}Options", (StochasticOptions,),
-                                       {"check": classmethod(check), "__module__": __name__}))
+                                       {"check": classmethod(check), "__module__": module}))
 
 
-PowerOptions = _stochastic_check("power")
-SoftmaxOptions = _stochastic_check("softmax")
-SoftrankOptions = _stochastic_check("softrank")
+PowerOptions = stochastic_options("power")
+SoftmaxOptions = stochastic_options("softmax")
 
 # min_samples / log_probs: those of the default base, entropy (the caller resolves the real base).
 _STOCHASTIC_NEEDS = _spec.Needs(log_probs=True, min_samples=1)
@@ -122,9 +101,4 @@ SPECS = (
     _spec.StrategySpec("softmax", "stochastic", "Gumbel-top-k with p ∝ exp(beta * score) (Kirsch et al., TMLR 2023)",
                        options_type=SoftmaxOptions, needs=_STOCHASTIC_NEEDS,
                        keys=scores.softmax_keys, supports=_spec.Supports(quotas=True, keeps=("base_score",))),
-    # SoftRank's key needs global ranks (no per-row keys): no quotas; select_by_score certifies it.
-    _spec.StrategySpec("softrank", "stochastic",
-                       "Gumbel-top-k with p ∝ rank^-beta over the whole pool (Kirsch et al., TMLR 2023)",
-                       options_type=SoftrankOptions, needs=_STOCHASTIC_NEEDS,
-                       supports=_spec.Supports(quotas=False, keeps=("base_score",))),
 )

@@ -8,6 +8,10 @@ For a job's output directory: what was picked and why —
 - a 2-D PCA projection of a sample of the pool with the selection on top (from the pool's
   ``embedding`` column or the cache);
 - the predicted-class balance of the selection against the pool's;
+- for a composed selection (``selection:``, strategy ``objective``), the mix: picks per group
+  and per filter rule, the distribution of each score component and of the combined score over
+  the picks, the distance to the nearest earlier pick at pick time, and the seconds of each
+  stage (from the provenance columns of ``selection.parquet`` and the manifest's ``selection``);
 - per-phase seconds and throughput from the manifest;
 
 and for a simulation directory (``alscale simulate``), its learning curves. Plots are PNGs
@@ -191,6 +195,10 @@ def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
             ax.legend()
             figures.append(("Class balance", "Share of each predicted class (argmax of the mean probability).",
                             _png(fig)))
+        if "combined" in sel:  # a composed selection's provenance: the mix
+            mix_facts, mix_figures = _mix(sel, m.get("selection") or {})
+            facts += mix_facts
+            figures += mix_figures
         ph = {k: v for k, v in m.get("phase_seconds", {}).items()}
         if ph:
             fig, ax = plt.subplots(figsize=(6.5, 3.2))
@@ -217,6 +225,79 @@ def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
     path = out / REPORT_FILE
     atomic_write(path, page)
     return path
+
+
+def _counts(values: list[Any]) -> list[tuple[str, int]]:
+    """(value, picks) pairs, most picks first (ties by value)."""
+    from collections import Counter
+
+    return sorted(Counter(str(v) for v in values).items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _bars(ax: Any, pairs: list[tuple[str, int]], title: str, xlabel: str) -> None:
+    ax.barh([k for k, _ in pairs][::-1], [v for _, v in pairs][::-1], color="tab:purple")
+    ax.set(xlabel="picks", ylabel=xlabel, title=title)
+
+
+def _mix(sel: dict[str, list[Any]], info: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """Facts and figures of a composed selection's mix (its provenance columns)."""
+    import matplotlib.pyplot as plt
+
+    facts: list[tuple[str, str]] = []
+    figures: list[tuple[str, str, str]] = []
+    groups = [g for g in sel.get("group", []) if g is not None]
+    filters = [f for f in sel.get("filter", []) if f is not None]
+    if groups:
+        facts.append(("picks per group", ", ".join(f"{k}: {v}" for k, v in _counts(groups))))
+    if filters:
+        facts.append(("picks per filter", ", ".join(f"{k}: {v}" for k, v in _counts(filters))))
+    cand = info.get("candidates")
+    if cand:
+        facts.append(("candidates", ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in cand.items())))
+    if groups or filters:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+        for ax, values, title, label in ((axes[0], groups, "Picks per group", "group"),
+                                         (axes[1], filters, "Picks per filter rule", "filter")):
+            if values:
+                _bars(ax, _counts(values)[:30], title, label)
+            else:
+                ax.text(0.5, 0.5, f"no {label}s (no {'constraints' if label == 'group' else 'filters'})",
+                        ha="center", va="center")
+                ax.set_axis_off()
+        figures.append(("Mix", "Picks per group of the constraints and per filter rule that admitted them "
+                        "(selection.parquet's group and filter columns).", _png(fig)))
+    comps = [c for c in sel if c.startswith("score_")] + ["combined"]
+    fig, axes = plt.subplots(1, len(comps), figsize=(3.2 * len(comps), 3.2), squeeze=False)
+    for ax, c in zip(axes[0], comps):
+        v = np.asarray([x for x in sel[c] if x is not None], np.float64)
+        ax.hist(v[np.isfinite(v)], bins=30, color="tab:green" if c != "combined" else "tab:red", alpha=0.8)
+        ax.set(title=c.removeprefix("score_"), xlabel="value", ylabel="picks")
+    figures.append(("Score components", "Each score component's raw value over the picks, and the combined score "
+                    "(the weighted sum of the normalised components).", _png(fig)))
+    figures += _mix_diversity(sel, info)
+    return facts, figures
+
+
+def _mix_diversity(sel: dict[str, list[Any]], info: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Distance at pick time against the pick's rank, and the seconds of each stage."""
+    import matplotlib.pyplot as plt
+
+    out = []
+    d = np.asarray([np.nan if x is None else x for x in sel.get("distance", [])], np.float64)
+    if d.size and np.isfinite(d).any():
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        ax.plot(np.arange(1, d.size + 1)[np.isfinite(d)], d[np.isfinite(d)], ".", ms=3)
+        ax.set(xlabel="rank", ylabel="distance", title="Distance to the nearest earlier pick or labelled row")
+        out.append(("Diversity", f"Distance of each pick at pick time ({info.get('diversity', {}).get('kind', '?')}).",
+                    _png(fig)))
+    secs = info.get("seconds") or {}
+    if secs:
+        fig, ax = plt.subplots(figsize=(6.5, 3.0))
+        ax.barh(list(secs)[::-1], list(secs.values())[::-1], color="tab:orange")
+        ax.set(xlabel="seconds", title="Selection stages")
+        out.append(("Selection stages", "Seconds of each stage of the composed selection (manifest selection.seconds).",
+                    _png(fig)))
+    return out
 
 
 def _html(out: Path, facts: list[tuple[str, str]], figures: list[tuple[str, str, str]]) -> str:

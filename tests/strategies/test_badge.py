@@ -18,9 +18,11 @@ import pytest
 
 import alscale
 from alscale.errors import AlscaleError
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy, run_strategy
 from alscale.strategies import kmeanspp as kpp
+from alscale.strategies import kmeanspp_kernels, kmeanspp_shard
 from alscale.strategies.badge import gradient_factors
+from tests.strategies.pools import make_shards
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def _oracle(lp, emb, row_ids, labeled, budget, seed, round, space):
         top = np.flatnonzero(norms == norms.max())
         first = int(top[np.argmin(ids[top])])
     else:
-        key = kpp._keyed(seed, round, kpp._S_FIRST, ids)
+        key = kmeanspp_kernels._keyed(seed, round, kmeanspp_kernels._S_FIRST, ids)
         first = int(np.lexsort((ids, key))[0])
     picks = [first]
     d2 = ((gc - gc[first]) ** 2).sum(axis=1)
@@ -182,8 +184,8 @@ def test_filtered_weights_are_grid_ceil_of_exact_d2(space):
     lp, emb = _adversarial_rows(0)
     st_f, st_x = (ShardState(np.arange(len(emb)), lp, emb) for _ in range(2))
     for st in (st_f, st_x):
-        kpp.kpp_init(st, space, 0, 0)
-    sp_f, sp_x = st_f.scratch["kmeanspp"], st_x.scratch["kmeanspp"]
+        kmeanspp_shard.kpp_init(st, space, 0, 0)
+    sp_f, sp_x = st_f.strategy_state["kmeanspp"], st_x.strategy_state["kmeanspp"]
     rng = np.random.default_rng(1)
     synced = []
     for m in (1, 3, 17, 60, 1):
@@ -192,8 +194,8 @@ def test_filtered_weights_are_grid_ceil_of_exact_d2(space):
         synced.extend(centers.tolist())
         a_c = None if sp_f.a_U_C is None else sp_f.a_U_C[centers]
         args = (np.array(centers), a_c, sp_f.h_U_D[centers], sp_f.n_U[centers], 20)
-        kpp.kpp_sync(st_f, *args, True, True)
-        kpp.kpp_sync(st_x, *args, False, True)
+        kmeanspp_shard.kpp_sync(st_f, *args, True, True)
+        kmeanspp_shard.kpp_sync(st_x, *args, False, True)
         np.testing.assert_array_equal(sp_f.u_U, kpp.grid_ceil(sp_x.u_U))
         # the recorded center of a row is the one that set its weight: its exact distance
         # (grid-rounded) is the weight
@@ -491,3 +493,36 @@ def test_badge_far_beyond_materialisable_size_runs_in_bounded_memory():
     # factors a (N*C) + h (N*D) as float32 = 1.2 GB, plus chunk buffers
     assert res["growth"] < 2.5e9, res
     assert res["growth"] < materialised / 150
+
+
+# -- class quotas (badge.select_with_quotas; moved from test_coldstart.py) --------------------
+
+@pytest.mark.parametrize("quotas", [{"max": 3}, {"min": {2: 5}, "max": {0: 0}}])
+def test_badge_quotas_sample_only_allowed_rows_the_same_for_every_sharding(data, quotas):
+    from alscale.strategies.quotas import predicted_class, select_with_quotas
+
+    ids, emb, lp = data
+    lp1 = lp  # K = 1 log-probs, as BADGE uses
+    cls = dict(zip(ids.tolist(), predicted_class(lp1).tolist()))
+    sels = []
+    for n_shards in (1, 3):
+        shards, _ = make_shards(ids, emb, lp1, n_shards=n_shards, labeled=ids[:20])
+        sels.append(select_with_quotas(shards, "badge", 18, quotas, seed=4))
+    assert sels[0].selection.indices_B.tolist() == sels[1].selection.indices_B.tolist()
+    counts = np.bincount([cls[r] for r in sels[0].selection.indices_B.tolist()], minlength=5)
+    assert counts.tolist() == sels[0].counts
+    assert counts.sum() == (15 if quotas == {"max": 3} else 18)  # 5 classes x max 3: the quotas fill first
+    assert (counts <= quotas.get("max", 10**9) if isinstance(quotas.get("max"), int) else counts[0] == 0).all()
+    if "min" in quotas:
+        assert counts[2] >= min(5, sum(1 for r in ids[20:].tolist() if cls[r] == 2))
+
+
+def test_badge_quotas_that_never_bind_give_plain_badge(data):
+    from alscale.strategies.quotas import select_with_quotas
+
+    ids, emb, lp = data
+    shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
+    plain = run_strategy(shards, "badge", 15, seed=9)
+    shards, _ = make_shards(ids, emb, lp, n_shards=2, labeled=ids[:20])
+    quota = select_with_quotas(shards, "badge", 15, {"max": 100}, seed=9)
+    assert quota.selection.indices_B.tolist() == plain.indices_B.tolist()

@@ -14,6 +14,8 @@ import alscale
 from alscale.errors import AlscaleError
 from alscale.strategies import FanoutShards, InProcessFanout, ShardState, check_options, run_strategy
 from alscale.strategies.kcenter import kcenter_approx, kcenter_greedy
+from alscale.index.exact import sq_dist_rows
+from tests.strategies.pools import make_shards
 
 
 def oracle(x: np.ndarray, row_ids: np.ndarray, labeled_ids, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,9 +225,9 @@ def test_registry_api_and_options():
 
 def test_many_labelled_rows_in_chunks_and_blocks(monkeypatch):
     """Labelled centers in several messages and center blocks; paged labelled takes."""
-    from alscale.strategies import kcenter
+    from alscale.strategies import kcenter_loop
 
-    monkeypatch.setattr(kcenter, "CHUNK_BYTES", 8 * 4 * 100)  # 100 rows of D = 8 per message
+    monkeypatch.setattr(kcenter_loop, "CHUNK_BYTES", 8 * 4 * 100)  # 100 rows of D = 8 per message
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3000, 8)).astype(np.float32)
     row_ids = rng.permutation(9000)[:3000].astype(np.int64)
@@ -248,3 +250,67 @@ def test_lazy_updates_touch_few_rows_in_high_dimensions():
     assert r.stats.pairs < 0.3 * 20_000 * 200, r.stats.pairs
     low = kcenter_greedy(sharded(_blobs(20_000, 16), 2), 200, backend="numpy", mode="sharded")
     assert low.stats.pairs <= 1.1 * 20_000 * 200  # never much more than the eager update
+
+
+# -- class quotas (kcenter.select_with_quotas; moved from test_coldstart.py) ------------------
+
+def kcenter_quota_reference(ids, emb, cls, labeled, budget, lo, hi):
+    """The constrained greedy, step by step: the farthest allowed row from every center."""
+    lab = np.isin(ids, labeled)
+    mind = np.full(ids.size, np.inf)
+    for i in np.flatnonzero(lab):
+        mind = np.minimum(mind, sq_dist_rows(emb, emb[i]))
+    avail = np.bincount(cls[~lab], minlength=lo.size)
+    lo = np.minimum(lo, avail)
+    counts = np.zeros(lo.size, int)
+    taken = lab.copy()
+    picks = []
+    for _ in range(budget):
+        need = np.maximum(lo - counts, 0)
+        slots = budget - len(picks)
+        ok = ~taken & (counts[cls] < hi[cls])
+        if slots <= need.sum():
+            ok &= need[cls] > 0
+        cand = np.flatnonzero(ok)
+        if cand.size == 0:
+            break
+        best = cand[np.lexsort((ids[cand], -mind[cand]))[0]]
+        picks.append(int(ids[best]))
+        taken[best] = True
+        counts[cls[best]] += 1
+        mind = np.minimum(mind, sq_dist_rows(emb, emb[best]))
+    return picks
+
+
+@pytest.mark.parametrize("quotas", [{"max": 2}, {"min": {1: 6}, "max": {0: 1}}, {"min": 3, "max": 6}])
+def test_kcenter_quotas_are_the_constrained_greedy(data, quotas):
+    from alscale.strategies.quotas import _bounds, predicted_class, select_with_quotas
+
+    ids, emb, lp = data
+    labeled = ids[::50]
+    budget = 20
+    cls = predicted_class(lp)
+    lo = _bounds(quotas.get("min"), 5, "min")
+    hi = _bounds(quotas.get("max"), 5, "max")
+    want = kcenter_quota_reference(ids, emb, cls, labeled, budget, lo, hi)
+    for n_shards in (1, 3):
+        shards, _ = make_shards(ids, emb, lp, n_shards=n_shards, labeled=labeled)
+        res = select_with_quotas(shards, "kcenter", budget, quotas)
+        assert res.selection.indices_B.tolist() == want, n_shards
+    counts = np.bincount(cls[np.isin(ids, want)], minlength=5)
+    assert (counts <= hi).all() and (counts >= np.minimum(lo, 10**9)).all()
+
+
+def test_kcenter_quotas_in_a_job(data, tmp_path):
+    from alscale.jobspec import validate_job
+    from alscale.pool import pool_table, write_table
+    from alscale.runtime.coordinator import run_job
+
+    ids, emb, lp = data
+    pool = tmp_path / "pool.arrow"
+    write_table(pool_table(ids, log_probs_N_K_C=lp, embeddings_N_D=emb), str(pool))
+    job = validate_job({"pool": {"path": str(pool)}, "strategy": {"name": "kcenter", "budget": 15,
+                                                                 "quotas": {"max": 3}},
+                        "runtime": {"executor": "local", "shards": 2}})
+    res = run_job(job, out_dir=tmp_path / "out", progress=False)
+    assert len(res.selection) == 15 and max(res.manifest["quotas"]["picks_per_class"]) == 3

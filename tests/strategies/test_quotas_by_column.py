@@ -11,7 +11,8 @@ from alscale.errors import AlscaleError
 from alscale.strategies import FanoutShards, InProcessFanout, ShardState, scores
 from alscale.strategies.quotas import _bounds, select_with_quotas
 from tests.conftest import log_softmax
-from tests.strategies.test_coldstart import kcenter_quota_reference, quota_reference
+from tests.strategies.test_kcenter import kcenter_quota_reference
+from tests.strategies.test_quotas import quota_reference
 
 SOURCES = np.array(["cam_b", "cam_a", "drone", "phone"], dtype=object)
 

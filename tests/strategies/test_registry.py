@@ -35,6 +35,7 @@ NAMES = [
     "least_confidence",
     "margin",
     "mean_std",
+    "objective",
     "power",
     "probcover",
     "probcover_approx",
@@ -204,3 +205,15 @@ def test_import_rule():
                 assert name.split(".")[0] in allowed, f"{module} imports {name}"
                 if name.startswith("alscale"):
                     assert name in ("alscale.errors", "alscale.strategies"), f"{module} imports {name}"
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("typiclust", {"knn": 0}, "option knn must be an integer >= 1"),
+    ("probcover", {"delta": -1}, "option delta of strategy probcover must be a positive number or 'auto'"),
+    ("probcover", {"purity": 1.5}, "option purity of strategy probcover must be in (0, 1]"),
+    ("cluster_margin", {"margin_ratio": 0.5}, "margin_ratio of strategy cluster_margin must be a number >= 1"),
+    ("egl", {"bias": "yes"}, "option bias of strategy egl must be true or false"),
+])
+def test_bad_options_are_clear(name, options, message):
+    with pytest.raises(AlscaleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        registry.check_options(name, options)

@@ -92,6 +92,26 @@ def test_every_strategy_survives_a_restart_after_every_call(name):
     np.testing.assert_array_equal(got.scores, expected.scores)
 
 
+@pytest.mark.parametrize("name", ["entropy", "kcenter", "badge"])
+def test_class_quotas_survive_a_restart_after_every_call(name):
+    """The quota state (groups, the eligibility before quotas) outlives the candidates' changes
+    and is in the snapshot: a restart after every call picks the same rows and class counts."""
+    from alscale.strategies.quotas import select_with_quotas
+
+    labeled, quotas = np.array([1, 7, 30, 44], dtype=np.int64), {"min": 2, "max": 4}
+    plain = FanoutShards(InProcessFanout(_states(60, 0)))
+    plain.exclude(labeled)
+    expected = select_with_quotas(plain, name, 9, quotas, seed=11)
+    fanout = RestartingFanout(_states(60, 0), readonly=False)
+    shards = FanoutShards(fanout)
+    shards.exclude(labeled)
+    got = select_with_quotas(shards, name, 9, quotas, seed=11)
+    assert fanout.restores >= 3
+    np.testing.assert_array_equal(got.selection.indices, expected.selection.indices)
+    np.testing.assert_array_equal(got.selection.scores, expected.selection.scores)
+    assert got.counts == expected.counts and min(got.counts) >= 2
+
+
 def test_views_tensors_identity_and_loaded_views_are_kept():
     rng = np.random.default_rng(0)
     state = ShardState(np.arange(10, dtype=np.int64), None, rng.normal(size=(10, 3)).astype(np.float32))

@@ -48,7 +48,8 @@ def _tokens(path: Path) -> list[tuple[int, str]]:
 GENERIC = ["jobspec.py", "api.py", "cli.py", "runtime/coordinator.py", "runtime/memory.py", "runtime/worker.py",
            "runtime/local.py", "runtime/ray_executor.py", "runtime/ray_jobs.py", "runtime/shipping.py",
            "strategies/quotas.py", "strategies/seals.py", "strategies/select.py", "strategies/shards.py",
-           "strategies/registry.py", "strategies/spec.py", "workflow/stream.py"]
+           "strategies/registry.py", "strategies/spec.py", "strategies/groups.py", "strategies/snapshot.py",
+           "strategies/progress.py", "workflow/stream.py"]
 
 
 @pytest.mark.parametrize("module", GENERIC)
