@@ -72,22 +72,9 @@ def select(
         log_probs, embeddings, outputs = _score_model(info, options, model, data, log_probs, embeddings,
                                                    mc_samples=mc_samples, seed=seed, seals=seals,
                                                    batch_size=scoring_batch_size, device=scoring_device)
-    lp = None if log_probs is None else validation.check_log_probs(log_probs)
-    emb = None if embeddings is None else validation.check_embeddings(embeddings, None if lp is None else lp.shape[0])
-    if lp is None and emb is None:
-        raise AlscaleError("select needs log_probs [N, C] / [N, K, C] or embeddings [N, D]")
-    n = lp.shape[0] if lp is not None else emb.shape[0]
     opts = dict(options)
-    needs = requirements(info, opts)
-    if needs.needs_log_probs and lp is None:
-        raise AlscaleError(f"strategy {info.name} needs log_probs")
-    if needs.needs_embeddings and emb is None:
-        raise AlscaleError(f"strategy {info.name} needs embeddings [N, D]")
-    if lp is not None and lp.shape[1] < needs.min_samples:
-        raise AlscaleError(
-            f"strategy {info.name} needs K >= {needs.min_samples} samples on the middle axis of log_probs; "
-            f"got shape {lp.shape}"
-        )
+    lp, emb = _checked_inputs(info, opts, log_probs, embeddings)
+    n = lp.shape[0] if lp is not None else emb.shape[0]
     state = ShardState(np.arange(n, dtype=np.int64), lp, emb, model_outputs=outputs)
     for name, values in (columns or {}).items():
         v = np.asarray(values)
@@ -107,6 +94,26 @@ def select(
 
         return select_with_quotas(shards, info, budget, quotas, options=opts, seed=seed, round=round).selection
     return run_strategy(shards, info, budget, options=opts, seed=seed, round=round)
+
+
+def _checked_inputs(info: Any, options: dict[str, Any], log_probs: Any, embeddings: Any
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``log_probs`` and ``embeddings`` validated, and what the strategy needs of them present."""
+    lp = None if log_probs is None else validation.check_log_probs(log_probs)
+    emb = None if embeddings is None else validation.check_embeddings(embeddings, None if lp is None else lp.shape[0])
+    if lp is None and emb is None:
+        raise AlscaleError("select needs log_probs [N, C] / [N, K, C] or embeddings [N, D]")
+    needs = requirements(info, options)
+    if needs.needs_log_probs and lp is None:
+        raise AlscaleError(f"strategy {info.name} needs log_probs")
+    if needs.needs_embeddings and emb is None:
+        raise AlscaleError(f"strategy {info.name} needs embeddings [N, D]")
+    if lp is not None and lp.shape[1] < needs.min_samples:
+        raise AlscaleError(
+            f"strategy {info.name} needs K >= {needs.min_samples} samples on the middle axis of log_probs; "
+            f"got shape {lp.shape}"
+        )
+    return lp, emb
 
 
 def _score_model(name: Any, options: dict[str, Any], model: Any, data: Any, log_probs: Any, embeddings: Any, *,

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from alscale.errors import AlscaleError, OutputWriteError, WorkerLostError
 
@@ -29,13 +30,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
+    _add_job_commands(sub)
+    _add_pool_commands(sub)
+    _add_selection_commands(sub)
+    _add_tool_commands(sub)
+    _add_examples(p)
+    return p
 
+
+def _add_job_commands(sub: Any) -> None:
+    """validate, run, submit, status, stop, logs, simulate: the commands that take a job."""
     v = sub.add_parser("validate", help="check a job file (and its pool) without computing anything")
-    v.add_argument("job")
+    v.add_argument("job", nargs="?")
     v.add_argument("overrides", nargs="*", metavar="key=value")
     v.add_argument("--offline", action="store_true",
                    help="check the job's structure only, without opening the pool (e.g. a cloud job's s3:// pool "
                         "from a laptop); the pool's columns are checked when the job runs")
+    v.add_argument("--schema", action="store_true",
+                   help="print the JSON schema of a job file (every section and field: type, default, range, "
+                        "description) and exit")
 
     r = sub.add_parser("run", help="run an acquisition job")
     r.add_argument("job")
@@ -80,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="accuracies of the labels-to-reach table, comma-separated (default 0.9,0.95)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+
+def _add_pool_commands(sub: Any) -> None:
+    """pool synth | mnist | images | info."""
     pool = sub.add_parser("pool", help="make or inspect pools")
     psub = pool.add_subparsers(dest="pool_command", required=True)
     s = psub.add_parser("synth", help="synthetic pool with planted clusters and labels")
@@ -119,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     i = psub.add_parser("info", help="schema and size of a pool")
     i.add_argument("pool")
 
+
+
+def _add_selection_commands(sub: Any) -> None:
+    """strategies, stream, report, labels: choosing and handling what is selected."""
     st = sub.add_parser("strategies", help="list the registered strategies")
     st.add_argument("-v", "--verbose", action="store_true", help="also what each needs, supports and takes")
     st = sub.add_parser("stream", help="stream-based selective sampling over the pool in row order")
@@ -146,6 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--num-classes", type=int, help="C: labels must be integers 0..C-1")
     imp.add_argument("--round", type=int, help="the ledger round (default: the next)")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_tool_commands(sub: Any) -> None:
+    """dedup, bench."""
     # near-duplicate removal (issue 16)
     dd = sub.add_parser("dedup", help="near-duplicate groups and a kept-row mask (Parquet) over the neighbour layer")
     dd.add_argument("pool", help="pool path (Arrow IPC or Parquet) with an 'embedding' or 'features' column")
@@ -167,8 +192,6 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--results", metavar="DIR", help="results directory (default: out/bench, git-ignored)")
     bn.add_argument("--update-docs", action="store_true",
                     help="write the committed benchmarks/results/suite/ and BENCHMARKS.md (default: out/bench only)")
-    _add_examples(p)
-    return p
 
 
 #: One example per command (shown at the end of its --help; a test checks every command has one).
@@ -177,7 +200,8 @@ EXAMPLES: dict[str, str] = {
         "  alscale pool synth data/pool --rows 100000 --dim 32 --classes 10\n"
         "  alscale run jobs/demo.yaml pool.path=data/pool.arrow runtime.executor=local",
     "validate": "alscale validate jobs/demo.yaml strategy.budget=500\n"
-                "  alscale validate jobs/imagenet_entropy.yaml --offline   # s3:// pool not opened",
+                "  alscale validate jobs/imagenet_entropy.yaml --offline   # s3:// pool not opened\n"
+                "  alscale validate --schema > job.schema.json             # for an editor's YAML support",
     "run": "alscale run jobs/demo.yaml --out out/r0 strategy.name=margin runtime.executor=local",
     "submit": "alscale submit jobs/demo.yaml --address http://127.0.0.1:8265 --out /tmp/demo-submit",
     "status": "alscale status raysubmit_abc123 --address http://127.0.0.1:8265",
@@ -360,6 +384,13 @@ def _validate(args: argparse.Namespace) -> int:
     from alscale.pool import open_pool
     from alscale.runtime.coordinator import check_job_against_pool
 
+    if args.schema:
+        from alscale.jobspec import job_schema
+
+        print(json.dumps(job_schema(), indent=2))
+        return 0
+    if args.job is None:
+        raise AlscaleError("alscale validate needs a job file (or --schema)")
     job = load_job(args.job, args.overrides)
     if job.loop is not None:
         from alscale.loop.spec import parse_loop

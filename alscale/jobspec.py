@@ -11,6 +11,10 @@ A job file (see ``jobs/demo.yaml`` and the README for every field)::
     seed: 0
     output: out/demo
 
+Each section is a declarative model (:class:`alscale.config.Section`): a field's type,
+default, range and error phrase are declared once below; :func:`validate_job` reports every
+problem in one :class:`JobError`.
+
 Overrides (``alscale run JOB key=value ...``) address fields with dots, e.g.
 ``strategy.budget=500 runtime.executor=local``; values are parsed as YAML scalars.
 """
@@ -19,123 +23,313 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, BeforeValidator, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from alscale.config import MAX_ERRORS_SHOWN, Missing, also, Section, check_section, fact, field_problem, from_file, problem, \
+    setting
 from alscale.errors import AlscaleError, JobError, short_repr
+from alscale.index.neighbours import MODES
+from alscale.units import parse_bytes
 from alscale.yamlfile import load_yaml, read_text_bounded
 
+__all__ = ["EMBEDDING_SOURCES", "EXECUTORS", "MAX_ERRORS_SHOWN", "JobSpec", "ModelConfig", "RuntimeConfig",
+           "StrategyConfig", "apply_overrides", "code_references", "job_schema", "load_job", "validate_job"]
+
 EXECUTORS = ("local", "ray")
-#: A job with more problems lists this many and counts the rest.
-MAX_ERRORS_SHOWN = 20
 #: Where the diversity strategies (k-center, BADGE, k-means++) take embeddings from:
 #: ``column`` = the pool's ``embedding`` column; ``model`` = the model's penultimate layer;
 #: ``auto`` = the model when the job has one, else the column.
 EMBEDDING_SOURCES = ("auto", "column", "model")
-
-_SCHEMA: dict[str, Any] = {
-    "pool": {"path": None},
-    "labeled": {"path": None},
-    "model": {
-        "factory": None,
-        "kwargs": None,
-        "checkpoint": None,
-        "mc_samples": None,
-        "batch_size": None,
-        "device": None,
-        "transform": None,
-        "decode_threads": None,
-    },
-    "strategy": {"name": None, "budget": None, "options": None, "round": None, "embedding": None, "seals": None,
-                 "quotas": None, "seals_index": None, "seals_mode": None},
-    "runtime": {
-        "executor": None,
-        "shards": None,
-        "address": None,
-        "cpus_per_worker": None,
-        "gpus_per_worker": None,
-        "chunk_rows": None,
-        "startup_timeout_s": None,
-        "cache": None,
-        "memory_budget": None,
-    },
-    "seed": None,
-    "output": None,
-    # The active-learning loop's protocol (``alscale simulate``); validated by alscale.loop.spec.
-    "loop": None,
-    # Stream-based selective sampling (``alscale stream``); validated by alscale.workflow.stream.
-    "stream": None,
-    # A composed objective instead of ``strategy`` (filters, scores, constraints, diversity);
-    # validated by alscale.selection.config, run as strategy ``objective``.
-    "selection": None,
-}
+#: The validation context's facts: whether the job file has a model, a strategy, a selection section.
+HAS_MODEL, HAS_STRATEGY, HAS_SELECTION = "has_model", "has_strategy", "has_selection"
+BOTH_STRATEGY_AND_SELECTION = ("the job gives both strategy: and selection:; keep one (selection: composes filters, "
+                               "scores, constraints and diversity; strategy: names one strategy)")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    factory: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    mc_samples: int = 1
-    batch_size: int = 4096
-    device: str = "auto"
-    transform: str | None = None  # raw-image pools: "pixels" (default) or "package.module:callable"
-    decode_threads: int = 2
+def null_is(default: Any, *, falsy: bool = False) -> BeforeValidator:
+    """A field whose null (or, with ``falsy``, any false value such as ``{}`` / ``""``) means its default."""
+    return BeforeValidator(lambda v: copy.copy(default) if (not v if falsy else v is None) else v)
 
 
-@dataclass(frozen=True)
-class StrategyConfig:
-    name: str
-    budget: int
-    options: dict[str, Any] = field(default_factory=dict)
-    round: int = 0
-    embedding: str = "auto"  # one of EMBEDDING_SOURCES
-    seals: int | None = None  # SEALS candidate filter: k nearest unlabelled rows of each labelled row
-    quotas: dict[str, Any] | None = None  # class quotas {min: ..., max: ...} by predicted class
-    seals_index: str | None = None  # SEALS: a directory keeping the labelled rows' neighbours across rounds
-    seals_mode: str = "exact"  # SEALS neighbour search: exact, or an approx_* mode of alscale.index.neighbours
+def _empty_is_none(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    return copy.deepcopy(v) if v else None
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    executor: str = "ray"
-    shards: int = 2
-    address: str | None = None
-    cpus_per_worker: float | None = None
-    gpus_per_worker: float | None = None
-    chunk_rows: int = 65536
-    startup_timeout_s: float = 300.0  # Ray: give up when the workers cannot all be placed by then
-    cache: bool = True  # keep per-chunk model outputs in OUT/cache/ for --resume
-    memory_budget: int | None = None  # bytes per worker: stream the shard (alscale.runtime.memory)
+def _size(v: Any) -> Any:
+    if v is None:
+        return None
+    n = parse_bytes(v)
+    if n is None:
+        raise ValueError("not a size")
+    return n
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    pool: str
-    strategy: StrategyConfig
-    runtime: RuntimeConfig
-    labeled: str | None = None
-    model: ModelConfig | None = None
-    seed: int = 0
-    output: str | None = None
-    loop: dict[str, Any] | None = None  # ``alscale simulate`` protocol, see alscale.loop.spec
-    stream: dict[str, Any] | None = None  # ``alscale stream`` settings, see alscale.workflow.stream
-    source: str | None = None  # the job file it came from
-    selection: bool = False  # the strategy came from a ``selection:`` section (strategy ``objective``)
+class PoolSection(Section):
+    path: str = setting(must="a path or URI string", min_length=1)
+
+
+class LabeledSection(Section):
+    path: str | None = setting(None, "a path string or null", min_length=1)
+
+
+class ModelConfig(Section):
+    """How workers build the model (``alscale.scoring``); ``factory`` is a built-in name or an import path."""
+
+    factory: str = setting(must="a built-in name or 'package.module:callable'", min_length=1)
+    kwargs: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping")
+    checkpoint: str | None = setting(None, "a file path or null")
+    mc_samples: int = setting(1, "an integer >= 1", ge=1)
+    batch_size: int = setting(4096, "a positive integer", ge=1)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    #: raw-image pools: "pixels" (the default) or "package.module:callable"
+    transform: str | None = setting(None, "'pixels' or 'package.module:callable'", min_length=1)
+    decode_threads: int = setting(2, "a positive integer", ge=1)
+
+    @field_validator("factory")
+    @classmethod
+    def _import_path_has_a_colon(cls, factory: str) -> str:
+        if ":" not in factory and "." in factory:
+            raise problem(f"model.factory {short_repr(factory)} looks like an import path; "
+                          "write it as 'package.module:callable'")
+        return factory
+
+
+def _missing_name() -> str:
+    from alscale.strategies import registry
+
+    return "is missing (valid: " + ", ".join(registry.strategy_names()) + ")"
+
+
+class StrategyConfig(Section):
+    """What to select: a strategy of the registry (``alscale strategies``) and how many rows.
+
+    Read from a job file, ``name`` becomes the registry's reference (canonical name or import
+    path) and ``options`` the strategy's full, checked options; built in code, neither is looked up.
+    """
+
+    name: Annotated[str, Missing(_missing_name)] = setting(must="a string")
+    budget: int = setting(must="a positive integer", ge=1)
+    #: validated when absent too: the strategy's defaults are filled in
+    options: Annotated[dict, null_is({}, falsy=True)] = setting(default_factory=dict, must="a mapping",
+                                                                validate_default=True)
+    round: int = setting(0, "a non-negative integer", ge=0)
+    embedding: Annotated[Literal[EMBEDDING_SOURCES], null_is("auto")] = setting(  # type: ignore[valid-type]
+        "auto", "one of " + ", ".join(EMBEDDING_SOURCES))
+    #: SEALS candidate filter: k nearest unlabelled rows of each labelled row
+    seals: int | None = setting(None, "a number of neighbours >= 1 (SEALS candidate filter) or null", ge=1)
+    #: SEALS: a directory keeping the labelled rows' neighbours across rounds
+    seals_index: str | None = setting(None, "a directory path and needs strategy.seals", min_length=1)
+    #: SEALS neighbour search: exact, or an approx_* mode of alscale.index.neighbours
+    seals_mode: Annotated[Literal[tuple(MODES)], null_is("exact", falsy=True)] = setting(  # type: ignore[valid-type]
+        "exact", "one of " + ", ".join(MODES))
+    #: class quotas {min: ..., max: ..., by: ...} (alscale.strategies.quotas)
+    quotas: Any = setting(None, "a mapping with 'min' and/or 'max' (and optionally 'by', 'max_groups') or null")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        if not from_file(info):
+            return name
+        from alscale.strategies import registry
+
+        try:
+            return registry.strategy_ref(registry.get_strategy(name))
+        except AlscaleError as exc:
+            raise field_problem(str(exc)) from None
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_the_strategy(cls, options: dict, info: ValidationInfo) -> dict:
+        if not from_file(info) or "name" not in info.data:
+            return options
+        from alscale.strategies import registry
+
+        try:
+            return dict(registry.check_options(info.data["name"], options))
+        except AlscaleError as exc:
+            raise field_problem(str(exc)) from None
+
+    @field_validator("embedding")
+    @classmethod
+    def _model_embeddings_need_a_model(cls, embedding: str, info: ValidationInfo) -> str:
+        if embedding == "model" and fact(info, HAS_MODEL) is False:
+            raise problem("strategy.embedding is model but the job has no model; add a model or use embedding: column")
+        return embedding
+
+    @field_validator("seals")
+    @classmethod
+    def _strategy_takes_seals(cls, seals: int | None, info: ValidationInfo) -> int | None:
+        if seals is not None and from_file(info) and "name" in info.data:
+            spec = _spec(info.data["name"])
+            if not spec.supports.seals:
+                raise field_problem(f"strategy {spec.name} does not take the SEALS candidate filter; "
+                                    "set strategy.seals: null")
+        return seals
+
+    @field_validator("seals_index")
+    @classmethod
+    def _index_needs_seals(cls, seals_index: str | None, info: ValidationInfo) -> str | None:
+        if seals_index is not None and "seals" in info.data and info.data["seals"] is None:
+            raise ValueError("needs strategy.seals")
+        return seals_index
+
+    @field_validator("quotas")
+    @classmethod
+    def _quotas(cls, quotas: Any, info: ValidationInfo) -> dict[str, Any] | None:
+        if quotas is None:
+            return None
+        from alscale.strategies.quotas import check_quotas, quotas_supported, unsupported_message
+
+        try:
+            quotas = check_quotas(quotas)
+        except AlscaleError as exc:
+            raise problem(str(exc)) from None
+        if from_file(info) and "name" in info.data and not quotas_supported(_spec(info.data["name"])):
+            raise problem(unsupported_message(_spec(info.data["name"])))
+        return copy.deepcopy(dict(quotas))
+
+
+def _spec(name: str) -> Any:
+    from alscale.strategies import registry
+
+    return registry.get_strategy(name)
+
+
+class RuntimeConfig(Section):
+    """Where and how the job runs."""
+
+    executor: Literal[EXECUTORS] = setting("ray", "one of " + ", ".join(EXECUTORS))  # type: ignore[valid-type]
+    shards: int = setting(2, "an integer >= 1", ge=1)
+    address: str | None = setting(None, "a string (e.g. ray://head:10001 or auto) or null")
+    cpus_per_worker: float | None = setting(None, "a positive number or null", gt=0)
+    gpus_per_worker: float | None = setting(None, "a positive number or null", ge=0)
+    chunk_rows: int = setting(65536, "a positive integer", ge=1)
+    #: Ray: give up when the workers cannot all be placed by then
+    startup_timeout_s: float = setting(300.0, "a positive number of seconds", gt=0)
+    #: keep per-chunk model outputs in OUT/cache/ for --resume
+    cache: bool = setting(True, "true or false")
+    #: bytes per worker: stream the shard (alscale.runtime.memory); 4GiB, 512MB, 1e9 ...
+    memory_budget: Annotated[int | None, BeforeValidator(_size, json_schema_input_type=float | str | None)] = \
+        setting(None, "a size per worker such as 4GiB, 512MB or a number of bytes, or null")
+
+    @field_validator("address", mode="wrap")
+    @classmethod
+    def _address_needs_ray(cls, address: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> str | None:
+        local = address is not None and info.data.get("executor") == "local"
+        return also(address, handler, [problem("runtime.address is set but runtime.executor is local; "
+                                                "use runtime.executor=ray")] * local)
+
+
+class JobSpec(Section):
+    """A validated job (:func:`validate_job`). ``pool`` and ``labeled`` read as the paths;
+    ``to_dict()`` gives the shape of a job file.
+
+    Another module declares a section of its own as a field typed by its :class:`Section`
+    (``foo: FooSection | None = setting(None, "a mapping or null")``); it is then validated,
+    reported and listed among the valid fields like these. ``selection`` keeps its own model
+    and messages (:mod:`alscale.selection.config`): its validator reports them here.
+    """
+
+    pool_section: Annotated[PoolSection, Missing("is missing")] = setting(must="a mapping", alias="pool")
+    labeled_section: LabeledSection | None = setting(None, "a mapping", alias="labeled")
+    model: ModelConfig | None = setting(None, "a mapping or null")
+    #: instead of ``strategy``: a composed objective (:mod:`alscale.selection.config`, its own model and
+    #: messages), run as strategy ``objective`` with the section as its options
+    selection_section: Any = setting(None, "a mapping (budget, filters, scores, constraints, diversity) or null",
+                                     alias="selection", exclude=True)
+    strategy: Annotated[StrategyConfig, Missing("is missing")] = setting(None, "a mapping", validate_default=True)
+    runtime: Annotated[RuntimeConfig, null_is({})] = setting(default_factory=RuntimeConfig, must="a mapping")
+    seed: int = setting(0, "a non-negative integer", ge=0)
+    output: str | None = setting(None, "a directory path or null", min_length=1)
+    #: the active-learning loop's protocol (``alscale simulate``), validated by alscale.loop.spec
+    loop: Annotated[dict | None, AfterValidator(_empty_is_none)] = setting(
+        None, "a mapping (see alscale simulate) or null")
+    #: stream-based selective sampling (``alscale stream``), validated by alscale.workflow.stream
+    stream: Annotated[dict | None, AfterValidator(_empty_is_none)] = setting(
+        None, "a mapping (see alscale stream) or null")
+    _source: str | None = PrivateAttr(None)
+
+    @property
+    def pool(self) -> str:
+        return self.pool_section.path
+
+    @property
+    def labeled(self) -> str | None:
+        return None if self.labeled_section is None else self.labeled_section.path
+
+    @property
+    def source(self) -> str | None:
+        """The job file it came from."""
+        return self._source
+
+    @property
+    def selection(self) -> bool:
+        """Whether the strategy came from a ``selection:`` section (strategy ``objective``)."""
+        return self.selection_section is not None
+
+    @field_validator("selection_section", mode="wrap")
+    @classmethod
+    def _selection(cls, raw: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> Any:
+        if raw is None or not from_file(info):
+            return handler(raw)
+        if fact(info, HAS_STRATEGY):
+            return also(raw, handler, [problem(BOTH_STRATEGY_AND_SELECTION)])
+        from alscale.selection.config import section_errors
+
+        section, problems = section_errors(raw)
+        return also(section, handler, [problem(p) for p in problems])
+
+    @field_validator("strategy", mode="wrap")
+    @classmethod
+    def _strategy_or_selection(cls, raw: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> Any:
+        """A ``selection:`` section gives the strategy: ``objective``, its options the section."""
+        if not fact(info, HAS_SELECTION):
+            return handler(raw)
+        if raw is not None:  # both given (reported at selection): the strategy mapping's unknown keys and gaps too
+            return handler({k: v for k, v in raw.items() if k not in StrategyConfig.model_fields}) \
+                if isinstance(raw, dict) else None
+        section = info.data.get("selection_section")
+        if section is None:  # an invalid selection section, reported at selection
+            return None
+        from alscale.selection.config import STRATEGY
+
+        return handler({"name": STRATEGY, "budget": section.budget, "round": section.round,
+                        "embedding": section.embedding, "options": section.options()})
+
+    @model_validator(mode="after")
+    def _enough_mc_samples(self, info: ValidationInfo) -> JobSpec:
+        if self.model is not None and from_file(info):
+            from alscale.strategies import registry
+
+            needs = registry.requirements(self.strategy.name, self.strategy.options)
+            if needs.needs_log_probs and self.model.mc_samples < needs.min_samples:
+                raise problem(f"strategy {_spec(self.strategy.name).name} needs at least {needs.min_samples} MC "
+                              f"samples; set model.mc_samples >= {needs.min_samples} (got {self.model.mc_samples})")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable form (the shape of a job file)."""
-        d = asdict(self)
-        d["pool"] = {"path": self.pool}
+        d = self.model_dump(by_alias=True)
         d["labeled"] = {"path": self.labeled}
-        d.pop("source")
-        if d.pop("selection"):
+        if self.selection:  # the job as written: a selection section, not a strategy
             st = d.pop("strategy")
             d["selection"] = {"budget": st["budget"], "round": st["round"], "embedding": st["embedding"],
                               **st["options"]}
         return d
+
+    def replace(self, **changes: Any) -> JobSpec:
+        """A copy with some fields changed (not validated again: give valid values); ``pool``
+        and ``labeled`` take paths."""
+        if "pool" in changes:
+            changes["pool_section"] = PoolSection(path=changes.pop("pool"))
+        if "labeled" in changes:
+            path = changes.pop("labeled")
+            changes["labeled_section"] = None if path is None else LabeledSection(path=path)
+        return self.model_copy(update=changes)
 
 
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
@@ -174,290 +368,40 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], *, source:
     return out
 
 
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _unknown_keys(raw: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, errors: list[str]) -> None:
-    for key in raw:
-        if key not in schema:
-            where = f"{prefix}{key}"
-            valid = ", ".join(sorted(schema))
-            under = " under " + prefix.rstrip(".") if prefix else ""
-            errors.append(f"unknown field {short_repr(where)} (valid{under}: {valid})")
-        elif isinstance(schema[key], dict) and isinstance(raw[key], dict):
-            _unknown_keys(raw[key], schema[key], f"{prefix}{key}.", errors)
-
-
 def validate_job(raw: Mapping[str, Any], *, source: str = "job") -> JobSpec:
-    """Check every field; raise one :class:`JobError` naming all problems.
+    """Check every field (the models above); raise one :class:`JobError` naming all problems.
 
     Paths are used as written: relative paths are relative to the current directory (as
     for the CLI), URIs (``s3://``, ``gs://``, ``file://``) go through ``pyarrow.fs``.
     """
-    from alscale.strategies import registry
-
-    errors: list[str] = []
-    _unknown_keys(raw, _SCHEMA, "", errors)
-
-    def section(name: str, required: bool) -> dict[str, Any]:
-        v = raw.get(name)
-        if v is None:
-            if required:
-                errors.append(f"{name} is missing")
-            return {}
-        if not isinstance(v, dict):
-            errors.append(f"{name} must be a mapping; got {short_repr(v)}")
-            return {}
-        return v
-
-    pool = section("pool", True)
-    pool_path = pool.get("path")
-    if isinstance(raw.get("pool"), dict) and not (isinstance(pool_path, str) and pool_path):
-        errors.append(f"pool.path must be a path or URI string; got {short_repr(pool_path)}")
-
-    labeled = section("labeled", False)
-    labeled_path = labeled.get("path")
-    if labeled_path is not None and not (isinstance(labeled_path, str) and labeled_path):
-        errors.append(f"labeled.path must be a path string or null; got {short_repr(labeled_path)}")
-
-    model_raw = raw.get("model")
-    model: ModelConfig | None = None
-    if model_raw is not None:
-        if not isinstance(model_raw, dict):
-            errors.append(f"model must be a mapping or null; got {short_repr(model_raw)}")
-        else:
-            model = _validate_model(model_raw, errors)
-
-    selection = raw.get("selection") is not None
-    strat = _selection_strategy(raw, errors) if selection else section("strategy", True)
-    name = strat.get("name")
-    info = None
-    strat_given = isinstance(raw.get("strategy"), dict)  # an empty mapping still names its missing fields
-    if strat_given and name is None:
-        errors.append("strategy.name is missing (valid: " + ", ".join(registry.strategy_names()) + ")")
-    elif name is not None:
-        if not isinstance(name, str):
-            errors.append(f"strategy.name must be a string; got {short_repr(name)}")
-        else:
-            try:
-                info = registry.get_strategy(name)
-            except AlscaleError as exc:
-                errors.append(f"strategy.name: {exc}")
-    budget = strat.get("budget")
-    if strat_given and not (is_int(budget) and budget > 0):
-        errors.append(f"strategy.budget must be a positive integer; got {short_repr(budget)}")
-    options = strat.get("options") or {}
-    if not isinstance(options, dict):
-        errors.append(f"strategy.options must be a mapping; got {short_repr(options)}")
-        options = {}
-    elif info is not None:
-        try:
-            options = registry.check_options(info, options)
-        except AlscaleError as exc:
-            errors.append(f"strategy.options: {exc}")
-    rnd = strat.get("round", 0)
-    if not (is_int(rnd) and rnd >= 0):
-        errors.append(f"strategy.round must be a non-negative integer; got {short_repr(rnd)}")
-    embedding = strat.get("embedding")
-    embedding = "auto" if embedding is None else embedding
-    if embedding not in EMBEDDING_SOURCES:
-        errors.append(f"strategy.embedding must be one of {', '.join(EMBEDDING_SOURCES)}; got {short_repr(embedding)}")
-    elif embedding == "model" and raw.get("model") is None:
-        errors.append("strategy.embedding is model but the job has no model; add a model or use embedding: column")
-
-    seals = strat.get("seals")
-    if seals is not None and not (is_int(seals) and seals >= 1):
-        errors.append(f"strategy.seals must be a number of neighbours >= 1 (SEALS candidate filter) or null; "
-                      f"got {short_repr(seals)}")
-    elif seals is not None and info is not None and not info.supports.seals:
-        errors.append(f"strategy.seals: strategy {info.name} does not take the SEALS candidate filter; "
-                      "set strategy.seals: null")
-
-    seals_index = strat.get("seals_index")
-    if seals_index is not None and (not isinstance(seals_index, str) or not seals_index or seals is None):
-        errors.append(f"strategy.seals_index must be a directory path and needs strategy.seals; got {short_repr(seals_index)}")
-    seals_mode = strat.get("seals_mode") or "exact"
-    from alscale.index.neighbours import MODES
-
-    if seals_mode not in MODES:
-        errors.append(f"strategy.seals_mode must be one of {', '.join(MODES)}; got {short_repr(seals_mode)}")
-
-    quotas = strat.get("quotas")
-    if quotas is not None:
-        from alscale.strategies.quotas import check_quotas
-
-        try:
-            quotas = check_quotas(quotas)
-            from alscale.strategies.quotas import quotas_supported, unsupported_message
-
-            if info is not None and not quotas_supported(info):
-                errors.append(unsupported_message(info))
-        except AlscaleError as exc:
-            errors.append(str(exc))
-
-    rt = section("runtime", False)
-    executor = rt.get("executor", "ray")
-    if executor not in EXECUTORS:
-        errors.append(f"runtime.executor must be one of {', '.join(EXECUTORS)}; got {short_repr(executor)}")
-    shards = rt.get("shards", 2)
-    if not (is_int(shards) and shards >= 1):
-        errors.append(f"runtime.shards must be an integer >= 1; got {short_repr(shards)}")
-    address = rt.get("address")
-    if address is not None and not isinstance(address, str):
-        errors.append("runtime.address must be a string (e.g. ray://head:10001 or auto) or null; "
-                      f"got {short_repr(address)}")
-    if address is not None and executor == "local":
-        errors.append("runtime.address is set but runtime.executor is local; use runtime.executor=ray")
-    for key in ("cpus_per_worker", "gpus_per_worker"):
-        v = rt.get(key)
-        if v is not None and not (is_num(v) and v >= 0 and (key == "gpus_per_worker" or v > 0)):
-            errors.append(f"runtime.{key} must be a positive number or null; got {short_repr(v)}")
-    chunk_rows = rt.get("chunk_rows", 65536)
-    if not (is_int(chunk_rows) and chunk_rows >= 1):
-        errors.append(f"runtime.chunk_rows must be a positive integer; got {short_repr(chunk_rows)}")
-
-    startup_timeout_s = rt.get("startup_timeout_s", 300.0)
-    if not (is_num(startup_timeout_s) and startup_timeout_s > 0):
-        errors.append("runtime.startup_timeout_s must be a positive number of seconds; "
-                      f"got {short_repr(startup_timeout_s)}")
-
-    cache = rt.get("cache", True)
-    if not isinstance(cache, bool):
-        errors.append(f"runtime.cache must be true or false; got {short_repr(cache)}")
-
-    budget_raw = rt.get("memory_budget")
-    memory_budget = None
-    if budget_raw is not None:
-        from alscale.units import parse_bytes
-
-        memory_budget = parse_bytes(budget_raw)
-        if memory_budget is None:
-            errors.append(f"runtime.memory_budget must be a size per worker such as 4GiB, 512MB or a number of bytes, "
-                          f"or null; got {short_repr(budget_raw)}")
-
-    seed = raw.get("seed", 0)
-    if not (is_int(seed) and seed >= 0):
-        errors.append(f"seed must be a non-negative integer; got {short_repr(seed)}")
-    output = raw.get("output")
-    if output is not None and not (isinstance(output, str) and output):
-        errors.append(f"output must be a directory path or null; got {short_repr(output)}")
-    loop = raw.get("loop")
-    if loop is not None and not isinstance(loop, dict):
-        errors.append(f"loop must be a mapping (see alscale simulate) or null; got {short_repr(loop)}")
-    stream = raw.get("stream")
-    if stream is not None and not isinstance(stream, dict):
-        errors.append(f"stream must be a mapping (see alscale stream) or null; got {short_repr(stream)}")
-
-    # Cross-field: what the strategy needs from the model.
-    if info is not None and model is not None and not errors:
-        needs = registry.requirements(info, options)
-        if needs.needs_log_probs and model.mc_samples < needs.min_samples:
-            errors.append(
-                f"strategy {info.name} needs at least {needs.min_samples} MC samples; "
-                f"set model.mc_samples >= {needs.min_samples} (got {model.mc_samples})"
-            )
-
-    if errors:
-        n = len(errors)
-        shown = errors[:MAX_ERRORS_SHOWN] + ([f"and {n - MAX_ERRORS_SHOWN} more"] if n > MAX_ERRORS_SHOWN else [])
-        raise JobError(f"job {source}: {n} error{'s' if n > 1 else ''}: " + "; ".join(shown))
-
-    return JobSpec(
-        pool=pool_path,
-        labeled=None if labeled_path is None else labeled_path,
-        model=model,
-        strategy=StrategyConfig(
-            name=registry.strategy_ref(info), budget=int(budget), options=dict(options), round=int(rnd), embedding=embedding,
-            seals=None if seals is None else int(seals),
-            quotas=None if quotas is None else copy.deepcopy(dict(quotas)),
-            seals_index=seals_index, seals_mode=seals_mode,
-        ),
-        runtime=RuntimeConfig(
-            executor=executor,
-            shards=int(shards),
-            address=address,
-            cpus_per_worker=rt.get("cpus_per_worker"),
-            gpus_per_worker=rt.get("gpus_per_worker"),
-            chunk_rows=int(chunk_rows),
-            startup_timeout_s=float(startup_timeout_s),
-            cache=bool(cache),
-            memory_budget=memory_budget,
-        ),
-        seed=int(seed),
-        output=output,
-        loop=copy.deepcopy(loop) if loop else None,
-        stream=copy.deepcopy(stream) if stream else None,
-        source=source,
-        selection=selection,
-    )
+    facts = {key: isinstance(raw, Mapping) and raw.get(name) is not None
+             for key, name in ((HAS_MODEL, "model"), (HAS_STRATEGY, "strategy"), (HAS_SELECTION, "selection"))}
+    job = check_section(JobSpec, raw, source=source, unknown_first=True, context=facts)
+    job._source = source
+    return job
 
 
-def _selection_strategy(raw: Mapping[str, Any], errors: list[str]) -> dict[str, Any]:
-    """The ``strategy`` fields of a job that gives a ``selection:`` section instead (strategy
-    ``objective`` with the section as its options); its problems go to ``errors``."""
-    from alscale.selection.config import STRATEGY, section_errors
+def job_schema() -> dict[str, Any]:
+    """The JSON schema of a job file (``alscale validate --schema``): every section and field
+    with its type, default, range and description (the phrase its error message uses); the
+    ``loop`` and ``stream`` sections as :mod:`alscale.loop.spec` and
+    :mod:`alscale.workflow.stream` validate them (``selection`` as an open mapping)."""
+    from alscale.config import schema
+    from alscale.loop.spec import LoopSpec
+    from alscale.workflow.stream import StreamSpec
 
-    if raw.get("strategy") is not None:
-        errors.append("the job gives both strategy: and selection:; keep one (selection: composes filters, scores, "
-                      "constraints and diversity; strategy: names one strategy)")
-        return {}
-    sec, problems = section_errors(raw["selection"])
-    errors.extend(problems)
-    if sec is None:
-        return {}
-    return {"name": STRATEGY, "budget": sec.budget, "round": sec.round, "embedding": sec.embedding,
-            "options": sec.options()}
-
-
-def _validate_model(m: Mapping[str, Any], errors: list[str]) -> ModelConfig | None:
-    factory = m.get("factory")
-    ok = True
-    if not (isinstance(factory, str) and factory):
-        errors.append(f"model.factory must be a built-in name or 'package.module:callable'; got {short_repr(factory)}")
-        ok = False
-    elif ":" not in factory and "." in factory:
-        errors.append(f"model.factory {short_repr(factory)} looks like an import path; "
-                      "write it as 'package.module:callable'")
-        ok = False
-    kwargs = m.get("kwargs") or {}
-    if not isinstance(kwargs, dict):
-        errors.append(f"model.kwargs must be a mapping; got {short_repr(kwargs)}")
-        ok = False
-    checkpoint = m.get("checkpoint")
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        errors.append(f"model.checkpoint must be a file path or null; got {short_repr(checkpoint)}")
-        ok = False
-    mc = m.get("mc_samples", 1)
-    if not (is_int(mc) and mc >= 1):
-        errors.append(f"model.mc_samples must be an integer >= 1; got {short_repr(mc)}")
-        ok = False
-    bs = m.get("batch_size", 4096)
-    if not (is_int(bs) and bs >= 1):
-        errors.append(f"model.batch_size must be a positive integer; got {short_repr(bs)}")
-        ok = False
-    device = m.get("device", "auto")
-    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", device)):
-        errors.append(f"model.device must be auto, cpu, cuda or cuda:N; got {short_repr(device)}")
-        ok = False
-    transform = m.get("transform")
-    if transform is not None and not (isinstance(transform, str) and transform):
-        errors.append(f"model.transform must be 'pixels' or 'package.module:callable'; got {short_repr(transform)}")
-        ok = False
-    threads = m.get("decode_threads", 2)
-    if not (is_int(threads) and threads >= 1):
-        errors.append(f"model.decode_threads must be a positive integer; got {short_repr(threads)}")
-        ok = False
-    if not ok:
-        return None
-    return ModelConfig(
-        factory=factory, kwargs=dict(kwargs), checkpoint=checkpoint, mc_samples=mc, batch_size=bs, device=device,
-        transform=transform, decode_threads=threads,
-    )
+    out = schema(JobSpec)
+    # selection: left an open mapping here: its model reads predicates written as strings
+    # ('entropy >= 0.5') that its own JSON schema does not describe yet.
+    out["properties"]["selection"]["anyOf"] = [{"type": "object"}, {"type": "null"}]
+    for name, model in (("loop", LoopSpec), ("stream", StreamSpec)):
+        inner = schema(model)
+        out.setdefault("$defs", {}).update(inner.pop("$defs", {}))
+        out["$defs"][model.__name__] = inner
+        field = out["properties"][name]
+        field["anyOf"] = [{"$ref": f"#/$defs/{model.__name__}"}, {"type": "null"}]
+    out["title"] = "alscale job"
+    return out
 
 
 def code_references(job: JobSpec) -> list[tuple[str, str]]:

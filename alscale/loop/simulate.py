@@ -32,7 +32,6 @@ Output directory::
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -161,19 +160,59 @@ def simulate(
         return _simulate(job, loop, out, force, progress, targets, (ids, x, y, info), (test_x, test_y))
 
 
+@dataclass
+class _Sim:
+    """What every strategy and trial of one simulation shares."""
+
+    job: JobSpec
+    loop: LoopSpec
+    pool: _Pool
+    oracle: SimulatedOracle
+    test: tuple[np.ndarray, np.ndarray]  # (features, labels) of the held-out pool
+    val: tuple[np.ndarray, np.ndarray]  # (features, labels) of the validation rows (maybe none)
+    executor: Any
+    out: Path
+    progress: bool
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"
+
+
 def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bool, targets: Sequence[float],
               pool_arrays: tuple, test: tuple) -> SimulationResult:
     from alscale.runtime.coordinator import make_executor
 
-    ids, x, y, info = pool_arrays
-    test_x, test_y = test
+    info = pool_arrays[3]
     check_simulation_dir(out, force)
     # Each round scores a new model once: no per-chunk caches for --resume (alscale.runtime.cache).
-    job = dataclasses.replace(job, runtime=dataclasses.replace(job.runtime, cache=False))
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    job = job.replace(runtime=job.runtime.replace(cache=False))
+    (out / "work").mkdir(parents=True, exist_ok=True)
+    pool, val = _working_pool(job, loop, pool_arrays, out / "work")
+    oracle = SimulatedOracle(pool.row_ids_N, pool.labels_N, source=info.path)
+    stop_reasons: dict[str, dict[int, str]] = {}
+    protocol = {"job": job.to_dict(), "loop": loop.to_dict(), "pool_rows": info.n_rows,
+                "working_pool_rows": int(pool.row_ids_N.size), "test_rows": int(test[1].size)}
+    sim = _Sim(job, loop, pool, oracle, test, val, make_executor(job, job.runtime.shards), out, progress)
+    started = time.perf_counter()
+    try:
+        for trial in range(loop.trials):
+            initial = _initial_set(job, loop, pool, trial, sim.executor, sim.work)
+            for strat in loop.strategies:
+                stop_reasons.setdefault(strat.name, {})[trial] = _run_one(sim, strat, trial, initial)
+    finally:
+        sim.executor.close()
+    table = curves.summary_table(sim.records, targets)
+    _write_summary(sim, info, table, targets, {**protocol, "stop_reasons": stop_reasons}, started)
+    return SimulationResult(out_dir=out, records=sim.records, table=table, stop_reasons=stop_reasons)
 
-    # Validation rows: drawn once (seeded) and removed from the pool for the whole simulation.
+
+def _working_pool(job: JobSpec, loop: LoopSpec, pool_arrays: tuple, work: Path
+                  ) -> tuple[_Pool, tuple[np.ndarray, np.ndarray]]:
+    """The pool the loop acquires from, and the validation rows: drawn once (seeded) and
+    removed from the pool for the whole simulation."""
+    ids, x, y, info = pool_arrays
     rng = np.random.default_rng(derive_seed(job.seed, _VALIDATION))
     val_pos = np.sort(rng.choice(info.n_rows, loop.validation, replace=False)) if loop.validation else \
         np.empty(0, np.int64)
@@ -188,40 +227,28 @@ def _simulate(job: JobSpec, loop: LoopSpec, out: Path, force: bool, progress: bo
                                embeddings_N_D=pool.embeddings_N_E), pool.path, format="ipc")
     else:
         pool = _Pool(info.path, ids, x, y, emb)
-    val_x, val_y = x[val_pos], y[val_pos]
-    oracle = SimulatedOracle(pool.row_ids_N, pool.labels_N, source=info.path)
+    return pool, (x[val_pos], y[val_pos])
 
-    records: list[dict[str, Any]] = []
-    stop_reasons: dict[str, dict[int, str]] = {}
-    protocol = {"job": job.to_dict(), "loop": loop.to_dict(), "pool_rows": info.n_rows,
-                "working_pool_rows": int(pool.row_ids_N.size), "test_rows": int(test_y.size)}
-    executor = make_executor(job, job.runtime.shards)
-    started = time.perf_counter()
-    try:
-        for trial in range(loop.trials):
-            initial = _initial_set(job, loop, pool, trial, executor, work)
-            for strat in loop.strategies:
-                reason = _run_one(job, loop, strat, trial, pool, initial, oracle, (test_x, test_y), (val_x, val_y),
-                                  executor, out, records, progress)
-                stop_reasons.setdefault(strat.name, {})[trial] = reason
-    finally:
-        executor.close()
-    table = curves.summary_table(records, targets)
+
+def _write_summary(sim: _Sim, info: Any, table: list[dict[str, Any]], targets: Sequence[float],
+                   protocol: dict[str, Any], started: float) -> None:
+    """``labels_to_reach.md`` / ``.csv``, ``curves.png`` and ``summary.json``."""
+    from alscale.runtime import output
+
+    job, loop, out = sim.job, sim.loop, sim.out
     atomic_write(out / "labels_to_reach.md", curves.markdown_table(table))
     _write_csv(out / "labels_to_reach.csv", table)
-    curves.plot_curves(records, out / "curves.png", targets=targets,
+    curves.plot_curves(sim.records, out / "curves.png", targets=targets,
                        title=f"{Path(job.source or 'job').stem}: {info.n_rows:,}-row pool, b = "
                              f"{'/'.join(sorted({str(st.budget) for st in loop.strategies}))}, "
                              f"{loop.trials} trial{'s' if loop.trials > 1 else ''}")
-    from alscale.runtime import output
-
+    stop_reasons = protocol.pop("stop_reasons")
     summary = {**protocol, "targets": list(targets), "labels_to_reach": table,
                "stop_reasons": {s: {str(t): r for t, r in v.items()} for s, v in stop_reasons.items()},
                "seconds": round(time.perf_counter() - started, 3), "versions": output.versions(),
                "git_revision": output.git_revision(), "machine": output.machine()}
     atomic_write(out / "summary.json", json.dumps(_finite(summary), indent=2, default=_json_default,
                                                    allow_nan=False) + "\n")
-    return SimulationResult(out_dir=out, records=records, table=table, stop_reasons=stop_reasons)
 
 
 def _json_default(obj: Any) -> Any:
@@ -276,8 +303,8 @@ def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor
     from alscale.runtime.coordinator import run_job, uses_model
     from alscale.scoring.train import fresh_model
 
-    init_job = dataclasses.replace(
-        job, pool=pool.path, labeled=None, loop=None, output=None,
+    init_job = job.replace(
+        pool=pool.path, labeled=None, loop=None, output=None,
         strategy=StrategyConfig(name=loop.initial_method, budget=size, round=0, embedding=job.strategy.embedding),
         seed=derive_seed(job.seed, _ACQUIRE, trial, 0))
     if uses_model(init_job):  # the untrained model, with the weights round 0 starts from
@@ -285,9 +312,9 @@ def _initial_set(job: JobSpec, loop: LoopSpec, pool: _Pool, trial: int, executor
         _save_state(fresh_model(_model_spec(job), pool.features_N_D.shape[1],
                                 derive_seed(job.seed, _INIT_WEIGHTS, trial, 0)), ckpt)
         assert job.model is not None
-        init_job = dataclasses.replace(init_job, model=dataclasses.replace(job.model, checkpoint=str(ckpt)))
+        init_job = init_job.replace(model=job.model.replace(checkpoint=str(ckpt)))
     else:
-        init_job = dataclasses.replace(init_job, model=None)
+        init_job = init_job.replace(model=None)
     result = run_job(init_job, out_dir=work / f"initial-trial-{trial}", force=True, progress=False,
                      executor=executor)
     return np.asarray(result.selection.indices_B, dtype=np.int64)
@@ -301,74 +328,36 @@ def _save_state(model: Any, path: Path) -> None:
     atomic_write(path, buf.getbuffer())
 
 
-def _run_one(
-    job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, pool: _Pool, initial: np.ndarray,
-    oracle: SimulatedOracle, test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-    executor: Any, out: Path, records: list[dict[str, Any]], progress: bool,
-) -> str:
+def _run_one(sim: _Sim, strat: StrategyConfig, trial: int, initial: np.ndarray) -> str:
     """One strategy, one trial: rounds until a stopping criterion fires; returns its reason."""
     from tqdm import tqdm
 
-    from alscale.runtime.coordinator import run_job
-    from alscale.scoring.device import resolve_device
-    from alscale.scoring.train import evaluate, fresh_model, train_classifier
-
-    assert job.model is not None
-    spec = _model_spec(job)
-    device = resolve_device(spec.device)
-    run_dir = out / "runs" / strat.name / f"trial-{trial}"
+    run_dir = sim.out / "runs" / strat.name / f"trial-{trial}"
     ledger = Ledger(run_dir / "ledger")
-    ledger.append(initial, oracle.label(initial), 0, f"initial:{loop.initial_method}")
-    work = out / "work"
-    stop, train = loop.stop, loop.train
+    ledger.append(initial, sim.oracle.label(initial), 0, f"initial:{sim.loop.initial_method}")
+    stop = sim.loop.stop
     watched: list[float] = []
     model = None
-    desc = f"{strat.name} trial {trial}"
-    bar = tqdm(total=stop.budget, initial=len(ledger), unit="labels", desc=desc, disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=stop.budget, initial=len(ledger), unit="labels", desc=f"{strat.name} trial {trial}",
+               disable=not sim.progress, file=sys.stderr)
     try:
         for rnd in range(10**9):
             labelled = ledger.row_ids
-            pos = np.sort(pool.positions(labelled))
-            if model is None or train.mode == "scratch":
-                model = fresh_model(spec, pool.features_N_D.shape[1],
-                                    derive_seed(job.seed, _INIT_WEIGHTS, trial, rnd))
-            has_val = val[1].size > 0
-            fit = train_classifier(
-                model, pool.features_N_D[pos], pool.labels_N[pos],
-                seed=derive_seed(job.seed, _TRAIN, trial, rnd),
-                x_val_V_D=val[0] if has_val else None, y_val_V=val[1] if has_val else None,
-                epochs=train.epochs, draws_per_epoch=train.draws_per_epoch, batch_size=train.batch_size,
-                lr=train.lr, weight_decay=train.weight_decay, patience=train.patience,
-                eval_batch_size=train.eval_batch_size, device=device)
-            t0 = time.perf_counter()
-            test_acc, test_nll = evaluate(model, test[0], test[1], batch_size=train.eval_batch_size, device=device)
-            val_acc = evaluate(model, val[0], val[1], batch_size=train.eval_batch_size, device=device)[0] \
-                if has_val else None
-            record: dict[str, Any] = {
-                "strategy": strat.name, "trial": trial, "round": rnd, "n_labels": int(labelled.size),
-                "batch_size": strat.budget, "test_accuracy": test_acc, "test_nll": test_nll,
-                "val_accuracy": val_acc, "epochs": fit.epochs, "best_epoch": fit.best_epoch,
-                "train_seconds": fit.seconds, "eval_seconds": time.perf_counter() - t0,
-                "acquire_seconds": None, "n_acquired": 0, "top_score": None, "stop_reason": None,
-            }
-            records.append(record)
-            _write_records(out, records)
-            watched.append(test_acc if stop.metric == "test" else float(val_acc or 0.0))
-            bar.set_postfix_str(f"acc {test_acc:.4f}")
-            n_unlabeled = pool.row_ids_N.size - labelled.size
+            model, record, fit = _train_and_evaluate(sim, strat, trial, rnd, model, labelled)
+            watched.append(record["test_accuracy"] if stop.metric == "test" else float(record["val_accuracy"] or 0.0))
+            bar.set_postfix_str(f"acc {record['test_accuracy']:.4f}")
+            n_unlabeled = sim.pool.row_ids_N.size - labelled.size
             reason = stop_after_eval(stop, watched, int(labelled.size), int(n_unlabeled), rnd)
             if reason is None:
-                reason, picked = _acquire(job, loop, strat, trial, rnd, pool, ledger, model, executor, run_dir,
-                                          work, record, run_job)
+                reason, picked = _acquire(sim, strat, trial, rnd, ledger, model, run_dir, record)
                 if reason is None:
-                    ledger.append(picked, oracle.label(picked), rnd + 1, strat.name)
+                    ledger.append(picked, sim.oracle.label(picked), rnd + 1, strat.name)
                     record["n_acquired"] = int(picked.size)
                     bar.update(int(picked.size))
-                _write_records(out, records)
+                _write_records(sim.out, sim.records)
             log.info("%s trial %d round %d: %d labels, test acc %.4f, nll %.4f (train %.1f s, %d epochs)%s",
-                     strat.name, trial, rnd, labelled.size, test_acc, test_nll, fit.seconds, fit.epochs,
-                     f"; stop: {reason}" if reason else "")
+                     strat.name, trial, rnd, labelled.size, record["test_accuracy"], record["test_nll"],
+                     fit.seconds, fit.epochs, f"; stop: {reason}" if reason else "")
             if reason is not None:
                 record["stop_reason"] = reason
                 return reason
@@ -377,53 +366,98 @@ def _run_one(
     raise AssertionError("unreachable")
 
 
-def _acquire(job: JobSpec, loop: LoopSpec, strat: StrategyConfig, trial: int, rnd: int, pool: _Pool,
-             ledger: Ledger, model: Any, executor: Any, run_dir: Path, work: Path, record: dict[str, Any],
-             run_job: Any) -> tuple[str | None, np.ndarray]:
-    """Select the round's batch through the coordinator; returns (stop reason or None, row ids)."""
-    from alscale.runtime.coordinator import uses_model
-    from alscale.strategies import get_strategy, requirements
-    from alscale.strategies.noise import keyed_uniform
+def _train_and_evaluate(sim: _Sim, strat: StrategyConfig, trial: int, rnd: int, model: Any, labelled: np.ndarray
+                        ) -> tuple[Any, dict[str, Any], Any]:
+    """Train the round's model on the labelled rows (fresh weights unless fine-tuning), evaluate
+    it, and record the round; returns (model, record, fit)."""
+    from alscale.scoring.device import resolve_device
+    from alscale.scoring.train import evaluate, fresh_model, train_classifier
 
+    job, pool, train, (val_x, val_y) = sim.job, sim.pool, sim.loop.train, sim.val
+    spec = _model_spec(job)
+    device = resolve_device(spec.device)
+    pos = np.sort(pool.positions(labelled))
+    if model is None or train.mode == "scratch":
+        model = fresh_model(spec, pool.features_N_D.shape[1], derive_seed(job.seed, _INIT_WEIGHTS, trial, rnd))
+    has_val = val_y.size > 0
+    fit = train_classifier(
+        model, pool.features_N_D[pos], pool.labels_N[pos], seed=derive_seed(job.seed, _TRAIN, trial, rnd),
+        x_val_V_D=val_x if has_val else None, y_val_V=val_y if has_val else None,
+        epochs=train.epochs, draws_per_epoch=train.draws_per_epoch, batch_size=train.batch_size,
+        lr=train.lr, weight_decay=train.weight_decay, patience=train.patience,
+        eval_batch_size=train.eval_batch_size, device=device)
+    t0 = time.perf_counter()
+    test_acc, test_nll = evaluate(model, sim.test[0], sim.test[1], batch_size=train.eval_batch_size, device=device)
+    val_acc = evaluate(model, val_x, val_y, batch_size=train.eval_batch_size, device=device)[0] if has_val else None
+    record: dict[str, Any] = {
+        "strategy": strat.name, "trial": trial, "round": rnd, "n_labels": int(labelled.size),
+        "batch_size": strat.budget, "test_accuracy": test_acc, "test_nll": test_nll,
+        "val_accuracy": val_acc, "epochs": fit.epochs, "best_epoch": fit.best_epoch,
+        "train_seconds": fit.seconds, "eval_seconds": time.perf_counter() - t0,
+        "acquire_seconds": None, "n_acquired": 0, "top_score": None, "stop_reason": None,
+    }
+    sim.records.append(record)
+    _write_records(sim.out, sim.records)
+    return model, record, fit
+
+
+def _acquire(sim: _Sim, strat: StrategyConfig, trial: int, rnd: int, ledger: Ledger, model: Any, run_dir: Path,
+             record: dict[str, Any]) -> tuple[str | None, np.ndarray]:
+    """Select the round's batch through the coordinator; returns (stop reason or None, row ids)."""
+    from alscale.runtime.coordinator import run_job, uses_model
+
+    job, loop, pool, work = sim.job, sim.loop, sim.pool, sim.work
     t0 = time.perf_counter()
     labelled = ledger.row_ids
     budget = strat.budget
     if loop.stop.budget is not None:
         budget = min(budget, loop.stop.budget - labelled.size)
-    pool_path = pool.path
+    pool_path, cand = pool.path, None
     if loop.subsample is not None:
-        unlabelled = np.ones(pool.row_ids_N.size, bool)
-        unlabelled[pool.positions(labelled)] = False
-        cand = np.flatnonzero(unlabelled)
-        if cand.size > loop.subsample:
-            keys = keyed_uniform(derive_seed(job.seed, _SUBSAMPLE, trial), rnd, pool.row_ids_N[cand])
-            cand = np.sort(cand[np.lexsort((pool.row_ids_N[cand], keys))[: loop.subsample]])
-        if requirements(get_strategy(strat.name).name, strat.options).needs_embeddings:
-            cand = np.union1d(cand, pool.positions(labelled))  # labelled rows are the diversity anchors
-        pool_path = str(work / "candidates.arrow")
-        emb = None if pool.embeddings_N_E is None else pool.embeddings_N_E[cand]
-        write_table(pool_table(pool.row_ids_N[cand], features_N_D=pool.features_N_D[cand], embeddings_N_D=emb),
-                    pool_path, format="ipc")
-    acq = dataclasses.replace(job, strategy=dataclasses.replace(strat, budget=int(budget), round=rnd))
+        pool_path, cand = _subsample(sim, strat, trial, rnd, labelled)
+    acq = job.replace(strategy=strat.replace(budget=int(budget), round=rnd))
     model_config = None
     if uses_model(acq):
         ckpt = work / "model.pt"
         _save_state(model, ckpt)
         assert job.model is not None
-        model_config = dataclasses.replace(job.model, checkpoint=str(ckpt))
-    ids = labelled if loop.subsample is None else np.intersect1d(labelled, pool.row_ids_N[cand])
+        model_config = job.model.replace(checkpoint=str(ckpt))
+    ids = labelled if cand is None else np.intersect1d(labelled, pool.row_ids_N[cand])
     ids_path = work / "labeled.parquet"
     with AtomicFile(ids_path) as f:
         pq.write_table(pa.table({"row_id": ids}), f.open())
-    acq = dataclasses.replace(
-        acq, pool=pool_path, labeled=str(ids_path), loop=None, output=None, model=model_config,
-        seed=derive_seed(job.seed, _ACQUIRE, trial, rnd))
-    result = run_job(acq, out_dir=run_dir / f"round-{rnd:04d}", force=True, progress=False, executor=executor)
+    acq = acq.replace(pool=pool_path, labeled=str(ids_path), loop=None, output=None, model=model_config,
+                      seed=derive_seed(job.seed, _ACQUIRE, trial, rnd))
+    result = run_job(acq, out_dir=run_dir / f"round-{rnd:04d}", force=True, progress=False, executor=sim.executor)
     picked = np.asarray(result.selection.indices_B, dtype=np.int64)
     record["acquire_seconds"] = time.perf_counter() - t0
     scores = np.asarray(result.selection.scores_B, dtype=np.float64)
     record["top_score"] = float(scores.max()) if scores.size else None
     return stop_after_scoring(loop.stop, record["top_score"]), picked
+
+
+def _subsample(sim: _Sim, strat: StrategyConfig, trial: int, rnd: int, labelled: np.ndarray
+               ) -> tuple[str, np.ndarray]:
+    """``loop.subsample``: a keyed random subset of the unlabelled rows (plus the labelled ones
+    for a diversity strategy, its anchors) written as the round's candidate pool; returns
+    (its path, the pool positions it holds)."""
+    from alscale.strategies import get_strategy, requirements
+    from alscale.strategies.noise import keyed_uniform
+
+    pool = sim.pool
+    unlabelled = np.ones(pool.row_ids_N.size, bool)
+    unlabelled[pool.positions(labelled)] = False
+    cand = np.flatnonzero(unlabelled)
+    if cand.size > sim.loop.subsample:
+        keys = keyed_uniform(derive_seed(sim.job.seed, _SUBSAMPLE, trial), rnd, pool.row_ids_N[cand])
+        cand = np.sort(cand[np.lexsort((pool.row_ids_N[cand], keys))[: sim.loop.subsample]])
+    if requirements(get_strategy(strat.name).name, strat.options).needs_embeddings:
+        cand = np.union1d(cand, pool.positions(labelled))  # labelled rows are the diversity anchors
+    path = str(sim.work / "candidates.arrow")
+    emb = None if pool.embeddings_N_E is None else pool.embeddings_N_E[cand]
+    write_table(pool_table(pool.row_ids_N[cand], features_N_D=pool.features_N_D[cand], embeddings_N_D=emb),
+                path, format="ipc")
+    return path, cand
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

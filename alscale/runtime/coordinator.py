@@ -147,6 +147,34 @@ def make_executor(job: JobSpec, n_workers: int) -> Any:
     )
 
 
+@dataclass
+class RunPlan:
+    """What validation established about a job before any worker starts."""
+
+    job: JobSpec
+    info: PoolInfo
+    labeled: np.ndarray  # row_ids of the labelled set
+    model_spec: Any  # alscale.scoring.ModelSpec, or None when the job runs no model
+    in_features: int  # the model's input width D
+    stream: Any  # alscale.runtime.memory's plan under runtime.memory_budget, or None
+    out_path: str
+    resume: bool
+    cache_record: dict[str, Any] | None = None  # the chunk cache's fingerprint (runtime.cache)
+    cache_from: tuple[str, ...] = ()  # earlier runs' output directories whose caches are read too
+    hasher: Any = None  # alscale.runtime.inputs.PoolHasher: the pool files' sha256, computed while the job runs
+
+
+@dataclass
+class _Selected:
+    """What the selection phase gives the manifest."""
+
+    selection: Selection
+    n_labeled_in_pool: int
+    candidates: dict[str, Any] | None  # the SEALS filter's record
+    quotas: dict[str, Any] | None  # class quotas' record
+    round_trips: int
+
+
 def run_job(
     job: JobSpec,
     *,
@@ -181,168 +209,203 @@ def run_job(
         raise AlscaleError("no output directory: set 'output' in the job or pass --out DIR")
     out_path = str(target)
     output.check_output_dir(out_path, force=force, resume=resume)
-
     with _phase(timings, "validate"):
-        info = open_pool(job.pool)
-        problems = check_job_against_pool(job, info)
-        if problems:
-            raise AlscaleError("; ".join(problems))
-        labeled = read_labeled(job.labeled) if job.labeled else np.empty(0, np.int64)
-        _check_labeled_in_pool(labeled, job.labeled, info)
-        model_spec = None
-        in_features = int(info.feature_dim or 0)
-        dims = (info.n_samples or 1, info.n_classes, info.embedding_dim)  # K, C, E of what is scored
-        if uses_model(job):
-            model_spec = job_model_spec(job)
-            in_features, n_classes, emb_dim = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
-            dims = (model_spec.mc_samples, n_classes, emb_dim)
-        elif job.model is not None:
-            needs = requirements(job.strategy.name, job.strategy.options)
-            why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
-                   else "needs no model outputs")
-            logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
-        stream = _stream_plan(job, info, in_features, dims) if job.runtime.memory_budget else None
+        plan = validate_run(job, out_path, resume)
     from alscale.runtime.inputs import PoolHasher
 
-    hasher = PoolHasher(info)  # the pool files' sha256, on a thread while the job runs (stops if it fails)
+    plan.cache_from = tuple(cache_from)
+    plan.hasher = PoolHasher(plan.info)  # the pool files' sha256, on a thread while the job runs (stops if it fails)
     # One job per output directory: a second one refuses instead of interleaving.
-    with output.OutputLock(out_path), hasher:
+    with output.OutputLock(out_path), plan.hasher:
         output.check_output_dir(out_path, force=force, resume=resume)
-        cache_record = None
-        if model_spec is not None and job.runtime.cache:
-            from alscale.runtime.cache import fingerprint
-
-            with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
-                cache_record = fingerprint(info, model_spec, job.seed, in_features, hasher.result())
-            cache_record["sources"] = _cache_sources(cache_from, out_path)
-        elif cache_from:
-            raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
-                               "(or runtime.cache is false); drop --cache-from")
-        if not resume:
-            from alscale.runtime.cache import remove_caches
-
-            remove_caches(output.output_location(out_path))
-        for name in output.remove_partial_files(out_path):
-            logger.info("output %s: removed %s, left by an interrupted write", out_path, name)
-        return _execute(job, info, labeled, model_spec, in_features, out_path, timings, started, progress, executor,
-                        cache_record, resume, stream, hasher)
+        _prepare_output(plan, timings)
+        return _execute(plan, timings, started, progress, executor)
 
 
-def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any, in_features: int, out_path: str,
-             timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any,
-             cache_record: dict[str, Any] | None = None, resume: bool = False, stream: Any = None,
-             hasher: Any = None) -> RunResult:
+def validate_run(job: JobSpec, out_path: str, resume: bool = False) -> RunPlan:
+    """Every check against the pool, the labelled set and the model (built and run on the
+    pool's first rows) that can fail on input; nothing is written."""
+    info = open_pool(job.pool)
+    problems = check_job_against_pool(job, info)
+    if problems:
+        raise AlscaleError("; ".join(problems))
+    labeled = read_labeled(job.labeled) if job.labeled else np.empty(0, np.int64)
+    _check_labeled_in_pool(labeled, job.labeled, info)
+    model_spec = None
+    in_features = int(info.feature_dim or 0)
+    dims = (info.n_samples or 1, info.n_classes, info.embedding_dim)  # K, C, E of what is scored
+    if uses_model(job):
+        model_spec = job_model_spec(job)
+        in_features, n_classes, emb_dim = _dry_build(model_spec, info, job.seed, embedding_source(job) == "model")
+        dims = (model_spec.mc_samples, n_classes, emb_dim)
+    elif job.model is not None:
+        needs = requirements(job.strategy.name, job.strategy.options)
+        why = ("takes its embeddings from the pool's 'embedding' column" if needs.needs_embeddings
+               else "needs no model outputs")
+        logger.warning("model %s is not used: strategy %s %s", job.model.factory, job.strategy.name, why)
+    stream = _stream_plan(job, info, in_features, dims) if job.runtime.memory_budget else None
+    return RunPlan(job, info, labeled, model_spec, in_features, stream, out_path, resume)
+
+
+def _prepare_output(plan: RunPlan, timings: PhaseTimings) -> None:
+    """Under the output's lock: the chunk cache's fingerprint and the earlier runs it reads
+    (``--cache-from``), and what earlier runs left here (their caches unless resuming, the
+    files of an interrupted write)."""
+    if plan.model_spec is not None and plan.job.runtime.cache:
+        from alscale.runtime.cache import fingerprint
+
+        with _phase(timings, "hash"):  # the cache keeps rows by the content of their pool files
+            plan.cache_record = fingerprint(plan.info, plan.model_spec, plan.job.seed, plan.in_features,
+                                            plan.hasher.result())
+        plan.cache_record["sources"] = _cache_sources(plan.cache_from, plan.out_path)
+    elif plan.cache_from:
+        raise AlscaleError("--cache-from reads cached model outputs, but this job scores nothing with a model "
+                           "(or runtime.cache is false); drop --cache-from")
+    if not plan.resume:
+        from alscale.runtime.cache import remove_caches
+
+        remove_caches(output.output_location(plan.out_path))
+    for name in output.remove_partial_files(plan.out_path):
+        logger.info("output %s: removed %s, left by an interrupted write", plan.out_path, name)
+
+
+def _execute(plan: RunPlan, timings: PhaseTimings, started: datetime, progress: bool | None, executor: Any
+             ) -> RunResult:
     """The phases after validation: start-up, read, score, select, write."""
-    plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
-    columns = _columns_needed(job, info)
+    job, info = plan.job, plan.info
+    shard_plan = plan_shards(job.pool, info.n_rows, job.runtime.shards)
     if progress is None:
         progress = sys.stderr.isatty()
-
     owns_executor = executor is None
-    if executor is not None and executor.n_workers != len(plan):
+    if executor is not None and executor.n_workers != len(shard_plan):
         raise AlscaleError(
-            f"the executor has {executor.n_workers} workers but pool {info.path} is planned as {len(plan)} shards;"
-            " give the pool at least runtime.shards rows"
+            f"the executor has {executor.n_workers} workers but pool {info.path} is planned as {len(shard_plan)} "
+            "shards; give the pool at least runtime.shards rows"
         )
     with _phase(timings, "startup"):
         if executor is None:
-            executor = make_executor(job, len(plan))
+            executor = make_executor(job, len(shard_plan))
     try:
-        with _phase(timings, "startup"):  # import torch and build the model in every worker
-            if model_spec is not None:
-                executor.map("prepare_model", [(model_spec, job.seed, in_features)] * len(plan))
-        with _phase(timings, "read"):
-            groups = _group_columns(job)
-            executor.map("load", [(spec, columns, model_spec is not None, True, stream, groups) for spec in plan])
-        chunk_rows = stream.chunk_rows if stream is not None else job.runtime.chunk_rows
-        if model_spec is None and stream is not None:  # stream the pool's outputs through the workers
-            with _phase(timings, "read"):
-                _score_all(executor, plan, chunk_rows, progress, desc="reading")
-        cache_info = None
-        with _phase(timings, "score"):
-            if model_spec is not None:
-                if cache_record is not None:
-                    executor.map("use_cache", [(out_path, cache_record, resume)] * len(plan))
-                _score_all(executor, plan, chunk_rows, progress)
-                if cache_record is not None:
-                    cache_info = _cache_summary(executor.map("cache_stats", [()] * len(plan)), cache_record)
-        shards = FanoutShards(executor)
-        from tqdm import tqdm
-
-        from alscale.strategies.progress import reporting
-
-        bar = tqdm(total=job.strategy.budget, unit="picks", desc="selecting", disable=not progress, file=sys.stderr)
-        with _phase(timings, "select"), bar, reporting(bar.update):
-            n_labeled_in_pool = shards.exclude(labeled)
-            candidates = None
-            if job.strategy.seals:
-                from alscale.strategies.seals import apply_seals
-
-                kept_info = None
-                if job.strategy.seals_index or job.strategy.seals_mode != "exact":  # issue 16: kept / approximate
-                    from alscale.runtime.seals_store import apply_seals_kept
-
-                    n_cand, kept_info = apply_seals_kept(shards, job.strategy.seals, job.strategy.seals_index,
-                                                         job.strategy.seals_mode)
-                else:
-                    n_cand = apply_seals(shards, job.strategy.seals)
-                candidates = {"filter": "seals", "k": job.strategy.seals,
-                              "rows": None if n_cand < 0 else n_cand, **({"kept": kept_info} if kept_info else {})}
-                logger.info("SEALS: %s candidate rows", "all (nothing labelled)" if n_cand < 0 else n_cand)
-            quota_info = None
-            if job.strategy.quotas:
-                from alscale.strategies.quotas import select_with_quotas
-
-                qr = select_with_quotas(shards, job.strategy.name, job.strategy.budget, job.strategy.quotas,
-                                        options=job.strategy.options, seed=job.seed, round=job.strategy.round)
-                selection = qr.selection
-                quota_info = {**job.strategy.quotas, "picks_per_class": qr.counts,
-                              "unmet": {str(k): v for k, v in qr.unmet.items()}}
-                if qr.groups is not None:  # by a pool column: the picks of each of its values
-                    quota_info["picks_per_group"] = {str(v): n for v, n in zip(qr.groups, qr.counts)}
-            else:
-                selection = run_strategy(
-                    shards,
-                    job.strategy.name,
-                    job.strategy.budget,
-                    options=_strategy_options(job, info, labeled, model_spec, in_features),
-                    seed=job.seed,
-                    round=job.strategy.round,
-                )
+        cache_info = _load_and_score(plan, executor, shard_plan, timings, progress)
+        selected = _select(plan, FanoutShards(executor), timings, progress)
         executor_info = executor.describe()
     finally:
         if owns_executor:
             executor.close()
-
     inputs = None
-    if hasher is not None:
+    if plan.hasher is not None:
         from alscale.runtime.inputs import input_versions
 
         with _phase(timings, "hash"):  # only the wait for a hashing that outlasted the job
-            inputs = input_versions(job, info, hasher.result(), embedding_source(job), cache_record)
-        inputs["hash_seconds"] = round(hasher.seconds, 6)
-    manifest: dict[str, Any] = {
+            inputs = input_versions(job, info, plan.hasher.result(), embedding_source(job), plan.cache_record)
+        inputs["hash_seconds"] = round(plan.hasher.seconds, 6)
+    manifest = _manifest(plan, shard_plan, selected, executor_info, cache_info, inputs, started)
+    _write(plan.out_path, selected.selection, manifest, timings, info.n_rows, job.strategy.round)
+    logger.info("selected %d rows with %s in %.2f s", len(selected.selection), selected.selection.strategy,
+                timings.total)
+    return RunResult(selection=selected.selection, out_dir=plan.out_path, manifest=manifest)
+
+
+def _load_and_score(plan: RunPlan, executor: Any, shard_plan: list, timings: PhaseTimings, progress: bool
+                    ) -> dict[str, Any] | None:
+    """Start the model in every worker, load the shards, score them chunk by chunk (or stream
+    the pool's outputs through the workers); returns the manifest's cache record."""
+    job, model_spec, stream, n = plan.job, plan.model_spec, plan.stream, len(shard_plan)
+    with _phase(timings, "startup"):  # import torch and build the model in every worker
+        if model_spec is not None:
+            executor.map("prepare_model", [(model_spec, job.seed, plan.in_features)] * n)
+    with _phase(timings, "read"):
+        columns, groups = _columns_needed(job, plan.info), _group_columns(job)
+        executor.map("load", [(spec, columns, model_spec is not None, True, stream, groups) for spec in shard_plan])
+    chunk_rows = stream.chunk_rows if stream is not None else job.runtime.chunk_rows
+    if model_spec is None and stream is not None:  # stream the pool's outputs through the workers
+        with _phase(timings, "read"):
+            _score_all(executor, shard_plan, chunk_rows, progress, desc="reading")
+    cache_info = None
+    with _phase(timings, "score"):
+        if model_spec is not None:
+            if plan.cache_record is not None:
+                executor.map("use_cache", [(plan.out_path, plan.cache_record, plan.resume)] * n)
+            _score_all(executor, shard_plan, chunk_rows, progress)
+            if plan.cache_record is not None:
+                cache_info = _cache_summary(executor.map("cache_stats", [()] * n), plan.cache_record)
+    return cache_info
+
+
+def _select(plan: RunPlan, shards: FanoutShards, timings: PhaseTimings, progress: bool) -> _Selected:
+    """The selection over all shards: the labelled rows out, the SEALS filter, then the
+    strategy (through the class-quota greedy when the job sets quotas)."""
+    from tqdm import tqdm
+
+    from alscale.strategies.progress import reporting
+
+    job, strategy = plan.job, plan.job.strategy
+    bar = tqdm(total=strategy.budget, unit="picks", desc="selecting", disable=not progress, file=sys.stderr)
+    with _phase(timings, "select"), bar, reporting(bar.update):
+        n_labeled_in_pool = shards.exclude(plan.labeled)
+        candidates = _apply_seals(shards, strategy) if strategy.seals else None
+        quota_info = None
+        if strategy.quotas:
+            selection, quota_info = _select_with_quotas(shards, job)
+        else:
+            options = _strategy_options(job, plan.info, plan.labeled, plan.model_spec, plan.in_features)
+            selection = run_strategy(shards, strategy.name, strategy.budget, options=options, seed=job.seed,
+                                     round=strategy.round)
+    return _Selected(selection, int(n_labeled_in_pool), candidates, quota_info, shards.round_trips)
+
+
+def _apply_seals(shards: FanoutShards, strategy: Any) -> dict[str, Any]:
+    """Restrict the candidates to the SEALS filter's; returns the manifest's record."""
+    from alscale.strategies.seals import apply_seals
+
+    kept_info = None
+    if strategy.seals_index or strategy.seals_mode != "exact":  # issue 16: kept / approximate
+        from alscale.runtime.seals_store import apply_seals_kept
+
+        n_cand, kept_info = apply_seals_kept(shards, strategy.seals, strategy.seals_index, strategy.seals_mode)
+    else:
+        n_cand = apply_seals(shards, strategy.seals)
+    logger.info("SEALS: %s candidate rows", "all (nothing labelled)" if n_cand < 0 else n_cand)
+    return {"filter": "seals", "k": strategy.seals, "rows": None if n_cand < 0 else n_cand,
+            **({"kept": kept_info} if kept_info else {})}
+
+
+def _select_with_quotas(shards: FanoutShards, job: JobSpec) -> tuple[Selection, dict[str, Any]]:
+    """The strategy under class quotas; returns the selection and the manifest's record."""
+    from alscale.strategies.quotas import select_with_quotas
+
+    strategy = job.strategy
+    qr = select_with_quotas(shards, strategy.name, strategy.budget, strategy.quotas, options=strategy.options,
+                            seed=job.seed, round=strategy.round)
+    quota_info = {**strategy.quotas, "picks_per_class": qr.counts, "unmet": {str(k): v for k, v in qr.unmet.items()}}
+    if qr.groups is not None:  # by a pool column: the picks of each of its values
+        quota_info["picks_per_group"] = {str(v): n for v, n in zip(qr.groups, qr.counts)}
+    return qr.selection, quota_info
+
+
+def _manifest(plan: RunPlan, shard_plan: list, selected: _Selected, executor_info: dict[str, Any],
+              cache_info: dict[str, Any] | None, inputs: dict[str, Any] | None, started: datetime) -> dict[str, Any]:
+    """``manifest.json``: the validated job, the pool, the shard plan, the runtime, the
+    selection's provenance, the inputs' versions (sha256 of the pool files ...), the software
+    versions; the phase seconds are added by :func:`_write`."""
+    job, info, stream = plan.job, plan.info, plan.stream
+    return {
         "job": job.to_dict(),
         "job_file": job.source,
         "seed": job.seed,
         "round": job.strategy.round,
-        "strategy": selection.strategy,
+        "strategy": selected.selection.strategy,
         "budget": job.strategy.budget,
-        "n_selected": len(selection),
-        "pool": {
-            "path": info.path,
-            "format": info.format,
-            "n_rows": info.n_rows,
-            "columns": list(info.columns),
-            "n_labeled": int(n_labeled_in_pool),
-        },
-        "shard_plan": [[s.start, s.stop] for s in plan],
+        "n_selected": len(selected.selection),
+        "pool": {"path": info.path, "format": info.format, "n_rows": info.n_rows, "columns": list(info.columns),
+                 "n_labeled": selected.n_labeled_in_pool},
+        "shard_plan": [[s.start, s.stop] for s in shard_plan],
         "runtime": executor_info,
-        "round_trips": shards.round_trips,
-        "candidates": candidates,
-        "quotas": quota_info,
-        "selection": None if selection.info is None else dict(selection.info),
-        "resumed": bool(resume),
+        "round_trips": selected.round_trips,
+        "candidates": selected.candidates,
+        "quotas": selected.quotas,
+        "selection": None if selected.selection.info is None else dict(selected.selection.info),
+        "resumed": bool(plan.resume),
         "memory": None if stream is None else {
             "budget_bytes": job.runtime.memory_budget, "streamed": True, "chunk_rows": stream.chunk_rows,
             "kept": {"base_score": stream.base_score, "log_probs": stream.keep_log_probs,
@@ -355,20 +418,23 @@ def _execute(job: JobSpec, info: PoolInfo, labeled: np.ndarray, model_spec: Any,
         "git_revision": output.git_revision(),
         "machine": output.machine(),
     }
+
+
+def _write(out_path: str, selection: Selection, manifest: dict[str, Any], timings: PhaseTimings, n_rows: int,
+           round: int) -> None:
+    """The selection, then the manifest (a finished output is the one with its manifest)."""
     # The manifest cannot time its own write: on disk, "write" covers the selection file
     # only; the returned manifest has the full figure.
     try:
         with _phase(timings, "write"):
-            output.write_selection(out_path, selection, job.strategy.round)
-        _add_throughput(manifest, timings, info.n_rows)
+            output.write_selection(out_path, selection, round)
+        _add_throughput(manifest, timings, n_rows)
         with _phase(timings, "write"):
             output.write_manifest(out_path, manifest)
     except BaseException:  # a full disk, a kill: no selection without its manifest stays behind
         output.discard_unfinished(out_path)
         raise
-    _add_throughput(manifest, timings, info.n_rows)
-    logger.info("selected %d rows with %s in %.2f s", len(selection), selection.strategy, timings.total)
-    return RunResult(selection=selection, out_dir=out_path, manifest=manifest)
+    _add_throughput(manifest, timings, n_rows)
 
 
 def _cache_sources(dirs: Sequence[str], out_path: str) -> list[str]:

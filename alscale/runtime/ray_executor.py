@@ -116,6 +116,43 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
                            "(`ray start --head`) or fix runtime.address") from None
 
 
+def _connect(ray: Any, address: str | None, py_modules: Sequence[str]) -> bool:
+    """Join or start Ray unless this process already has; returns whether it started it."""
+    if ray.is_initialized():
+        return False
+    # Ray >= 2.59 turns on token auth for local clusters; keep the caller's choice,
+    # and default to "disabled" only for a Ray this process starts itself.
+    if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # A new local Ray, never a `ray start` cluster that happens to run on this
+        # machine (or a stale record of one); runtime.address: auto joins that.
+        address = "local"
+    _check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=True, **_job_runtime_env(py_modules))
+    except ConnectionError as exc:
+        raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+    return True
+
+
+def _free(total: dict[str, float], free: dict[str, float]) -> tuple[float, float]:
+    """The cluster's free CPUs and GPUs."""
+    return float(free.get("CPU", total.get("CPU", 1.0))), float(free.get("GPU", 0.0))
+
+
+def _shares(total: dict[str, float], free: dict[str, float], n_workers: int, cpus_per_worker: float | None,
+            gpus_per_worker: float | None) -> tuple[float, float]:
+    """CPUs and GPUs per actor: as asked, else the cluster's free ones shared evenly (at most
+    one GPU each)."""
+    free_cpus, free_gpus = _free(total, free)
+    if cpus_per_worker is None:
+        cpus_per_worker = max(0.01, math.floor(100 * free_cpus / n_workers) / 100)
+    if gpus_per_worker is None:
+        gpus_per_worker = min(1.0, math.floor(100 * free_gpus / n_workers) / 100) if free_gpus else 0.0
+    return float(cpus_per_worker), float(gpus_per_worker)
+
+
 class RayExecutor:
     """``n_workers`` Ray actors running :class:`ShardWorker`.
 
@@ -150,31 +187,9 @@ class RayExecutor:
         import ray
 
         self._ray = ray
-        self._owns_ray = False
-        if not ray.is_initialized():
-            # Ray >= 2.59 turns on token auth for local clusters; keep the caller's choice,
-            # and default to "disabled" only for a Ray this process starts itself.
-            if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                # A new local Ray, never a `ray start` cluster that happens to run on this
-                # machine (or a stale record of one); runtime.address: auto joins that.
-                address = "local"
-            _check_reachable(address)
-            try:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=True, **_job_runtime_env(py_modules))
-            except ConnectionError as exc:
-                raise AlscaleError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
-            self._owns_ray = True
+        self._owns_ray = _connect(ray, address, py_modules)
         total, free = ray.cluster_resources(), ray.available_resources()
-        free_cpus = float(free.get("CPU", total.get("CPU", 1.0)))
-        free_gpus = float(free.get("GPU", 0.0))
-        if cpus_per_worker is None:
-            cpus_per_worker = max(0.01, math.floor(100 * free_cpus / n_workers) / 100)
-        if gpus_per_worker is None:
-            gpus_per_worker = min(1.0, math.floor(100 * free_gpus / n_workers) / 100) if free_gpus else 0.0
-        self.cpus_per_worker = float(cpus_per_worker)
-        self.gpus_per_worker = float(gpus_per_worker)
+        self.cpus_per_worker, self.gpus_per_worker = _shares(total, free, n_workers, cpus_per_worker, gpus_per_worker)
         self.max_restarts = int(max_restarts)
         self.startup_timeout_s = float(startup_timeout_s)
         self.snapshot_every = max(1, int(snapshot_every))
@@ -199,18 +214,23 @@ class RayExecutor:
                               max_task_retries=0, **env).remote(threads)
             for _ in range(n_workers)
         ]
-        # Wait until every actor process is up (imports done), so start-up is not billed
-        # to the first real call; give up with a clear error when they cannot be placed.
+        self._wait_ready(total, free)
+
+    def _wait_ready(self, total: dict[str, float], free: dict[str, float]) -> None:
+        """Wait until every actor process is up (imports done), so start-up is not billed to
+        the first real call; give up with a clear error when they cannot be placed."""
+        ray, n_workers = self._ray, len(self.actors)
         pending = [actor.ready.remote() for actor in self.actors]
-        ready, not_ready = ray.wait(pending, num_returns=len(pending), timeout=startup_timeout_s)
+        ready, not_ready = ray.wait(pending, num_returns=len(pending), timeout=self.startup_timeout_s)
         if not_ready:
             self.close()
+            free_cpus, free_gpus = _free(total, free)
             raise AlscaleError(
-                f"Ray could not start {len(not_ready)} of {n_workers} shard workers within {startup_timeout_s:.0f} s: "
-                f"each asks for {self.cpus_per_worker:g} CPU and {self.gpus_per_worker:g} GPU; the cluster has "
-                f"{float(total.get('CPU', 0)):g} CPUs ({free_cpus:g} free) and {float(total.get('GPU', 0)):g} GPUs "
-                f"({free_gpus:g} free); lower runtime.shards, runtime.cpus_per_worker or runtime.gpus_per_worker, "
-                "or add nodes")
+                f"Ray could not start {len(not_ready)} of {n_workers} shard workers within "
+                f"{self.startup_timeout_s:.0f} s: each asks for {self.cpus_per_worker:g} CPU and "
+                f"{self.gpus_per_worker:g} GPU; the cluster has {float(total.get('CPU', 0)):g} CPUs ({free_cpus:g} "
+                f"free) and {float(total.get('GPU', 0)):g} GPUs ({free_gpus:g} free); lower runtime.shards, "
+                "runtime.cpus_per_worker or runtime.gpus_per_worker, or add nodes")
         ray.get(ready)
         self._who = ray.get([actor.__ray_call__.remote(_whoami) for actor in self.actors])
 

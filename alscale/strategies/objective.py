@@ -49,7 +49,8 @@ import numpy as np
 
 from alscale.errors import AlscaleError
 from alscale.strategies import spec as _spec
-from alscale.strategies.objective_ops import OP_COMBINED, OP_FILTERS, OP_KEEP, OP_RANK, OP_SCORES
+from alscale.strategies.objective_ops import (OP_COMBINED, OP_FILTERS, OP_KEEP, OP_RANK, OP_SCORES, Admitted, MinMax,
+                                              NormParams, ScoreStats)
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 
@@ -68,34 +69,34 @@ class _Stages:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _norm_params(scores: list[dict[str, Any]], parts: list[tuple[list[Any], int]]) -> list[tuple]:
-    """Per component (label, weight, normalisation, pool-wide statistic) from the shards' stats."""
+def _norm_params(scores: list[dict[str, Any]], parts: list[ScoreStats]) -> list[NormParams]:
+    """Per component its :class:`NormParams`, the pool-wide statistic merged from the shards' stats."""
     params = []
     for i, comp in enumerate(scores):
-        stats = [p[0][i] for p in parts]
+        stats = [p.stats_P[i] for p in parts]
         how = comp["normalize"]
         if how == "rank":
             stat = np.sort(np.concatenate(stats)) if stats else np.empty(0)
         elif how == "minmax":
             got = [s for s in stats if s is not None]
-            stat = (min(s[0] for s in got), max(s[1] for s in got)) if got else (0.0, 0.0)
+            stat = MinMax(min(s.lo for s in got), max(s.hi for s in got)) if got else MinMax(0.0, 0.0)
         else:
             stat = None
-        params.append((comp["label"], comp["weight"], how, stat))
+        params.append(NormParams(comp["label"], comp["weight"], how, stat))
     return params
 
 
 def _prepare(shards: Shards, opts: Mapping[str, Any], seed: int, round: int, st: _Stages) -> dict[str, Any]:
     """Stages 1-4 on the shards; returns what the manifest records of them."""
     with st("scores"):
-        parts = shards.call(OP_SCORES, opts["scores"], int(seed), int(round))
-    before = sum(p[1] for p in parts)
+        parts: list[ScoreStats] = shards.call(OP_SCORES, opts["scores"], int(seed), int(round))
+    before = sum(p.candidates for p in parts)
     with st("filters"):
-        fil = shards.call(OP_FILTERS, opts["filters"], int(seed), int(round))
-    admitted = np.sum([f[0] for f in fil], axis=0).tolist() if opts["filters"] else []
+        fil: list[Admitted] = shards.call(OP_FILTERS, opts["filters"], int(seed), int(round))
+    admitted = np.sum([f.admitted_R for f in fil], axis=0).tolist() if opts["filters"] else []
     with st("normalize"):
         shards.call(OP_COMBINED, _norm_params(opts["scores"], parts))
-    after = sum(f[1] for f in fil)
+    after = sum(f.candidates for f in fil)
     info: dict[str, Any] = {"candidates": {"before_filters": int(before), "after_filters": int(after)},
                             "filters": [{"name": r["name"], "admitted": int(n)}
                                         for r, n in zip(opts["filters"], admitted)]}
@@ -103,8 +104,8 @@ def _prepare(shards: Shards, opts: Mapping[str, Any], seed: int, round: int, st:
     if m is not None:
         with st("shortlist"):
             shards.call(OP_RANK)
-            _, ids = shards.topk(int(m))
-            info["candidates"]["after_shortlist"] = int(sum(shards.call(OP_KEEP, ids)))
+            best = shards.topk(int(m))
+            info["candidates"]["after_shortlist"] = int(sum(shards.call(OP_KEEP, best.row_ids_K)))
     return info
 
 
@@ -128,12 +129,17 @@ def _engine(shards: Shards, div: Mapping[str, Any], with_scores: bool) -> Any:
 
 @dataclass
 class _Picks:
-    """The selected rows in pick order, each with its key, combined score, squared distance."""
+    """The selected rows in pick order, each with its key and squared distance."""
 
     ids: list[int]
     keys: list[float]
     d2: list[float]
     quota: Any = None  # alscale.strategies.quotas.QuotaResult, with constraints
+
+    @classmethod
+    def of(cls, picks: list[Any], quota: Any = None) -> _Picks:
+        """From the greedy's :class:`~alscale.strategies.objective_greedy.Pick` s."""
+        return cls([p.row_id for p in picks], [p.key for p in picks], [p.sq_dist for p in picks], quota)
 
 
 def _constrained(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, round: int, run: Any) -> Any:
@@ -172,11 +178,10 @@ def _select(shards: Shards, budget: int, opts: Mapping[str, Any], seed: int, rou
     t0 = time.perf_counter()
     if opts["constraints"]:
         qr = _constrained(shards, budget, opts, seed, round, engine)
-        picks = _Picks(*engine.last_picks, quota=qr)
+        picks = _Picks.of(engine.last_picks, qr)
         st.seconds["constraints"] = time.perf_counter() - t0 - engine.seconds
     else:
-        got = engine.run(budget)
-        picks = _Picks([p[0] for p in got], [p[1] for p in got], [p[3] for p in got])
+        picks = _Picks.of(engine.run(budget))
     st.seconds["diversity"] = st.seconds.get("diversity", 0.0) + engine.seconds
     s = engine.stats
     info = {"kind": kind, "rounds": s.rounds, "offered": s.offered, "picks_per_round": s.picks_per_round}
@@ -196,24 +201,21 @@ def _phased(engine: Any, shards: Shards, budget: int, lo: np.ndarray, hi: np.nda
     from alscale.strategies import quotas
 
     counts = np.zeros(lo.shape[0], dtype=np.int64)
-    ids: list[int] = []
-    keys: list[float] = []
-    d2: list[float] = []
-    while len(ids) < budget:
-        allowed, length = _phase(counts, lo, hi, budget - len(ids))
+    picks: list[Any] = []  # objective_greedy.Pick
+    while len(picks) < budget:
+        allowed, length = _phase(counts, lo, hi, budget - len(picks))
         if length == 0 or quotas.restrict_classes(shards, ~allowed) == 0:
             break
         got = engine.run(length)
         if not got:
             break
-        cls = quotas.classes_of(shards, np.array([g[0] for g in got], np.int64))
-        for row, key, _s, dist in got:
-            counts[cls[row]] += 1
-            ids.append(row)
-            keys.append(key)
-            d2.append(dist)
-    engine.last_picks = (ids, keys, d2)
-    return Selection(np.asarray(ids, np.int64), np.asarray(keys, np.float64), "objective"), counts
+        cls = quotas.classes_of(shards, np.array([g.row_id for g in got], np.int64))
+        for g in got:
+            counts[cls[g.row_id]] += 1
+        picks += got
+    engine.last_picks = picks
+    return Selection(np.asarray([p.row_id for p in picks], np.int64), np.asarray([p.key for p in picks], np.float64),
+                     "objective"), counts
 
 
 def _phase(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> tuple[np.ndarray, int]:
@@ -234,22 +236,22 @@ def _phase(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, slots: int) -> tu
 
 def _provenance(shards: Shards, picks: _Picks, opts: Mapping[str, Any], kind: str) -> dict[str, np.ndarray]:
     """The per-pick columns of ``selection.parquet`` (module docstring, stage 6)."""
-    from alscale.strategies.objective_ops import OP_PROVENANCE
+    from alscale.strategies.objective_ops import OP_PROVENANCE, Provenance
 
     ids = np.asarray(picks.ids, np.int64)
     labels = [s["label"] for s in opts["scores"]]
-    parts = shards.call(OP_PROVENANCE, ids, labels)
-    got_ids = np.concatenate([p[0] for p in parts])
+    parts: list[Provenance] = shards.call(OP_PROVENANCE, ids, labels)
+    got_ids = np.concatenate([p.row_ids_Q for p in parts])
     order = np.argsort(got_ids, kind="stable")
     at = order[np.searchsorted(got_ids[order], ids)] if ids.size else np.empty(0, np.int64)
-    rule = np.concatenate([p[1] for p in parts])[at]
-    raw = np.concatenate([p[2] for p in parts])[at] if ids.size else np.empty((0, len(labels)))
+    rule = np.concatenate([p.rules_Q for p in parts])[at]
+    raw = np.concatenate([p.raw_Q_P for p in parts])[at] if ids.size else np.empty((0, len(labels)))
     out: dict[str, np.ndarray] = {}
     names = [r["name"] for r in opts["filters"]]
     out["filter"] = np.array([names[r] if r >= 0 else None for r in rule.tolist()], dtype=object)
     for j, label in enumerate(labels):
         out[f"score_{label}"] = raw[:, j].astype(np.float64)
-    out["combined"] = np.concatenate([p[3] for p in parts])[at].astype(np.float64)
+    out["combined"] = np.concatenate([p.combined_Q for p in parts])[at].astype(np.float64)
     out["group"] = _groups_of(shards, ids, picks.quota)
     d = np.sqrt(np.asarray(picks.d2, np.float64)) if kind != "none" else np.full(ids.size, np.nan)
     out["distance"] = d

@@ -20,6 +20,14 @@ every shard's bound in (key, lower row_id) order: an unsent row can neither have
 key nor win a tie. When it cannot certify a pick the round ends; the shards take the new
 centers in one update and offer again (DESIGN §3: one round trip per round, not per pick).
 The picks are therefore the single-machine greedy's, for any sharding and executor.
+
+The shard ops, with their typed results (both change the shard's :class:`DistanceShard`):
+
+- :func:`init` → ``int``: start the distance state; the embedding width (0: none needed);
+- :func:`sync` → :class:`Offer`: mark the picks, take the new centers, offer the top ``m``
+  rows by an upper bound of the key, with the :class:`Bound` on every row not offered.
+
+The coordinator side, :class:`DistanceGreedy`, returns its picks as :class:`Pick` s.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,13 +128,35 @@ def _catch_up(ds: DistanceShard, x: np.ndarray, rows: np.ndarray, upto: int) -> 
         ds.seen_N[group] = upto
 
 
+class Bound(NamedTuple):
+    """What a shard did not offer: every such row has a key at most ``key``, and equal only
+    with a row_id greater than ``row_id`` (``row_id = -1``: no tie with it is certain);
+    ``(-inf, 0)`` when every live row was offered."""
+
+    key: float
+    row_id: int
+
+
+#: The bound of a shard that offered every live row.
+NOTHING_LEFT = Bound(-math.inf, 0)
+
+
+class Offer(NamedTuple):
+    """One shard's answer to :func:`sync`: the offered rows (M, best upper bound of the key
+    first, ties to the lower ``row_id``) — ``row_ids_M``, their float32 ``embeddings_M_D``
+    (None for the key ``("none",)``), their float64 combined ``scores_M`` — and the
+    :class:`Bound` on every row not offered."""
+
+    row_ids_M: np.ndarray
+    embeddings_M_D: np.ndarray | None
+    scores_M: np.ndarray
+    bound: Bound
+
+
 @shard_op
-def sync(state: ShardState, centers_M_D: np.ndarray | None, picked_ids: np.ndarray, m: int, key: tuple
-         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, int]]:
+def sync(state: ShardState, centers_M_D: np.ndarray | None, picked_ids: np.ndarray, m: int, key: tuple) -> Offer:
     """Mark ``picked_ids`` taken, take the new centers, offer the top ``m`` candidates by an
-    upper bound of ``key``. Returns (row_ids_m, embeddings_m or None, combined scores_m,
-    (bound key, bound row_id)): every row not offered has a key at most the bound, and equal
-    only with a row_id greater than the bound's; (-inf, 0) when every live row is offered."""
+    upper bound of ``key``."""
     ds: DistanceShard = state.strategy_state[KEY]
     ds.taken_N |= np.isin(state.row_ids_N, np.asarray(picked_ids, np.int64))
     if centers_M_D is not None and centers_M_D.shape[0]:
@@ -134,22 +165,22 @@ def sync(state: ShardState, centers_M_D: np.ndarray | None, picked_ids: np.ndarr
     s_all = state.strategy_state[OBJ_KEY].combined_N
     if key[0] == "none":
         top, bound = _top(key_of(s_all[live], None, key), state.row_ids_N[live], m)
-        return state.row_ids_N[live[top]], None, s_all[live[top]], bound
+        return Offer(state.row_ids_N[live[top]], None, s_all[live[top]], bound)
     x = _embeddings(state)
     pos, bound = _refresh(ds, x, s_all, state.row_ids_N, live, m, key, x.shape[1])
-    return state.row_ids_N[pos], x[pos], s_all[pos], bound
+    return Offer(state.row_ids_N[pos], x[pos], s_all[pos], bound)
 
 
-def _top(upper: np.ndarray, ids: np.ndarray, m: int) -> tuple[np.ndarray, tuple[float, int]]:
+def _top(upper: np.ndarray, ids: np.ndarray, m: int) -> tuple[np.ndarray, Bound]:
     """Positions of the ``m`` best (upper, lower id) among rows with a key, and the (m+1)-th as the bound."""
     ok = np.flatnonzero(upper > -np.inf)
     top = ok[topk_order(upper[ok], ids[ok], m + 1)]
-    bound = (float(upper[top[m]]), int(ids[top[m]])) if top.shape[0] > m else (-math.inf, 0)
+    bound = Bound(float(upper[top[m]]), int(ids[top[m]])) if top.shape[0] > m else NOTHING_LEFT
     return top[:m], bound
 
 
 def _refresh(ds: DistanceShard, x: np.ndarray, s_all: np.ndarray, ids_all: np.ndarray, live: np.ndarray, m: int,
-             key: tuple, dim: int) -> tuple[np.ndarray, tuple[float, int]]:
+             key: tuple, dim: int) -> tuple[np.ndarray, Bound]:
     """Bring live rows up to date, largest stale bound first, until the top ``m`` up-to-date
     rows certainly hold the shard's top ``m``; returns their positions and the bound on the rest."""
     n_c = ds.centers.shape[0]
@@ -168,13 +199,13 @@ def _refresh(ds: DistanceShard, x: np.ndarray, s_all: np.ndarray, ids_all: np.nd
         top, bound = _top(upper(fresh), ids_all[fresh], m)
         up_s = upper(stale)
         top_stale = float(up_s.max()) if stale.size else -math.inf
-        if stale.size == 0 or (top.size == m and bound[0] >= top_stale):
+        if stale.size == 0 or (top.size == m and bound.key >= top_stale):
             break
         rows = stale if stale.size <= tier else stale[np.argpartition(-up_s, tier - 1)[:tier]]
         _catch_up(ds, x, rows, n_c)
         tier *= 4
-    if top_stale > -math.inf and (top_stale, 1) > (bound[0], -bound[1]):
-        bound = (top_stale, -1)  # a stale row may reach it: no tie with it is certain
+    if top_stale > -math.inf and (top_stale, 1) > (bound.key, -bound.row_id):
+        bound = Bound(top_stale, -1)  # a stale row may reach it: no tie with it is certain
     return fresh[top], bound
 
 
@@ -229,6 +260,17 @@ class _Offered:
             self.keys[maybe] = key_of(self.s[maybe], self.d2[maybe], key)
 
 
+class Pick(NamedTuple):
+    """One pick of :class:`DistanceGreedy`: its ``row_id``, the ``key`` it won with, its
+    combined ``score`` and ``sq_dist``, its squared distance to the nearest center at pick
+    time (``inf`` with no center, or for the key ``("none",)``)."""
+
+    row_id: int
+    key: float
+    score: float
+    sq_dist: float
+
+
 @dataclass
 class GreedyStats:
     """What the greedy did (the manifest's ``selection.diversity``)."""
@@ -250,7 +292,7 @@ class DistanceGreedy:
     def __init__(self, shards: Shards, key: tuple, centers_M_D: np.ndarray | None, backend: str = "auto",
                  scale: float | None = 1.0) -> None:
         self.shards, self.key = shards, key
-        dims = shards.call(_OP + "init", backend, key[0] != "none")
+        dims: list[int] = shards.call(OP_INIT, backend, key[0] != "none")
         self.n_shards = len(dims)
         self.centers = None if key[0] == "none" else np.ascontiguousarray(
             np.empty((0, max(dims)), np.float32) if centers_M_D is None else centers_M_D, np.float32)
@@ -259,7 +301,7 @@ class DistanceGreedy:
         self.scale = scale  # k-center: the distance unit (None: auto, measured when the greedy starts)
         self.stats = GreedyStats()
         self.seconds = 0.0  # wall time in run()
-        self.last_picks: tuple[list[int], list[float], list[float]] = ([], [], [])
+        self.last_picks: list[Pick] = []  # a constrained selection's picks, all phases (objective._phased)
 
     def _register(self, row: int, emb_D: np.ndarray) -> None:
         c = np.asarray(emb_D, np.float32).reshape(1, -1)
@@ -267,7 +309,7 @@ class DistanceGreedy:
         self.centers = np.concatenate([self.centers, c])
         self._unsent_centers = c if self._unsent_centers is None else np.concatenate([self._unsent_centers, c])
 
-    def _first_pick(self) -> tuple[int, float, float, float]:
+    def _first_pick(self) -> Pick:
         """k-center with no center yet: the best combined score, or (no scores) the row nearest
         to the candidates' mean, as the k-center strategy starts."""
         from alscale.strategies.kcenter import kcenter_greedy
@@ -275,15 +317,15 @@ class DistanceGreedy:
 
         if self.key[2]:
             self.shards.call(OP_RANK)
-            s_1, ids_1 = self.shards.topk(1)
-            row, s = int(ids_1[0]), float(s_1[0])
+            best = self.shards.topk(1)
+            row, s = int(best.row_ids_K[0]), float(best.scores_K[0])
         else:
             row, s = int(kcenter_greedy(self.shards, 1).row_ids_B[0]), 0.0
         emb = np.concatenate([r.embeddings_R_D for r in self.shards.take(np.array([row]))])
         self._register(row, emb[0])
-        return row, math.inf, s, math.inf
+        return Pick(row, math.inf, s, math.inf)
 
-    def start(self) -> list[tuple[int, float, float, float]]:
+    def start(self) -> list[Pick]:
         """k-center: make the first pick when there is no center, and measure the ``auto``
         scale: the largest distance of a candidate to its nearest center, now."""
         picks = []
@@ -300,31 +342,30 @@ class DistanceGreedy:
             self.key = ("kcenter", weight / self.scale, with_scores)
         return picks
 
-    def _pick(self, off: _Offered, j: int) -> tuple[int, float, float, float]:
+    def _pick(self, off: _Offered, j: int) -> Pick:
         row, k, s, d2 = int(off.ids[j]), float(off.keys[j]), float(off.s[j]), float(off.d2[j])
         off.take(j, self.key)
         if off.emb is not None:
             self._register(row, off.emb[j])
         else:
             self._unsent_ids.append(row)
-        return row, k, s, d2
+        return Pick(row, k, s, d2)
 
-    def _offer(self, off: _Offered, m_s: list[int]) -> tuple[float, int]:
+    def _offer(self, off: _Offered, m_s: list[int]) -> Bound:
         """One round trip: the shards take the new centers and offer again; returns the largest bound."""
         args = [(self._unsent_centers, np.asarray(self._unsent_ids, np.int64), m, self.key) for m in m_s]
-        offers = self.shards.call_each(_OP + "sync", args)
+        offers: list[Offer] = self.shards.call_each(OP_SYNC, args)
         self._unsent_centers, self._unsent_ids = None, []
-        ids = np.concatenate([o[0] for o in offers])
-        emb = None if offers[0][1] is None else np.concatenate([o[1] for o in offers])
-        off.replace(ids, emb, np.concatenate([o[2] for o in offers]), self.centers, self.key)
+        ids = np.concatenate([o.row_ids_M for o in offers])
+        emb = None if offers[0].embeddings_M_D is None else np.concatenate([o.embeddings_M_D for o in offers])
+        off.replace(ids, emb, np.concatenate([o.scores_M for o in offers]), self.centers, self.key)
         self.stats.rounds += 1
         self.stats.offered += int(ids.shape[0])
-        self._bounds = [o[3] for o in offers]
-        return max(self._bounds, key=lambda b: (b[0], -b[1]))
+        self._bounds = [o.bound for o in offers]
+        return max(self._bounds, key=lambda b: (b.key, -b.row_id))
 
-    def run(self, k: int, offer_rows: int | None = None) -> list[tuple[int, float, float, float]]:
-        """Up to ``k`` picks among the current candidates: (row_id, key, combined score,
-        squared distance to the nearest center at pick time) each, in pick order. Fewer when
+    def run(self, k: int, offer_rows: int | None = None) -> list[Pick]:
+        """Up to ``k`` :class:`Pick` s among the current candidates, in pick order. Fewer when
         the candidates run out (or the threshold leaves none)."""
         t0 = time.perf_counter()
         try:
@@ -332,7 +373,7 @@ class DistanceGreedy:
         finally:
             self.seconds += time.perf_counter() - t0
 
-    def _run(self, k: int, offer_rows: int | None) -> list[tuple[int, float, float, float]]:
+    def _run(self, k: int, offer_rows: int | None) -> list[Pick]:
         picks = self.start() if k > 0 else []
         off = _Offered()
         per = offer_rows or (k + 1 if self.key[0] == "none" else math.ceil(1.25 * max(16, k / 4) / self.n_shards) + 16)
@@ -348,9 +389,9 @@ class DistanceGreedy:
                 got += 1
             self.stats.picks_per_round.append(got)
             progress.advance(got)
-            if off.best() < 0 and bound[0] == -math.inf:
+            if off.best() < 0 and bound.key == -math.inf:
                 break  # nothing left anywhere
-            grown = [min(MAX_OFFER, 2 * m if b[0] > -math.inf else m) for m, b in zip(m_s, self._bounds)]
+            grown = [min(MAX_OFFER, 2 * m if b.key > -math.inf else m) for m, b in zip(m_s, self._bounds)]
             if got == 0 and grown == m_s:
                 raise RuntimeError(f"objective greedy: no pick certified with {MAX_OFFER} rows offered per shard")
             m_s = grown
@@ -363,14 +404,18 @@ class DistanceGreedy:
         while True:
             bound = self._offer(off, m_s)
             j = off.best()
-            if j < 0 and bound[0] == -math.inf:
+            if j < 0 and bound.key == -math.inf:
                 return -math.inf
             if j >= 0 and _beats(float(off.keys[j]), int(off.ids[j]), bound):
                 return float(off.keys[j])
             m_s = [min(MAX_OFFER, 4 * m) for m in m_s]
 
 
-def _beats(key: float, row: int, bound: tuple[float, int]) -> bool:
+def _beats(key: float, row: int, bound: Bound) -> bool:
     """Whether (key, row) comes before every unsent row: a larger key, or the same key as the
     bound with a lower row_id."""
-    return key > bound[0] or (key == bound[0] and key > -math.inf and row < bound[1])
+    return key > bound.key or (key == bound.key and key > -math.inf and row < bound.row_id)
+
+
+OP_INIT = _OP + "init"
+OP_SYNC = _OP + "sync"

@@ -6,6 +6,18 @@ Per shard, the composition keeps one :class:`ObjectiveShard` in ``ShardState.str
 (a :class:`~alscale.strategies.shards.LastingState`: kept when the candidates change, as the
 quota phases change them, and part of every snapshot): each component's raw value per row,
 the index of the filter rule that admitted the row, and the combined score.
+
+The ops, with their typed results (P score components, R filter rules, Q requested rows):
+
+- :func:`scores` → :class:`ScoreStats` (changes: the raw components, the ranking key):
+  per component what its pool-wide normalisation needs, and the candidates;
+- :func:`filters` → :class:`Admitted` (changes: the eligibility mask): per rule the candidates
+  it admitted first, and the candidates left;
+- :func:`combined` (takes one :class:`NormParams` per component) → None (changes: the
+  combined score);
+- :func:`rank_by_combined` → None (changes: the ranking key, for the generic ``topk``);
+- :func:`keep_only` → ``int`` (changes: the eligibility mask): the candidates left;
+- :func:`provenance` → :class:`Provenance` (reads): the picks' rule, components and score.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,25 +83,40 @@ def component_values(state: ShardState, comp: Mapping[str, Any], seed: int, roun
     return out
 
 
+class MinMax(NamedTuple):
+    """The smallest and largest value of a component (``minmax`` normalisation)."""
+
+    lo: float
+    hi: float
+
+
+class ScoreStats(NamedTuple):
+    """One shard's answer to :func:`scores`: ``stats_P``, per component (P, in order) what its
+    normalisation needs over this shard's candidates — ``rank``: the sorted values, float64
+    ``[n]``; ``minmax``: a :class:`MinMax` (None when the shard has no candidate); ``raw``:
+    None — and ``candidates``, the shard's candidates before the filters."""
+
+    stats_P: list[np.ndarray | MinMax | None]
+    candidates: int
+
+
 @shard_op
-def scores(state: ShardState, comps: Sequence[Mapping[str, Any]], seed: int, round: int
-           ) -> tuple[list[Any], int]:
-    """Compute every component's raw values; returns, per component, what its normalisation
-    needs over this shard's candidates (sorted values for ``rank``, (min, max) for ``minmax``,
-    None for ``raw``), and the number of candidates (before the filters)."""
+def scores(state: ShardState, comps: Sequence[Mapping[str, Any]], seed: int, round: int) -> ScoreStats:
+    """Compute every component's raw values (kept in :class:`ObjectiveShard`); returns what
+    their pool-wide normalisations need."""
     obj = _obj(state)
     cand = state.candidates_N
-    stats: list[Any] = []
+    stats: list[np.ndarray | MinMax | None] = []
     for comp in comps:
         v = obj.raw[comp["label"]] = component_values(state, comp, seed, round)
         c = v[cand]
         if comp["normalize"] == "rank":
             stats.append(np.sort(c))
         elif comp["normalize"] == "minmax":
-            stats.append((float(c.min()), float(c.max())) if c.size else None)
+            stats.append(MinMax(float(c.min()), float(c.max())) if c.size else None)
         else:
             stats.append(None)
-    return stats, int(np.count_nonzero(cand))
+    return ScoreStats(stats, int(np.count_nonzero(cand)))
 
 
 def _field_values(state: ShardState, pred: Mapping[str, Any], seed: int, round: int,
@@ -102,10 +129,17 @@ def _field_values(state: ShardState, pred: Mapping[str, Any], seed: int, round: 
     return memo[key]
 
 
+class Admitted(NamedTuple):
+    """One shard's answer to :func:`filters`: ``admitted_R``, int64 ``[R]``, the candidates each
+    rule (in rule order) admitted first, and ``candidates``, the candidates left."""
+
+    admitted_R: np.ndarray
+    candidates: int
+
+
 @shard_op
-def filters(state: ShardState, rules: Sequence[Mapping[str, Any]], seed: int, round: int) -> tuple[list[int], int]:
-    """Evaluate the filter rules; only rows some rule admits stay candidates. Returns the
-    candidates each rule admitted first (in rule order) and the candidates left."""
+def filters(state: ShardState, rules: Sequence[Mapping[str, Any]], seed: int, round: int) -> Admitted:
+    """Evaluate the filter rules; only rows some rule admits stay candidates."""
     obj = _obj(state)
     n = state.n_rows()
     memo: dict[str, np.ndarray] = {}
@@ -121,20 +155,35 @@ def filters(state: ShardState, rules: Sequence[Mapping[str, Any]], seed: int, ro
     if rules:
         state.eligible_N = state.eligible_N & (obj.rule_N >= 0)
         state.candidates_changed()
-    return [int(c) for c in counts], int(np.count_nonzero(state.candidates_N))
+    return Admitted(counts.astype(np.int64), int(np.count_nonzero(state.candidates_N)))
+
+
+class NormParams(NamedTuple):
+    """How one component enters the combined score (the argument of :func:`combined`): its
+    ``label``, ``weight``, ``normalize`` (``rank`` / ``minmax`` / ``raw``) and the pool-wide
+    statistic ``stat``: every shard's sorted values merged (float64 ``[M]``) for ``rank``, a
+    :class:`MinMax` for ``minmax``, None for ``raw``."""
+
+    label: str
+    weight: float
+    normalize: str
+    stat: np.ndarray | MinMax | None
 
 
 @shard_op
-def combined(state: ShardState, params: Sequence[tuple[str, float, str, Any]]) -> None:
-    """The combined score ``sum weight * normalise(raw)``; ``params`` per component:
-    (label, weight, normalisation, its pool-wide statistic: merged sorted values for rank,
-    (min, max) for minmax, None for raw)."""
+def combined(state: ShardState, params: Sequence[NormParams]) -> None:
+    """The combined score ``sum weight * normalise(raw)``, one :class:`NormParams` per component."""
     obj = _obj(state)
     parts = []
-    for label, _w, how, stat in params:
-        raw = obj.raw[label]
-        parts.append(midrank(raw, stat) if how == "rank" else minmax(raw, *stat) if how == "minmax" else raw)
-    obj.combined_N = combine(parts, [p[1] for p in params], state.n_rows())
+    for p in params:
+        raw = obj.raw[p.label]
+        if p.normalize == "rank":
+            parts.append(midrank(raw, p.stat))
+        elif p.normalize == "minmax":
+            parts.append(minmax(raw, p.stat.lo, p.stat.hi))
+        else:
+            parts.append(raw)
+    obj.combined_N = combine(parts, [p.weight for p in params], state.n_rows())
 
 
 @shard_op
@@ -151,17 +200,27 @@ def keep_only(state: ShardState, row_ids: np.ndarray) -> int:
     return state.n_candidates()
 
 
+class Provenance(NamedTuple):
+    """The rows of :func:`provenance`'s request that live on one shard (Q of them, in shard
+    order): ``row_ids_Q``; ``rules_Q``, int32, the filter rule that admitted each (-1 none,
+    -2 no filters); ``raw_Q_P``, float64, each component's raw value (P components, in the
+    requested order); ``combined_Q``, float64, the combined score."""
+
+    row_ids_Q: np.ndarray
+    rules_Q: np.ndarray
+    raw_Q_P: np.ndarray
+    combined_Q: np.ndarray
+
+
 @shard_op(mutates=False)
-def provenance(state: ShardState, row_ids: np.ndarray, labels: Sequence[str]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For those of ``row_ids`` on this shard: (ids, filter rule index, raw components
-    ``[R, P]``, combined score)."""
+def provenance(state: ShardState, row_ids: np.ndarray, labels: Sequence[str]) -> Provenance:
+    """The provenance of those of ``row_ids`` on this shard, components by ``labels``."""
     obj = _obj(state)
     pos = np.flatnonzero(np.isin(state.row_ids_N, np.asarray(row_ids, np.int64)))
     raw = np.stack([obj.raw[lb][pos] for lb in labels], axis=1) if labels else np.empty((pos.size, 0))
     rule = obj.rule_N[pos] if obj.rule_N is not None else np.full(pos.size, -2, np.int32)
     comb = obj.combined_N[pos] if obj.combined_N is not None else np.zeros(pos.size)
-    return state.row_ids_N[pos], rule, raw, comb
+    return Provenance(state.row_ids_N[pos], rule, raw, comb)
 
 
 OP_SCORES = _OP + "scores"

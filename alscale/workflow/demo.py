@@ -114,6 +114,22 @@ def _entropy_B(model: Any, x_B_D: np.ndarray) -> np.ndarray:
     return -(lp.exp() * lp).sum(dim=1).numpy()
 
 
+@dataclass
+class _Demo:
+    """What both arms of the demo share."""
+
+    job: Any  # alscale.jobspec.JobSpec
+    x_N_D: np.ndarray
+    y_N: np.ndarray
+    test: tuple[np.ndarray, np.ndarray]  # (features, labels) of the held-out pool
+    start_ids: np.ndarray  # the balanced initial labelled set
+    executor: Any
+    out: Path
+    seed: int
+    rounds: int
+    report: bool
+
+
 def run_demo(job_path: str | Path, *, pool: str | None = None, test: str, out: str | Path, rows: int | None = None,
              test_rows: int = 10_000, initial: int = 20, rounds: int = 3, seed: int = 0,
              overrides: Sequence[str] = (), report: bool = True) -> DemoResult:
@@ -125,75 +141,31 @@ def run_demo(job_path: str | Path, *, pool: str | None = None, test: str, out: s
     import torch
 
     from alscale.jobspec import load_job
-    from alscale.loop.ledger import Ledger
-    from alscale.runtime.coordinator import job_model_spec, make_executor, run_job
-    from alscale.scoring.train import evaluate, fresh_model, train_classifier
+    from alscale.runtime.coordinator import make_executor
 
     started = time.perf_counter()
     job = load_job(job_path, [*overrides, f"seed={seed}"] + ([f"pool.path={pool}"] if pool else []))
     if job.model is None:
         raise AlscaleError(f"job {job_path}: the demo trains the job's model; give it a model section")
-    n_rows = rows if rows is not None else None
-    pool_path = job.pool
-    if n_rows is not None:  # the task is fixed (synth seed 0); ``seed`` keys the run's own randomness
-        ensure_pool(pool_path, n_rows, POOL_SEED)
+    if rows is not None:  # the task is fixed (synth seed 0); ``seed`` keys the run's own randomness
+        ensure_pool(job.pool, rows, POOL_SEED)
     ensure_pool(test, test_rows, POOL_SEED, split="test")
-    info, x_N_D, y_N = _labels(pool_path)
+    info, x_N_D, y_N = _labels(job.pool)
     _, xt_T_D, yt_T = _labels(test)
-    out = Path(out)
-    if out.exists():  # replace an earlier demo's outputs, never anything else
-        if not out.is_dir() or (any(out.iterdir()) and not (out / "demo.json").exists()):
-            raise AlscaleError(f"output {out} exists and does not hold an earlier demo (no demo.json); choose "
-                               "another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "demo.json").write_text('{"status": "running"}\n')  # marks the directory as the demo's
+    out = _demo_dir(Path(out))
     strategy = job.strategy.name
     if strategy == "random":
         raise AlscaleError("the demo compares the job's strategy with random; give the job another strategy")
-    budget = job.strategy.budget
-    classes = int(y_N.max()) + 1
-    if initial < classes or initial % classes:
-        raise AlscaleError(f"--initial must be a positive multiple of the {classes} classes; got {initial}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-    start_ids = np.sort(np.concatenate([rng.choice(np.flatnonzero(y_N == c), initial // classes, replace=False)
-                                        for c in range(classes)]))
-    spec = job_model_spec(job)
+    start_ids = _initial_set(y_N, initial, seed)
     torch.set_num_threads(1)  # the two Ray workers take the other cores
     result = DemoResult(strategy=strategy, out_dir=out, pool_rows=info.n_rows, test_rows=int(yt_T.size))
-    executor = make_executor(job, job.runtime.shards)
+    demo = _Demo(job, x_N_D, y_N, (xt_T_D, yt_T), start_ids, make_executor(job, job.runtime.shards), out, seed,
+                 rounds, report)
     try:
         for name in (strategy, "random"):
-            ledger = Ledger(out / name / "ledger")
-            ledger.append(start_ids, y_N[start_ids], 0, "initial:balanced")
-            records = result.rows.setdefault(name, [])
-            for rnd in range(rounds + 1):
-                labelled = ledger.row_ids
-                model = fresh_model(spec, x_N_D.shape[1], seed * 1000 + rnd)
-                train_classifier(model, x_N_D[np.sort(labelled)], y_N[np.sort(labelled)],
-                                 seed=seed * 1000 + rnd, **TRAIN)
-                acc, _ = evaluate(model, xt_T_D, yt_T)
-                rec: dict[str, Any] = {"round": rnd, "labels": int(labelled.size), "test_accuracy": acc}
-                records.append(rec)
-                if rnd == rounds:
-                    break
-                ckpt = out / name / f"model-round-{rnd}.pt"
-                torch.save(model.state_dict(), ckpt)
-                run_dir = out / name / f"round-{rnd + 1}"
-                acq = dataclasses.replace(
-                    job, labeled=str(ledger.path), output=None,
-                    strategy=dataclasses.replace(job.strategy, name=name, budget=budget, round=rnd),
-                    model=None if name == "random" else dataclasses.replace(job.model, checkpoint=str(ckpt)),
-                    runtime=dataclasses.replace(job.runtime, cache=name == strategy and rnd == 0 and report))
-                res = run_job(acq, out_dir=run_dir, force=True, progress=False, executor=executor)
-                picked = np.asarray(res.selection.indices_B, np.int64)
-                ph = res.manifest["phase_seconds"]
-                rec.update(batch_classes=int(np.unique(y_N[picked]).size),
-                           batch_entropy=float(_entropy_B(model, x_N_D[picked]).mean()),
-                           score_s=ph.get("score", 0.0), select_s=ph.get("select", 0.0), run_dir=str(run_dir))
-                ledger.append(picked, y_N[picked], rnd + 1, name)
+            _run_arm(demo, name, result.rows.setdefault(name, []))
     finally:
-        executor.close()
+        demo.executor.close()
     if report:
         from alscale.workflow.report import build_report
 
@@ -204,6 +176,76 @@ def run_demo(job_path: str | Path, *, pool: str | None = None, test: str, out: s
     (out / "demo.json").write_text(json.dumps({k: v for k, v in dataclasses.asdict(result).items()
                                                if k not in ("report", "out_dir")}, indent=2) + "\n")
     return result
+
+
+def _demo_dir(out: Path) -> Path:
+    """The output directory, emptied of an earlier demo's outputs (never of anything else)."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "demo.json").exists()):
+            raise AlscaleError(f"output {out} exists and does not hold an earlier demo (no demo.json); choose "
+                               "another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "demo.json").write_text('{"status": "running"}\n')  # marks the directory as the demo's
+    return out
+
+
+def _initial_set(y_N: np.ndarray, initial: int, seed: int) -> np.ndarray:
+    """``initial`` row ids, as many of each class (seeded)."""
+    classes = int(y_N.max()) + 1
+    if initial < classes or initial % classes:
+        raise AlscaleError(f"--initial must be a positive multiple of the {classes} classes; got {initial}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y_N == c), initial // classes, replace=False)
+                                   for c in range(classes)]))
+
+
+def _run_arm(demo: _Demo, name: str, records: list[dict[str, Any]]) -> None:
+    """One arm (the job's strategy or random): train, evaluate, acquire, label, ``rounds`` times."""
+    import torch
+
+    from alscale.loop.ledger import Ledger
+    from alscale.runtime.coordinator import job_model_spec
+    from alscale.scoring.train import evaluate, fresh_model, train_classifier
+
+    job, x_N_D, y_N, seed = demo.job, demo.x_N_D, demo.y_N, demo.seed
+    spec = job_model_spec(job)
+    ledger = Ledger(demo.out / name / "ledger")
+    ledger.append(demo.start_ids, y_N[demo.start_ids], 0, "initial:balanced")
+    for rnd in range(demo.rounds + 1):
+        labelled = ledger.row_ids
+        model = fresh_model(spec, x_N_D.shape[1], seed * 1000 + rnd)
+        train_classifier(model, x_N_D[np.sort(labelled)], y_N[np.sort(labelled)], seed=seed * 1000 + rnd, **TRAIN)
+        acc, _ = evaluate(model, *demo.test)
+        rec: dict[str, Any] = {"round": rnd, "labels": int(labelled.size), "test_accuracy": acc}
+        records.append(rec)
+        if rnd == demo.rounds:
+            break
+        ckpt = demo.out / name / f"model-round-{rnd}.pt"
+        torch.save(model.state_dict(), ckpt)
+        picked = _acquire(demo, name, rnd, ledger, ckpt, model, rec)
+        ledger.append(picked, y_N[picked], rnd + 1, name)
+
+
+def _acquire(demo: _Demo, name: str, rnd: int, ledger: Any, ckpt: Path, model: Any, rec: dict[str, Any]
+             ) -> np.ndarray:
+    """The round's batch by ``name`` (through the coordinator); its classes, entropy and timings go to ``rec``."""
+    from alscale.runtime.coordinator import run_job
+
+    job = demo.job
+    run_dir = demo.out / name / f"round-{rnd + 1}"
+    acq = job.replace(
+        labeled=str(ledger.path), output=None,
+        strategy=job.strategy.replace(name=name, budget=job.strategy.budget, round=rnd),
+        model=None if name == "random" else job.model.replace(checkpoint=str(ckpt)),
+        runtime=job.runtime.replace(cache=name == job.strategy.name and rnd == 0 and demo.report))
+    res = run_job(acq, out_dir=run_dir, force=True, progress=False, executor=demo.executor)
+    picked = np.asarray(res.selection.indices_B, np.int64)
+    ph = res.manifest["phase_seconds"]
+    rec.update(batch_classes=int(np.unique(demo.y_N[picked]).size),
+               batch_entropy=float(_entropy_B(model, demo.x_N_D[picked]).mean()),
+               score_s=ph.get("score", 0.0), select_s=ph.get("select", 0.0), run_dir=str(run_dir))
+    return picked
 
 
 def format_result(r: DemoResult) -> str:

@@ -154,61 +154,74 @@ def _read_labels(path: Path, fmt: str) -> list[tuple[Any, Any, str]]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise AlscaleError(f"labels {path}: cannot read it ({exc})") from None
-    out: list[tuple[Any, Any, str]] = []
-    if fmt == "csv":
-        reader = csv.reader(io.StringIO(text))
+    read = {"csv": _csv_labels, "jsonl": _jsonl_labels}.get(fmt, _labelstudio_labels)
+    return read(path, text)
+
+
+def _csv_labels(path: Path, text: str) -> list[tuple[Any, Any, str]]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise AlscaleError(f"labels {path} line {reader.line_num}: not CSV ({exc})") from None
+    if not rows or "row_id" not in rows[0] or "label" not in rows[0]:
+        raise AlscaleError(f"labels {path}: the header must name 'row_id' and 'label' columns; got "
+                           f"{short_repr(rows[0]) if rows else 'an empty file'}")
+    i, j = rows[0].index("row_id"), rows[0].index("label")
+    out = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) <= max(i, j):
+            raise AlscaleError(f"labels {path} line {n}: {len(row)} fields, expected row_id and label")
+        out.append((row[i], row[j], f"line {n}"))
+    return out
+
+
+def _jsonl_labels(path: Path, text: str) -> list[tuple[Any, Any, str]]:
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            rows = list(reader)
-        except csv.Error as exc:  # e.g. a field over the csv module's size limit
-            raise AlscaleError(f"labels {path} line {reader.line_num}: not CSV ({exc})") from None
-        if not rows or "row_id" not in rows[0] or "label" not in rows[0]:
-            raise AlscaleError(f"labels {path}: the header must name 'row_id' and 'label' columns; got "
-                               f"{short_repr(rows[0]) if rows else 'an empty file'}")
-        i, j = rows[0].index("row_id"), rows[0].index("label")
-        for n, row in enumerate(rows[1:], start=2):
-            if not row:
-                continue
-            if len(row) <= max(i, j):
-                raise AlscaleError(f"labels {path} line {n}: {len(row)} fields, expected row_id and label")
-            out.append((row[i], row[j], f"line {n}"))
-    elif fmt == "jsonl":
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AlscaleError(f"labels {path} line {n}: not JSON ({exc.msg})") from None
-            except RecursionError:
-                raise AlscaleError(f"labels {path} line {n}: JSON nested too deeply") from None
-            if not isinstance(rec, dict) or "row_id" not in rec or "label" not in rec:
-                raise AlscaleError(f"labels {path} line {n}: expected an object with row_id and label")
-            out.append((rec["row_id"], rec["label"], f"line {n}"))
-    else:
-        try:
-            tasks = json.loads(text)
+            rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise AlscaleError(f"labels {path}: not JSON ({exc.msg} at line {exc.lineno}); give a Label Studio "
-                               "JSON export") from None
+            raise AlscaleError(f"labels {path} line {n}: not JSON ({exc.msg})") from None
         except RecursionError:
-            raise AlscaleError(f"labels {path}: JSON nested too deeply; give a Label Studio JSON export") from None
-        if not isinstance(tasks, list):
-            raise AlscaleError(f"labels {path}: a Label Studio export is a JSON list of tasks")
-        for n, task in enumerate(tasks):
-            where = f"task {short_repr(task.get('id', n), 40) if isinstance(task, dict) else n}"
-            data = task.get("data", {}) if isinstance(task, dict) else {}
-            if "row_id" not in data:
-                raise AlscaleError(f"labels {path} {where}: data.row_id is missing; export tasks made by "
-                                   "`alscale labels export --format labelstudio`")
-            anns = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
-            if not anns:
-                continue  # not labelled yet
-            ann = max(anns, key=lambda a: (str(a.get("updated_at", "")), a.get("id", 0)))
-            choices = [c for r in ann.get("result", []) for c in r.get("value", {}).get("choices", [])]
-            if len(choices) != 1:
-                raise AlscaleError(f"labels {path} {where}: {len(choices)} choices in its annotation; one class "
-                                   "per row")
-            out.append((data["row_id"], choices[0], where))
+            raise AlscaleError(f"labels {path} line {n}: JSON nested too deeply") from None
+        if not isinstance(rec, dict) or "row_id" not in rec or "label" not in rec:
+            raise AlscaleError(f"labels {path} line {n}: expected an object with row_id and label")
+        out.append((rec["row_id"], rec["label"], f"line {n}"))
+    return out
+
+
+def _labelstudio_labels(path: Path, text: str) -> list[tuple[Any, Any, str]]:
+    """A Label Studio JSON export: each labelled task's latest annotation that was not cancelled."""
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AlscaleError(f"labels {path}: not JSON ({exc.msg} at line {exc.lineno}); give a Label Studio "
+                           "JSON export") from None
+    except RecursionError:
+        raise AlscaleError(f"labels {path}: JSON nested too deeply; give a Label Studio JSON export") from None
+    if not isinstance(tasks, list):
+        raise AlscaleError(f"labels {path}: a Label Studio export is a JSON list of tasks")
+    out = []
+    for n, task in enumerate(tasks):
+        where = f"task {short_repr(task.get('id', n), 40) if isinstance(task, dict) else n}"
+        data = task.get("data", {}) if isinstance(task, dict) else {}
+        if "row_id" not in data:
+            raise AlscaleError(f"labels {path} {where}: data.row_id is missing; export tasks made by "
+                               "`alscale labels export --format labelstudio`")
+        anns = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        if not anns:
+            continue  # not labelled yet
+        ann = max(anns, key=lambda a: (str(a.get("updated_at", "")), a.get("id", 0)))
+        choices = [c for r in ann.get("result", []) for c in r.get("value", {}).get("choices", [])]
+        if len(choices) != 1:
+            raise AlscaleError(f"labels {path} {where}: {len(choices)} choices in its annotation; one class "
+                               "per row")
+        out.append((data["row_id"], choices[0], where))
     return out
 
 

@@ -53,7 +53,7 @@ def _outputs(out_dir: Path, manifest: dict[str, Any], sample: int
              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """(row_ids, log_probs, embeddings, is_sample) of the pool rows the report looks at: a keyed
     sample of the pool plus every selected row."""
-    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
 
     from alscale.pool import open_pool, read_shard
     from alscale.strategies.noise import keyed_uniform
@@ -61,56 +61,68 @@ def _outputs(out_dir: Path, manifest: dict[str, Any], sample: int
 
     info = open_pool(manifest["pool"]["path"])
     ids = read_shard(ShardSpec(info.path, 0, 0, info.n_rows), []).row_ids_N
-    import pyarrow.parquet as pq
-
     sel = pq.read_table(out_dir / "selection.parquet", columns=["row_id"])["row_id"].to_numpy()
     key = keyed_uniform(0, 0, ids)
     in_sample = key <= np.sort(key)[min(sample, ids.size) - 1] if ids.size else np.zeros(0, bool)
-    keep = in_sample | np.isin(ids, sel)
-    pos = np.flatnonzero(keep)
-    lp = emb = None
-    cols = [c for c, ok in (("log_probs", info.n_classes is not None), ("embedding", info.embedding_dim is not None))
-            if ok]
-    if cols:
-        parts_lp, parts_emb = [], []
-        for lo in range(0, info.n_rows, _CHUNK):
-            p = pos[(pos >= lo) & (pos < lo + _CHUNK)]
-            if p.size == 0:
-                continue
-            d = read_shard(ShardSpec(info.path, 0, lo, min(info.n_rows, lo + _CHUNK)), cols, check_finite=False)
-            if d.log_probs_N_K_C is not None:
-                parts_lp.append(d.log_probs_N_K_C[p - lo])
-            if d.embeddings_N_D is not None:
-                parts_emb.append(d.embeddings_N_D[p - lo])
-        lp = np.concatenate(parts_lp) if parts_lp else None
-        emb = np.concatenate(parts_emb) if parts_emb else None
+    pos = np.flatnonzero(in_sample | np.isin(ids, sel))
+    lp, emb = _pool_outputs(info, pos)
     cache = out_dir / "cache"
     if (lp is None or emb is None) and cache.is_dir():  # the job's model outputs
-        want = ids[pos]
-        got_lp: dict[int, np.ndarray] = {}
-        got_emb: dict[int, np.ndarray] = {}
-        for f in sorted(cache.glob("rows-*.arrow")):
-            meta = json.loads(f.with_suffix(".json").read_text()) if f.with_suffix(".json").exists() else None
-            if meta is None:
-                continue
-            t = ipc.open_file(str(f)).read_all()
-            rid = t["row_id"].to_numpy()
-            hit = np.flatnonzero(np.isin(rid, want))
-            if hit.size == 0:
-                continue
-            k, c = meta["n_samples"], meta["n_classes"]
-            lps = t["log_probs"].combine_chunks().flatten().to_numpy().reshape(len(rid), k, c)
-            for h in hit:
-                got_lp[int(rid[h])] = lps[h]
-            if meta.get("embedding_dim"):
-                es = t["embedding"].combine_chunks().flatten().to_numpy().reshape(len(rid), meta["embedding_dim"])
-                for h in hit:
-                    got_emb[int(rid[h])] = es[h]
-        if lp is None and len(got_lp) == want.size:
-            lp = np.stack([got_lp[int(r)] for r in want])
-        if emb is None and got_emb and len(got_emb) == want.size:
-            emb = np.stack([got_emb[int(r)] for r in want])
+        cached_lp, cached_emb = _cached_outputs(cache, ids[pos])
+        lp = cached_lp if lp is None else lp
+        emb = cached_emb if emb is None else emb
     return ids[pos], lp, emb, in_sample[pos]
+
+
+def _pool_outputs(info: Any, pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The pool's ``log_probs`` and ``embedding`` columns at positions ``pos`` (None: no such column)."""
+    from alscale.pool import read_shard
+    from alscale.types import ShardSpec
+
+    cols = [c for c, ok in (("log_probs", info.n_classes is not None), ("embedding", info.embedding_dim is not None))
+            if ok]
+    if not cols:
+        return None, None
+    parts_lp, parts_emb = [], []
+    for lo in range(0, info.n_rows, _CHUNK):
+        p = pos[(pos >= lo) & (pos < lo + _CHUNK)]
+        if p.size == 0:
+            continue
+        d = read_shard(ShardSpec(info.path, 0, lo, min(info.n_rows, lo + _CHUNK)), cols, check_finite=False)
+        if d.log_probs_N_K_C is not None:
+            parts_lp.append(d.log_probs_N_K_C[p - lo])
+        if d.embeddings_N_D is not None:
+            parts_emb.append(d.embeddings_N_D[p - lo])
+    return (np.concatenate(parts_lp) if parts_lp else None), (np.concatenate(parts_emb) if parts_emb else None)
+
+
+def _cached_outputs(cache: Path, want: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Log-probs and embeddings of rows ``want`` from the job's chunk cache (None unless it has
+    every row; embeddings only when the model gave some)."""
+    import pyarrow.ipc as ipc
+
+    got_lp: dict[int, np.ndarray] = {}
+    got_emb: dict[int, np.ndarray] = {}
+    for f in sorted(cache.glob("rows-*.arrow")):
+        meta = json.loads(f.with_suffix(".json").read_text()) if f.with_suffix(".json").exists() else None
+        if meta is None:
+            continue
+        t = ipc.open_file(str(f)).read_all()
+        rid = t["row_id"].to_numpy()
+        hit = np.flatnonzero(np.isin(rid, want))
+        if hit.size == 0:
+            continue
+        k, c = meta["n_samples"], meta["n_classes"]
+        lps = t["log_probs"].combine_chunks().flatten().to_numpy().reshape(len(rid), k, c)
+        for h in hit:
+            got_lp[int(rid[h])] = lps[h]
+        if meta.get("embedding_dim"):
+            es = t["embedding"].combine_chunks().flatten().to_numpy().reshape(len(rid), meta["embedding_dim"])
+            for h in hit:
+                got_emb[int(rid[h])] = es[h]
+    lp = np.stack([got_lp[int(r)] for r in want]) if len(got_lp) == want.size else None
+    emb = np.stack([got_emb[int(r)] for r in want]) if got_emb and len(got_emb) == want.size else None
+    return lp, emb
 
 
 def _entropy(lp: np.ndarray) -> np.ndarray:
@@ -129,9 +141,6 @@ def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pyarrow.parquet as pq
-
     from alscale.fsio import atomic_write
 
     out = Path(out_dir)
@@ -143,89 +152,116 @@ def build_report(out_dir: str | Path, *, sample: int = 20_000) -> Path:
         raise AlscaleError(f"{out} holds neither a job's selection (manifest.json) nor a simulation (rounds.csv); "
                            "give an output directory of alscale run or alscale simulate")
     if manifest_path.exists():
-        m = json.loads(manifest_path.read_text())
-        sel = pq.read_table(out / "selection.parquet").to_pydict()
-        facts += [("strategy", f"{m['strategy']} (budget {m['budget']:,}, seed {m['seed']}, round {m['round']})"),
-                  ("pool", f"{m['pool']['path']} — {m['pool']['n_rows']:,} rows, {m['pool']['n_labeled']:,} labelled"),
-                  ("selected", f"{m['n_selected']:,} rows"),
-                  ("runtime", f"{m['runtime'].get('executor', '?')} executor, {len(m['shard_plan'])} shards, "
-                              f"{m['round_trips']} round trips"),
-                  ("throughput", f"{m['rows_per_s']:,.0f} rows/s (all phases but start-up)" if m.get("rows_per_s")
-                   else "–"),
-                  ("alscale", f"{m['versions'].get('alscale')} (git {m.get('git_revision')})")]
-        ids, lp, emb, in_sample = _outputs(out, m, sample)
-        is_sel = np.isin(ids, np.asarray(sel["row_id"], np.int64))
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-        if lp is not None:
-            h = _entropy(lp)
-            bins = np.linspace(0, max(float(h.max()), 1e-6), 40)
-            axes[0].hist(h[in_sample], bins=bins, density=True, alpha=0.6, label=f"pool sample ({in_sample.sum():,})")
-            axes[0].hist(h[is_sel], bins=bins, density=True, alpha=0.6, label=f"selection ({is_sel.sum():,})")
-            axes[0].set(xlabel="predictive entropy (nats)", ylabel="density", title="Uncertainty: pool vs selection")
-            axes[0].legend()
-        else:
-            axes[0].text(0.5, 0.5, "no log-probs in the pool or cache", ha="center", va="center")
-            axes[0].set_axis_off()
-        scores = np.asarray(sel["score"], np.float64)
-        finite = scores[np.isfinite(scores)]
-        axes[1].hist(finite, bins=40, color="tab:red", alpha=0.7)
-        axes[1].set(xlabel=f"{m['strategy']} score at pick time", ylabel="rows", title="Scores of the selection")
-        figures.append(("Scores", "Predictive entropy of a pool sample and of the selection; the strategy's own "
-                        "scores of the picks.", _png(fig)))
-        if emb is not None and emb.shape[0] >= 3:
-            z = _pca2(emb)
-            fig, ax = plt.subplots(figsize=(6.5, 5.5))
-            ax.scatter(z[in_sample & ~is_sel, 0], z[in_sample & ~is_sel, 1], s=3, c="0.7", label="pool sample")
-            ax.scatter(z[is_sel, 0], z[is_sel, 1], s=14, c="tab:red", label="selection")
-            ax.set(xlabel="PC 1", ylabel="PC 2", title="Embeddings, 2-D PCA")
-            ax.legend()
-            figures.append(("Projection", "The first two principal components of the embeddings of a pool sample "
-                            "(grey) and of the selection (red).", _png(fig)))
-        if lp is not None:
-            c = lp.shape[2]
-            pred = np.exp(lp.astype(np.float64)).mean(axis=1).argmax(axis=1)
-            pool_share = np.bincount(pred[in_sample], minlength=c) / max(in_sample.sum(), 1)
-            sel_share = np.bincount(pred[is_sel], minlength=c) / max(is_sel.sum(), 1)
-            fig, ax = plt.subplots(figsize=(max(6, c * 0.5), 3.6))
-            xs = np.arange(c)
-            ax.bar(xs - 0.2, pool_share, 0.4, label="pool sample")
-            ax.bar(xs + 0.2, sel_share, 0.4, label="selection")
-            ax.set(xlabel="predicted class", ylabel="share", title="Predicted-class balance")
-            ax.set_xticks(xs)
-            ax.legend()
-            figures.append(("Class balance", "Share of each predicted class (argmax of the mean probability).",
-                            _png(fig)))
-        if "combined" in sel:  # a composed selection's provenance: the mix
-            mix_facts, mix_figures = _mix(sel, m.get("selection") or {})
-            facts += mix_facts
-            figures += mix_figures
-        ph = {k: v for k, v in m.get("phase_seconds", {}).items()}
-        if ph:
-            fig, ax = plt.subplots(figsize=(6.5, 3.2))
-            ax.barh(list(ph), list(ph.values()), color="tab:blue")
-            ax.set(xlabel="seconds", title="Phases")
-            figures.append(("Timings", "Seconds per phase of the job (from manifest.json).", _png(fig)))
+        _job_section(out, json.loads(manifest_path.read_text()), sample, facts, figures)
     if is_simulation:
-        import csv
-
-        from alscale.loop.curves import plot_curves
-
-        with open(out / "rounds.csv") as fh:
-            records = [{**r, "test_accuracy": float(r["test_accuracy"]), "n_labels": int(r["n_labels"]),
-                        "trial": int(r["trial"]), "round": int(r["round"]), "batch_size": int(r["batch_size"])}
-                       for r in csv.DictReader(fh)]
-        tmp = out / ".report-curves.png"
-        plot_curves(records, tmp, title="Learning curves")
-        uri = "data:image/png;base64," + base64.b64encode(tmp.read_bytes()).decode()
-        tmp.unlink()
-        figures.append(("Learning curves", "Median test accuracy against labelled-set size (band: 25-75%).", uri))
-        facts.append(("simulation", f"{len({r['strategy'] for r in records})} strategies, "
-                                    f"{len({r['trial'] for r in records})} trials, {len(records)} rounds"))
-    page = _html(out, facts, figures)
+        _simulation_section(out, facts, figures)
     path = out / REPORT_FILE
-    atomic_write(path, page)
+    atomic_write(path, _html(out, facts, figures))
     return path
 
+
+def _job_section(out: Path, m: dict[str, Any], sample: int, facts: list, figures: list) -> None:
+    """A job's facts (from its manifest) and figures: scores, projection, class balance, timings."""
+    import pyarrow.parquet as pq
+
+    sel = pq.read_table(out / "selection.parquet").to_pydict()
+    facts += [("strategy", f"{m['strategy']} (budget {m['budget']:,}, seed {m['seed']}, round {m['round']})"),
+              ("pool", f"{m['pool']['path']} — {m['pool']['n_rows']:,} rows, {m['pool']['n_labeled']:,} labelled"),
+              ("selected", f"{m['n_selected']:,} rows"),
+              ("runtime", f"{m['runtime'].get('executor', '?')} executor, {len(m['shard_plan'])} shards, "
+                          f"{m['round_trips']} round trips"),
+              ("throughput", f"{m['rows_per_s']:,.0f} rows/s (all phases but start-up)" if m.get("rows_per_s")
+               else "–"),
+              ("alscale", f"{m['versions'].get('alscale')} (git {m.get('git_revision')})")]
+    ids, lp, emb, in_sample = _outputs(out, m, sample)
+    is_sel = np.isin(ids, np.asarray(sel["row_id"], np.int64))
+    figures.append(_scores_figure(m["strategy"], lp, np.asarray(sel["score"], np.float64), in_sample, is_sel))
+    if emb is not None and emb.shape[0] >= 3:
+        figures.append(_projection_figure(emb, in_sample, is_sel))
+    if lp is not None:
+        figures.append(_balance_figure(lp, in_sample, is_sel))
+    if "combined" in sel:  # a composed selection's provenance: the mix
+        mix_facts, mix_figures = _mix(sel, m.get("selection") or {})
+        facts += mix_facts
+        figures += mix_figures
+    ph = {k: v for k, v in m.get("phase_seconds", {}).items()}
+    if ph:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        ax.barh(list(ph), list(ph.values()), color="tab:blue")
+        ax.set(xlabel="seconds", title="Phases")
+        figures.append(("Timings", "Seconds per phase of the job (from manifest.json).", _png(fig)))
+
+
+def _scores_figure(strategy: str, lp: np.ndarray | None, scores: np.ndarray, in_sample: np.ndarray,
+                   is_sel: np.ndarray) -> tuple[str, str, str]:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    if lp is not None:
+        h = _entropy(lp)
+        bins = np.linspace(0, max(float(h.max()), 1e-6), 40)
+        axes[0].hist(h[in_sample], bins=bins, density=True, alpha=0.6, label=f"pool sample ({in_sample.sum():,})")
+        axes[0].hist(h[is_sel], bins=bins, density=True, alpha=0.6, label=f"selection ({is_sel.sum():,})")
+        axes[0].set(xlabel="predictive entropy (nats)", ylabel="density", title="Uncertainty: pool vs selection")
+        axes[0].legend()
+    else:
+        axes[0].text(0.5, 0.5, "no log-probs in the pool or cache", ha="center", va="center")
+        axes[0].set_axis_off()
+    axes[1].hist(scores[np.isfinite(scores)], bins=40, color="tab:red", alpha=0.7)
+    axes[1].set(xlabel=f"{strategy} score at pick time", ylabel="rows", title="Scores of the selection")
+    return ("Scores", "Predictive entropy of a pool sample and of the selection; the strategy's own "
+            "scores of the picks.", _png(fig))
+
+
+def _projection_figure(emb: np.ndarray, in_sample: np.ndarray, is_sel: np.ndarray) -> tuple[str, str, str]:
+    import matplotlib.pyplot as plt
+
+    z = _pca2(emb)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.scatter(z[in_sample & ~is_sel, 0], z[in_sample & ~is_sel, 1], s=3, c="0.7", label="pool sample")
+    ax.scatter(z[is_sel, 0], z[is_sel, 1], s=14, c="tab:red", label="selection")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="Embeddings, 2-D PCA")
+    ax.legend()
+    return ("Projection", "The first two principal components of the embeddings of a pool sample "
+            "(grey) and of the selection (red).", _png(fig))
+
+
+def _balance_figure(lp: np.ndarray, in_sample: np.ndarray, is_sel: np.ndarray) -> tuple[str, str, str]:
+    import matplotlib.pyplot as plt
+
+    c = lp.shape[2]
+    pred = np.exp(lp.astype(np.float64)).mean(axis=1).argmax(axis=1)
+    pool_share = np.bincount(pred[in_sample], minlength=c) / max(in_sample.sum(), 1)
+    sel_share = np.bincount(pred[is_sel], minlength=c) / max(is_sel.sum(), 1)
+    fig, ax = plt.subplots(figsize=(max(6, c * 0.5), 3.6))
+    xs = np.arange(c)
+    ax.bar(xs - 0.2, pool_share, 0.4, label="pool sample")
+    ax.bar(xs + 0.2, sel_share, 0.4, label="selection")
+    ax.set(xlabel="predicted class", ylabel="share", title="Predicted-class balance")
+    ax.set_xticks(xs)
+    ax.legend()
+    return ("Class balance", "Share of each predicted class (argmax of the mean probability).", _png(fig))
+
+
+def _simulation_section(out: Path, facts: list, figures: list) -> None:
+    """A simulation's learning curves (from ``rounds.csv``)."""
+    import csv
+
+    from alscale.loop.curves import plot_curves
+
+    with open(out / "rounds.csv") as fh:
+        records = [{**r, "test_accuracy": float(r["test_accuracy"]), "n_labels": int(r["n_labels"]),
+                    "trial": int(r["trial"]), "round": int(r["round"]), "batch_size": int(r["batch_size"])}
+                   for r in csv.DictReader(fh)]
+    tmp = out / ".report-curves.png"
+    plot_curves(records, tmp, title="Learning curves")
+    uri = "data:image/png;base64," + base64.b64encode(tmp.read_bytes()).decode()
+    tmp.unlink()
+    figures.append(("Learning curves", "Median test accuracy against labelled-set size (band: 25-75%).", uri))
+    facts.append(("simulation", f"{len({r['strategy'] for r in records})} strategies, "
+                                f"{len({r['trial'] for r in records})} trials, {len(records)} rounds"))
 
 def _counts(values: list[Any]) -> list[tuple[str, int]]:
     """(value, picks) pairs, most picks first (ties by value)."""

@@ -241,3 +241,62 @@ def test_a_users_score_strategy_is_a_component(pool, unregister_user_strategy):
     from alscale.strategies.registry import requirements
 
     assert requirements("objective", opts).components == ("tests.strategies.user_score_strategy:SPEC", "entropy")
+
+
+def test_shard_ops_answer_typed_results_and_declare_their_effect(pool):
+    """The composed selection's shard ops, called on one shard as a loop calls them: typed
+    results with the documented fields and shapes; the sync's bound certifies every row it
+    did not offer (exact key at most the bound's, a tie only with a larger row_id)."""
+    from alscale.index import canonical_min_sq_dist
+    from alscale.strategies import objective_greedy as og
+    from alscale.strategies import objective_ops as oo
+    from alscale.strategies.objective import _norm_params
+    from alscale.strategies.objective_kernels import key_of
+    from alscale.strategies.shards import op_mutates, take
+
+    opts = check_objective_options(CASES["named-rules+column-score+column-quotas+threshold"])  # 2 rules
+    opts["scores"] = check_objective_options({"scores": TWO_SCORES})["scores"]  # rank entropy, minmax margin
+    state = shards_of(pool, 2).fanout.workers[0]
+    n_cand = state.n_candidates()
+    stats = state.call(oo.OP_SCORES, opts["scores"], 3, 1)
+    assert isinstance(stats, oo.ScoreStats) and stats.candidates == n_cand
+    ranked, spread = stats.stats_P
+    assert ranked.shape == (n_cand,) and (np.diff(ranked) >= 0).all()
+    assert isinstance(spread, oo.MinMax) and spread.lo < spread.hi
+    adm = state.call(oo.OP_FILTERS, opts["filters"], 3, 1)
+    assert isinstance(adm, oo.Admitted) and adm.admitted_R.dtype == np.int64 and adm.admitted_R.shape == (2,)
+    assert int(adm.admitted_R.sum()) == adm.candidates == state.n_candidates() < n_cand
+    params = _norm_params(list(opts["scores"]), [stats])
+    assert [type(p) for p in params] == [oo.NormParams] * 2 and params[1].stat == spread
+    assert state.call(oo.OP_COMBINED, params) is None
+    assert state.call(og.OP_INIT, "numpy", True) == pool[2].shape[1]
+    centers = take(state, None, ("embeddings",), "labeled").embeddings_R_D
+    key = ("kcenter", 0.7, True)
+    off = state.call(og.OP_SYNC, centers, np.empty(0, np.int64), 5, key)
+    assert isinstance(off, og.Offer) and isinstance(off.bound, og.Bound)
+    assert off.row_ids_M.shape == off.scores_M.shape == (5,) and off.embeddings_M_D.shape == (5, pool[2].shape[1])
+    rest = np.flatnonzero(state.candidates_N & ~np.isin(state.row_ids_N, off.row_ids_M))
+    s_N = state.strategy_state[oo.KEY].combined_N
+    exact = key_of(s_N[rest], canonical_min_sq_dist(state.embeddings_N_D[rest], centers), key)
+    assert (exact <= off.bound.key).all() and (state.row_ids_N[rest][exact == off.bound.key] > off.bound.row_id).all()
+    labels = [s["label"] for s in opts["scores"]]
+    prov = state.call(oo.OP_PROVENANCE, off.row_ids_M[::-1], labels)
+    assert isinstance(prov, oo.Provenance) and sorted(prov.row_ids_Q.tolist()) == sorted(off.row_ids_M.tolist())
+    assert prov.raw_Q_P.shape == (5, 2) and prov.rules_Q.shape == prov.combined_Q.shape == (5,)
+    np.testing.assert_array_equal(prov.combined_Q, s_N[np.isin(state.row_ids_N, off.row_ids_M)])
+    assert not op_mutates(oo.OP_PROVENANCE)
+    assert all(op_mutates(op) for op in (oo.OP_SCORES, oo.OP_FILTERS, oo.OP_COMBINED, oo.OP_RANK, oo.OP_KEEP,
+                                         og.OP_INIT, og.OP_SYNC))
+
+
+def test_objective_functions_stay_short():
+    """No function of the composed selection's modules over 60 lines (issue 15)."""
+    import ast
+    from pathlib import Path
+
+    long = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "alscale" / "strategies").glob("objective*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []
