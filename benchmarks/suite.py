@@ -474,8 +474,10 @@ def fit_growth(points: list[tuple[float, float]]) -> float | None:
 
 EXPECTED = {"entropy": "N", "bald": "N·K·C", "power": "N·K·C", "kcenter": "N·B·E", "badge": "N·B·(E+C)",
             "batchbald": "N·b·M·C", "entropy_model": "N·(model FLOPs)", "egl": "N·(C+E)",
-            "alfamix": "N·C·E (mixing) + candidates·B·E·iters", "entropy_seals": "L·N·E (exact kNN)",
-            "typiclust": "N·(L+B)·E·iters + cluster²", "probcover": "N²·E", "cluster_margin": "N·k·E·iters + N log N"}
+            "alfamix": "N·C·E (mixing) + candidates·B·E·iters",
+            "entropy_seals": "L·(rows in the visited cells)·E (exact kNN, cell-pruned)",
+            "typiclust": "N·(L+B)·E·iters (bounded) + Σ cluster²·E",
+            "probcover": "N·(rows in the visited cells)·E (range search)", "cluster_margin": "N·k·E·iters + N log N"}
 
 
 def engine_rows(recs: list[dict[str, Any]], sweep: str) -> list[dict[str, Any]]:

@@ -32,12 +32,9 @@ def test_ruff_check_passes():
 #: Longest function (lines, decorators excluded) in the packages whose functions stay short (issue 15 item 6).
 MAX_FUNCTION_LINES = 60
 SHORT_FUNCTION_PACKAGES = ("alscale/runtime", "alscale/strategies")
-#: Files the seam and nn engineers are still splitting (issue 15 item 6, branches ``seam`` and ``nn``);
-#: the lead removes this list after merging them. (kcenter, kmeanspp, batchbald and quotas were
-#: split on the seam branch and are checked.)
-KNOWN_LONG = {
-    "alscale/strategies/alfamix.py",  # select_alfamix
-}
+#: Files still being split (issue 15 item 6); empty now that the seam and nn branches split
+#: theirs (kcenter, kmeanspp, batchbald, quotas; alfamix's select_alfamix).
+KNOWN_LONG: set[str] = set()
 
 
 def test_functions_in_runtime_and_strategies_are_short():

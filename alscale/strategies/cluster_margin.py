@@ -73,8 +73,8 @@ def select_cluster_margin(shards: Shards, budget: int, *, options: dict[str, Any
     shards.compute_scores("margin", {}, seed, round)
     scores_Q, ids_Q = shards.topk(k_m)
     parts = shards.call(_OP + "km_labels", np.asarray(ids_Q, np.int64))
-    all_ids = np.concatenate([p[0] for p in parts])
-    all_lab = np.concatenate([p[1] for p in parts])
+    all_ids = np.concatenate([p.row_ids_R for p in parts])
+    all_lab = np.concatenate([p.labels_R for p in parts])
     o = np.argsort(all_ids)
     cluster_Q = all_lab[o][np.searchsorted(all_ids[o], ids_Q)]
     key_Q = noise.keyed_uniform(seed, round, np.asarray(ids_Q, np.int64))

@@ -15,6 +15,7 @@ Per row: ``n_within`` (other rows within the threshold) and ``uniqueness =
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,14 +42,21 @@ class DedupResult:
         return 1.0 / (1.0 + self.n_within_N)
 
 
-@shard_op
-def dd_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+class ChunkRows(NamedTuple):
+    """Rows ``[start, stop)`` of one shard: ids and (normalised) embeddings."""
+
+    row_ids_M: np.ndarray
+    x_M_D: np.ndarray
+
+
+@shard_op(mutates=False)
+def dd_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> ChunkRows:
     x = state.embeddings_N_D[start:stop]
     x = neighbour_ops.normalized(x) if normalize else np.asarray(x, dtype=np.float32)
-    return state.row_ids_N[start:stop], x
+    return ChunkRows(state.row_ids_N[start:stop], x)
 
 
-@shard_op
+@shard_op(mutates=False)
 def dd_size(state: ShardState) -> int:
     return int(state.row_ids_N.shape[0])
 

@@ -5,13 +5,14 @@ concatenated), so rows stay where they are and, in ``exact`` mode, the answer do
 depend on the shard count. Approximate modes build one FAISS index per shard: what they
 find may depend on the sharding (their names say they are approximate).
 
-Indexes live in the shard's ``strategy_state`` under ``("neighbours", key)``; ``exclude`` and
-``restrict`` clear them with the rest of the strategy state.
+Indexes live in the shard's :class:`ShardIndexes` (``strategy_state["neighbours"]``), by
+name; ``exclude`` and ``restrict`` clear them with the rest of the strategy state.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,8 +22,32 @@ from alscale.strategies.shards import Shards, ShardState, shard_op
 _OP = "alscale.strategies.neighbour_ops."
 
 
+@dataclass
+class ShardIndexes:
+    """The neighbour indexes built on one shard, by name (:mod:`alscale.index.neighbours`)."""
+
+    by_key: dict[str, Any] = field(default_factory=dict)
+
+
+class Knn(NamedTuple):
+    """One shard's k nearest indexed rows per query: squared distances and row ids, sorted by
+    ``(d2, row_id)``, padded with ``(inf, -1)``."""
+
+    d2_Q_K: np.ndarray
+    row_ids_Q_K: np.ndarray
+
+
+class RangeHits(NamedTuple):
+    """One shard's rows within a radius of each query, CSR: query ``q``'s hits are
+    ``lims_Q1[q]:lims_Q1[q + 1]``, sorted by ``(d2, row_id)``."""
+
+    lims_Q1: np.ndarray
+    d2_P: np.ndarray
+    row_ids_P: np.ndarray
+
+
 def _store(state: ShardState) -> dict[str, Any]:
-    return state.strategy_state.setdefault("neighbours", {})
+    return state.strategy_state.setdefault("neighbours", ShardIndexes()).by_key
 
 
 def shard_rows(state: ShardState, rows: str) -> np.ndarray:
@@ -74,16 +99,15 @@ def nb_build(state: ShardState, key: str, mode: str, params: dict[str, Any] | No
     return build_local(state, key, x, shard_rows(state, rows), mode, params, seed, device)
 
 
-@shard_op
+@shard_op(mutates=False)
 def nb_knn(state: ShardState, key: str, q_Q_D: np.ndarray, k: int, exclude_ids_Q: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    return get_local(state, key).search(q_Q_D, int(k), exclude_ids_Q=exclude_ids_Q)
+           ) -> Knn:
+    return Knn(*get_local(state, key).search(q_Q_D, int(k), exclude_ids_Q=exclude_ids_Q))
 
 
-@shard_op
-def nb_range(state: ShardState, key: str, q_Q_D: np.ndarray, r2: float, strict: bool = True
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return get_local(state, key).range_search(q_Q_D, float(r2), strict=strict)
+@shard_op(mutates=False)
+def nb_range(state: ShardState, key: str, q_Q_D: np.ndarray, r2: float, strict: bool = True) -> RangeHits:
+    return RangeHits(*get_local(state, key).range_search(q_Q_D, float(r2), strict=strict))
 
 
 @shard_op

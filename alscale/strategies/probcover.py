@@ -26,7 +26,7 @@ number of edges is capped by ``max_edges`` (a clear error names δ and the count
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,11 +35,12 @@ import logging
 from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
 from alscale.strategies import noise, progress
+from alscale.strategies import clustering
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_int_options
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
@@ -48,17 +49,90 @@ _OP = "alscale.strategies.probcover."
 _PAIRS = 1 << 22  # row pairs per block of canonical distances
 
 
-def _normed(state: ShardState, normalize: bool) -> np.ndarray:
-    sc = state.strategy_state.setdefault("probcover", {})
-    if "x" not in sc:
+@dataclass
+class DeltaGraph:
+    """The δ-ball graph of a shard's rows: CSR by source row (``csr_ptr_N1`` into the target
+    ids ``csr_dst_E``), the reverse map from target id to source rows (``rev_ids_E``
+    sorted, ``rev_src_E``), and each row's current ``degree_N`` (edges to rows not yet
+    covered)."""
+
+    csr_ptr_N1: np.ndarray
+    csr_dst_E: np.ndarray
+    rev_ids_E: np.ndarray
+    rev_src_E: np.ndarray
+    degree_N: np.ndarray
+
+    @classmethod
+    def from_edges(cls, src_E: np.ndarray, dst_E: np.ndarray, n: int) -> "DeltaGraph":
+        """From edges (source row position, target row id)."""
+        o = np.lexsort((dst_E, src_E))
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(src_E, minlength=n))])
+        o2 = np.argsort(dst_E, kind="stable")
+        return cls(ptr, dst_E[o], dst_E[o2], src_E[o2], np.diff(ptr).astype(np.int64))
+
+    def ball(self, pos: int) -> np.ndarray:
+        """Target ids of the edges from the row at ``pos``."""
+        return self.csr_dst_E[self.csr_ptr_N1[pos]:self.csr_ptr_N1[pos + 1]]
+
+    def balls(self, positions: np.ndarray) -> np.ndarray:
+        """The union of the balls of the rows at ``positions`` (sorted ids)."""
+        parts = [self.ball(int(p)) for p in positions]
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def cover(self, new_ids: np.ndarray) -> None:
+        """``new_ids`` became covered: lower the degree of every row with an edge to one."""
+        new_ids = np.asarray(new_ids, np.int64)
+        if new_ids.size == 0:
+            return
+        lo = np.searchsorted(self.rev_ids_E, new_ids, side="left")
+        hi = np.searchsorted(self.rev_ids_E, new_ids, side="right")
+        if (hi > lo).any():
+            np.subtract.at(self.degree_N, np.concatenate([self.rev_src_E[a:b] for a, b in zip(lo, hi) if b > a]), 1)
+
+
+@dataclass
+class ProbCoverShard:
+    """One shard's ProbCover state (``state.strategy_state["probcover"]``): its rows as the
+    strategy sees them (``x_N_D``, L2-normalised when asked, float32); the all-pairs
+    construction's purity distances ``r_sq_N`` and edge lists; the frozen ``graph``; the
+    rows already picked ``picked_N``; and, for :mod:`alscale.strategies.probcover_graph`, the
+    neighbour ``index`` over ``x_N_D`` and the rows ordered by pseudo-label ``by_label``."""
+
+    x_N_D: np.ndarray
+    r_sq_N: np.ndarray | None = None
+    src: list[np.ndarray] = field(default_factory=list)
+    dst: list[np.ndarray] = field(default_factory=list)
+    graph: DeltaGraph | None = None
+    picked_N: np.ndarray | None = None
+    index: Any = None
+    by_label: Any = None
+
+    def finish(self, n: int) -> int:
+        """Freeze the edge lists into :attr:`graph`; returns the number of edges."""
+        src = np.concatenate(self.src or [np.empty(0, np.int64)])
+        dst = np.concatenate(self.dst or [np.empty(0, np.int64)])
+        self.src, self.dst = [], []
+        self.graph = DeltaGraph.from_edges(src, dst, n)
+        self.picked_N = np.zeros(n, dtype=bool)
+        return int(dst.shape[0])
+
+
+def shard(state: ShardState, normalize: bool) -> ProbCoverShard:
+    """This shard's :class:`ProbCoverShard` (created on first use, with its rows)."""
+    pc = state.strategy_state.get("probcover")
+    if pc is None:
         if state.embeddings_N_D is None:
             raise ValueError("ProbCover needs embeddings, but this shard has none")
         x = np.asarray(state.embeddings_N_D, dtype=np.float64)
         if normalize:
             norm = np.sqrt((x * x).sum(axis=1, keepdims=True))
             x = x / np.where(norm > 0, norm, 1.0)
-        sc["x"] = x.astype(np.float32)
-    return sc["x"]
+        pc = state.strategy_state["probcover"] = ProbCoverShard(x.astype(np.float32))
+    return pc
+
+
+def _normed(state: ShardState, normalize: bool) -> np.ndarray:
+    return shard(state, normalize).x_N_D
 
 
 def _pairs_within(a: np.ndarray, b: np.ndarray, limit_sq: float, *, strict: bool = True
@@ -84,22 +158,47 @@ def _pairs_within(a: np.ndarray, b: np.ndarray, limit_sq: float, *, strict: bool
 
 # -- shard ops: the purity rule --------------------------------------------------------
 
+class Chunk(NamedTuple):
+    """Rows of one shard: ids, (normalised) embeddings, k-means pseudo-labels (empty before
+    the k-means)."""
+
+    row_ids_M: np.ndarray
+    x_M_D: np.ndarray
+    labels_M: np.ndarray
+
+
+class Draws(NamedTuple):
+    """A shard's best rows by keyed uniform noise (the random fill): noise and ids."""
+
+    u_K: np.ndarray
+    row_ids_K: np.ndarray
+
+
+class Best(NamedTuple):
+    """A shard's best row by current degree (ties: lower id); ``(-1, -1)`` when none."""
+
+    degree: int
+    row_id: int
+
+
 @shard_op
-def pc_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``[start, stop)`` of this shard: (row_ids, normalised embeddings, k-means labels or empty)."""
+def pc_chunk(state: ShardState, start: int, stop: int, normalize: bool) -> Chunk:
+    """Rows ``[start, stop)`` of this shard."""
     x = _normed(state, normalize)
-    labels = state.strategy_state.get("kmeans")
+    labels = clustering.labels(state, required=False)
     lab = labels[start:stop] if labels is not None else np.empty(0, np.int64)
-    return state.row_ids_N[start:stop], x[start:stop], lab
+    return Chunk(state.row_ids_N[start:stop], x[start:stop], lab)
 
 
 @shard_op
 def pc_other_label_dist(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarray, normalize: bool) -> None:
     """Lower each row's squared distance to its nearest row of another pseudo-label."""
-    x = _normed(state, normalize)
-    sc = state.strategy_state["probcover"]
-    mine = state.strategy_state["kmeans"]
-    r = sc.setdefault("r_sq", np.full(x.shape[0], np.inf))
+    pc = shard(state, normalize)
+    x = pc.x_N_D
+    mine = clustering.labels(state)
+    if pc.r_sq_N is None:
+        pc.r_sq_N = np.full(x.shape[0], np.inf)
+    r = pc.r_sq_N
     rows = max(1, _PAIRS // max(1, x_M_D.shape[0]))
     m_sq = (x_M_D.astype(np.float64) ** 2).sum(1)
     for r0 in range(0, x.shape[0], rows):
@@ -116,9 +215,9 @@ def pc_other_label_dist(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarr
             np.minimum.at(r, r0 + i_idx, d)
 
 
-@shard_op
+@shard_op(mutates=False)
 def pc_other_label_values(state: ShardState) -> np.ndarray:
-    return state.strategy_state["probcover"]["r_sq"]
+    return state.strategy_state["probcover"].r_sq_N
 
 
 # -- shard ops: the graph and the greedy ---------------------------------------------------
@@ -126,72 +225,61 @@ def pc_other_label_values(state: ShardState) -> np.ndarray:
 @shard_op
 def pc_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq: float, normalize: bool) -> int:
     """Add edges from this shard's rows to the chunk's rows within δ; returns edges added."""
-    x = _normed(state, normalize)
-    sc = state.strategy_state["probcover"]
-    i, j, _ = _pairs_within(x, x_M_D, delta_sq)
-    sc.setdefault("src", []).append(i.astype(np.int64))
-    sc.setdefault("dst", []).append(np.asarray(ids_M, np.int64)[j])
+    pc = shard(state, normalize)
+    i, j, _ = _pairs_within(pc.x_N_D, x_M_D, delta_sq)
+    pc.src.append(i.astype(np.int64))
+    pc.dst.append(np.asarray(ids_M, np.int64)[j])
     return int(i.size)
 
 
 @shard_op
 def pc_finish(state: ShardState) -> None:
     """Freeze the edges: CSR by source row, and (target id -> source rows) for the updates."""
-    sc = state.strategy_state["probcover"]
-    src = np.concatenate(sc.pop("src", [np.empty(0, np.int64)]))
-    dst = np.concatenate(sc.pop("dst", [np.empty(0, np.int64)]))
-    o = np.lexsort((dst, src))
-    sc["csr_dst"] = dst[o]
-    sc["csr_ptr"] = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=state.row_ids_N.shape[0]))])
-    o2 = np.argsort(dst, kind="stable")
-    sc["rev_ids"] = dst[o2]
-    sc["rev_src"] = src[o2]
-    sc["degree"] = np.diff(sc["csr_ptr"]).astype(np.int64)
-    sc["covered_ids"] = np.empty(0, np.int64)
+    state.strategy_state["probcover"].finish(state.row_ids_N.shape[0])
 
 
-@shard_op
+@shard_op(mutates=False)
 def pc_ball(state: ShardState, row_ids: np.ndarray) -> np.ndarray:
     """The union of the balls (neighbour ids) of the requested rows held here."""
-    sc = state.strategy_state["probcover"]
-    pos = np.flatnonzero(np.isin(state.row_ids_N, row_ids))
-    parts = [sc["csr_dst"][sc["csr_ptr"][p]:sc["csr_ptr"][p + 1]] for p in pos]
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+    return state.strategy_state["probcover"].graph.balls(np.flatnonzero(np.isin(state.row_ids_N, row_ids)))
 
 
 @shard_op
-def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) -> tuple[int, int]:
+def pc_cover(state: ShardState, new_ids: np.ndarray, exclude_ids: np.ndarray) -> Best:
     """Mark ``new_ids`` covered (lowering the degree of every row with an edge to one), take
     ``exclude_ids`` out of the candidates; return this shard's best (degree, row_id)."""
-    sc = state.strategy_state["probcover"]
-    new_ids = np.asarray(new_ids, np.int64)
-    if new_ids.size:
-        lo = np.searchsorted(sc["rev_ids"], new_ids, side="left")
-        hi = np.searchsorted(sc["rev_ids"], new_ids, side="right")
-        hit = np.concatenate([sc["rev_src"][a:b] for a, b in zip(lo, hi)])
-        np.subtract.at(sc["degree"], hit, 1)
-    picked = sc.setdefault("picked", np.zeros(state.row_ids_N.shape[0], dtype=bool))
+    pc = state.strategy_state["probcover"]
+    pc.graph.cover(new_ids)
     if np.asarray(exclude_ids).size:
-        picked |= np.isin(state.row_ids_N, exclude_ids)
-    cand = np.flatnonzero(state.candidates_N & ~picked)
+        pc.picked_N |= np.isin(state.row_ids_N, exclude_ids)
+    cand = np.flatnonzero(state.candidates_N & ~pc.picked_N)
     if cand.size == 0:
-        return -1, -1
-    deg = sc["degree"][cand]
+        return Best(-1, -1)
+    deg = pc.graph.degree_N[cand]
     best = deg.max()
     at = cand[deg == best]
-    return int(best), int(state.row_ids_N[at].min())
+    return Best(int(best), int(state.row_ids_N[at].min()))
 
 
 @shard_op
-def pc_random(state: ShardState, seed: int, round: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """This shard's best ``k`` unlabelled rows by keyed uniform noise (the random fill)."""
-    cand = np.flatnonzero(state.candidates_N & ~state.strategy_state["probcover"]["picked"])
+def pc_random(state: ShardState, seed: int, round: int, k: int) -> Draws:
+    """This shard's best ``k`` unpicked candidate rows by keyed uniform noise (the random fill)."""
+    cand = np.flatnonzero(state.candidates_N & ~state.strategy_state["probcover"].picked_N)
     u = noise.keyed_uniform(seed, round, state.row_ids_N[cand])
     o = np.lexsort((state.row_ids_N[cand], -u))[:k]
-    return u[o], state.row_ids_N[cand][o]
+    return Draws(u[o], state.row_ids_N[cand][o])
 
 
 # -- coordinator --------------------------------------------------------------------------
+
+def random_fill(shards: Shards, seed: int, round: int, k: int) -> list[int]:
+    """The ``k`` unpicked candidate rows of largest keyed uniform noise (ties: lower id), as
+    the reference fills the budget when nothing is left to cover."""
+    parts = shards.call(_OP + "pc_random", seed, round, k)
+    u = np.concatenate([p.u_K for p in parts])
+    r = np.concatenate([p.row_ids_K for p in parts])
+    return r[np.lexsort((r, -u))[:k]].tolist()
+
 
 def _chunks(shards: Shards, sizes: list[int], chunk_rows: int, normalize: bool):
     """Every row of the pool, shard by shard, in chunks: (row_ids, normalised x, labels)."""
@@ -214,7 +302,7 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
     return float(math.sqrt(r_sq[m - 1])) if np.isfinite(r_sq[m - 1]) else float("inf")
 
 
-@shard_op
+@shard_op(mutates=False)
 def pc_size(state: ShardState) -> int:
     return int(state.row_ids_N.shape[0])
 
@@ -298,16 +386,12 @@ def select_probcover_allpairs(shards: Shards, budget: int, *, options: dict[str,
         covered_set.update(new.tolist())
         best = shards.call(_OP + "pc_cover", new, np.array([row], np.int64))
     if len(ids_B) < budget:  # nothing left to cover: the reference fills the budget at random
-        parts = shards.call(_OP + "pc_random", seed, round, budget - len(ids_B))
-        u = np.concatenate([p[0] for p in parts])
-        r = np.concatenate([p[1] for p in parts])
-        o = np.lexsort((r, -u))[:budget - len(ids_B)]
-        ids_B += r[o].tolist()
-        scores_B += [0.0] * o.shape[0]
+        ids_B += random_fill(shards, seed, round, budget - len(ids_B))
+        scores_B += [0.0] * (len(ids_B) - len(scores_B))
     return Selection(np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), "probcover")
 
 
-@shard_op
+@shard_op(mutates=False)
 def pc_labeled_ids(state: ShardState) -> np.ndarray:
     return state.row_ids_N[state.labeled_N]
 

@@ -28,51 +28,66 @@ float64 products:
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from alscale.errors import AlscaleError
 from alscale.index.neighbours import Candidates, exact_knn, is_exact
 from alscale.strategies import noise, progress
+from alscale.strategies import clustering
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 
 _OP = "alscale.strategies.probcover_graph."
 _PC = "alscale.strategies.probcover."
-_KEY = "probcover_graph"
 
 
-def _sc(state: ShardState) -> dict[str, Any]:
-    return state.strategy_state.setdefault(_KEY, {})
+def _pc(state: ShardState, normalize: bool | None = None) -> Any:
+    """This shard's :class:`alscale.strategies.probcover.ProbCoverShard` (``normalize``:
+    create it when missing)."""
+    from alscale.strategies.probcover import shard
+
+    return shard(state, bool(normalize)) if normalize is not None else state.strategy_state["probcover"]
 
 
 def _normed(state: ShardState, normalize: bool) -> np.ndarray:
-    from alscale.strategies.probcover import _normed as normed
+    return _pc(state, normalize).x_N_D
 
-    return normed(state, normalize)
+
+@dataclass
+class LabelOrder:
+    """A shard's rows sorted by pseudo-label (for the other-label 1-NN of the purity rule):
+    ``labels_N`` ascending, the rows ``x_N_D`` and their ``x_sq_N`` in that order, and the
+    candidate passes built over label slices (``(label, 'lo' | 'hi')`` -> Candidates)."""
+
+    labels_N: np.ndarray
+    x_N_D: np.ndarray
+    x_sq_N: np.ndarray
+    cands: dict = field(default_factory=dict)
 
 
 # -- purity rule ------------------------------------------------------------------------------
 
-@shard_op
-def pcg_sample(state: ShardState, seed: int, round: int, frac: float, normalize: bool
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """This shard's rows with keyed uniform noise below ``frac``: (ids, normalised x, labels)."""
+@shard_op(mutates=False)
+def pcg_sample(state: ShardState, seed: int, round: int, frac: float, normalize: bool) -> Any:
+    """This shard's rows with keyed uniform noise below ``frac`` (a ``probcover.Chunk``)."""
+    from alscale.strategies.probcover import Chunk
+
     u = noise.keyed_uniform(seed, round, state.row_ids_N)
     pos = np.flatnonzero(u < frac)
-    return state.row_ids_N[pos], _normed(state, normalize)[pos], state.strategy_state["kmeans"][pos]
+    return Chunk(state.row_ids_N[pos], _normed(state, normalize)[pos], clustering.labels(state)[pos])
 
 
-def _by_label(state: ShardState, normalize: bool) -> dict[str, Any]:
-    sc = _sc(state)
-    if "label_order" not in sc:
-        labels = np.asarray(state.strategy_state["kmeans"], np.int64)
+def _by_label(state: ShardState, normalize: bool) -> LabelOrder:
+    pc = _pc(state, normalize)
+    if pc.by_label is None:
+        labels = np.asarray(clustering.labels(state), np.int64)
         order = np.argsort(labels, kind="stable")
-        xs = np.ascontiguousarray(_normed(state, normalize)[order])
-        sc["label_order"] = {"labels": labels[order], "x": xs, "x_sq": np.einsum("nd,nd->n", xs, xs),
-                             "cands": {}}
-    return sc["label_order"]
+        xs = np.ascontiguousarray(pc.x_N_D[order])
+        pc.by_label = LabelOrder(labels[order], xs, np.einsum("nd,nd->n", xs, xs))
+    return pc.by_label
 
 
 @shard_op
@@ -82,15 +97,15 @@ def pcg_other_label(state: ShardState, x_M_D: np.ndarray, labels_M: np.ndarray, 
     out = np.full(x_M_D.shape[0], np.inf)
     for c in np.unique(labels_M):
         qpos = np.flatnonzero(labels_M == c)
-        a = int(np.searchsorted(lo["labels"], c, side="left"))
-        b = int(np.searchsorted(lo["labels"], c, side="right"))
-        for part, (s0, s1) in (("lo", (0, a)), ("hi", (b, lo["x"].shape[0]))):
+        a = int(np.searchsorted(lo.labels_N, c, side="left"))
+        b = int(np.searchsorted(lo.labels_N, c, side="right"))
+        for part, (s0, s1) in (("lo", (0, a)), ("hi", (b, lo.x_N_D.shape[0]))):
             if s1 <= s0:
                 continue
             key = (int(c), part)
-            if key not in lo["cands"]:
-                lo["cands"][key] = Candidates(lo["x"][s0:s1], x_sq_N=lo["x_sq"][s0:s1])
-            d2, _ = exact_knn(lo["cands"][key], np.arange(s1 - s0), x_M_D[qpos], 1)
+            if key not in lo.cands:
+                lo.cands[key] = Candidates(lo.x_N_D[s0:s1], x_sq_N=lo.x_sq_N[s0:s1])
+            d2, _ = exact_knn(lo.cands[key], np.arange(s1 - s0), x_M_D[qpos], 1)
             np.minimum.at(out, qpos, d2[:, 0])
     return out
 
@@ -100,9 +115,9 @@ def pcg_other_label_within(state: ShardState, x_M_D: np.ndarray, labels_M: np.nd
                            ) -> np.ndarray:
     """Per query, the canonical squared distance to this shard's nearest row of another label
     if it is below ``tau_sq``, else inf (a range search on the shard's exact index)."""
-    lims, d2, pos = _sc(state)["index"].range_search(x_M_D, tau_sq, strict=True)
+    lims, d2, pos = _pc(state).index.range_search(x_M_D, tau_sq, strict=True)
     q = np.repeat(np.arange(x_M_D.shape[0]), np.diff(lims))
-    other = state.strategy_state["kmeans"][pos] != np.asarray(labels_M)[q]
+    other = clustering.labels(state)[pos] != np.asarray(labels_M)[q]
     out = np.full(x_M_D.shape[0], np.inf)
     np.minimum.at(out, q[other], d2[other])
     return out
@@ -115,16 +130,46 @@ def _quantile_sq(r_sq: np.ndarray, purity: float) -> float:
     return float(r[m - 1])
 
 
-def _sample_r(shards: Shards, n: int, sample: int, seed: int, round: int, normalize: bool, chunk_rows: int
-              ) -> np.ndarray:
+def _sample(shards: Shards, n: int, sample: int, seed: int, round: int, normalize: bool
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """About ``sample`` rows drawn by keyed uniform noise: (normalised x, pseudo-labels)."""
     parts = shards.call(_OP + "pcg_sample", seed, round, float(sample) / n, normalize)
-    x = np.concatenate([p[1] for p in parts])
-    lab = np.concatenate([p[2] for p in parts])
-    out = []
-    for s0 in range(0, x.shape[0], chunk_rows):
-        res = shards.call(_OP + "pcg_other_label", x[s0:s0 + chunk_rows], lab[s0:s0 + chunk_rows], normalize)
-        out.append(np.min(np.stack(res), axis=0))
-    return np.concatenate(out) if out else np.empty(0)
+    return np.concatenate([p.x_M_D for p in parts]), np.concatenate([p.labels_M for p in parts])
+
+
+def _other_label_sq(shards: Shards, chunks: Any, op: str, *args: Any) -> np.ndarray:
+    """Per row of ``chunks()`` ((x, labels) pairs), the minimum over shards of ``op``."""
+    parts = [np.min(np.stack(shards.call(_OP + op, x, lab, *args)), axis=0) for x, lab in chunks()]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _rule_rows(shards: Shards, n: int, sample: int | None, seed: int, round: int, normalize: bool,
+               chunk_rows: int) -> tuple[Any, int]:
+    """The rows the purity rule is applied to — every row, or the keyed sample — as a
+    function giving their (x, labels) chunks, and their number."""
+    from alscale.strategies.probcover import _chunks
+
+    if sample is None or sample >= n:
+        sizes = [int(v) for v in shards.call(_PC + "pc_size")]
+        return (lambda: ((x, lab) for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize))), n
+    x, lab = _sample(shards, n, sample, seed, round, normalize)
+    return (lambda: ((x[s:s + chunk_rows], lab[s:s + chunk_rows]) for s in range(0, x.shape[0], chunk_rows))), \
+        int(x.shape[0])
+
+
+def _first_radius(shards: Shards, n: int, t: int, m: int, seed: int, round: int, normalize: bool,
+                  chunk_rows: int) -> float:
+    """A radius τ likely above the rule's quantile: from the exact distances of a keyed
+    probe of :data:`_PROBE` rows (brute-force 1-NN per label)."""
+    x, lab = _sample(shards, n, min(n, _PROBE), seed + 1, round, normalize)
+    probe = _other_label_sq(shards, lambda: ((x[s:s + chunk_rows], lab[s:s + chunk_rows])
+                                             for s in range(0, x.shape[0], chunk_rows)), "pcg_other_label", normalize)
+    probe = probe[np.isfinite(probe)]
+    return float(np.quantile(probe, min(1.0, 2.0 * t / m + 0.01))) * 1.2 if probe.size else 0.0
+
+
+#: Rows of the probe that suggests the first radius of the purity rule's range searches.
+_PROBE = 1000
 
 
 def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bool, chunk_rows: int, seed: int,
@@ -132,39 +177,28 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
     """The largest δ at which at least ``purity`` of the δ-balls are pure; with ``sample``,
     of the balls around about ``sample`` keyed-random rows (approximate).
 
-    Exact: a keyed sample of rows (brute-force 1-NN per label) suggests a radius τ above the
-    quantile; one range search at τ per row (the shards' exact cell-pruned indexes, built
-    by ``pcg_index`` before) gives every distance below τ exactly. When at least the
-    ``n - ceil(purity·n) + 1`` smallest are among them, the quantile is exact; otherwise τ
-    grows and the pass repeats."""
-    from alscale.strategies.probcover import _chunks
-
+    A probe (brute-force 1-NN per label) suggests a radius τ above the quantile; one range
+    search at τ per rule row (the shards' exact cell-pruned indexes, built by ``pcg_index``)
+    gives every distance below τ exactly. When at least the ``m - ceil(purity·m) + 1``
+    smallest of the ``m`` rows' distances are among them, the quantile is exact; otherwise
+    τ grows and the pass repeats."""
     n = shards.n_rows()
     kmeans(shards, int(min(n_classes, n)), seed=seed, round=round, max_iters=kmeans_iters)
     try:
-        if sample is not None and sample < n:
-            r_sq = _sample_r(shards, n, sample, seed, round, normalize, chunk_rows)
-            return float(math.sqrt(_quantile_sq(r_sq, purity))) if r_sq.size and \
-                np.isfinite(_quantile_sq(r_sq, purity)) else float("inf")
-        shards.call(_OP + "pcg_index", "exact", {}, normalize, int(seed), True)  # after k-means: its own state
-        t = n - max(1, math.ceil(purity * n)) + 1  # the t-th smallest squared distance is δ²
-        probe = _sample_r(shards, n, min(n, 4000), seed + 1, round, normalize, chunk_rows)
-        probe = probe[np.isfinite(probe)]
-        tau = float(np.quantile(probe, min(1.0, 2.0 * t / n + 0.01))) * 1.2 if probe.size else 0.0
-        sizes = [int(v) for v in shards.call(_PC + "pc_size")]
+        chunks, m = _rule_rows(shards, n, sample, seed, round, normalize, chunk_rows)
+        if m == 0:
+            return float("inf")
+        # after k-means (its own state); sized for the m rule rows' range searches
+        shards.call(_OP + "pcg_index", "exact", {"queries": m} if m < n else {}, normalize, int(seed), True)
+        t = m - max(1, math.ceil(purity * m)) + 1  # the t-th smallest squared distance is δ²
+        tau = _first_radius(shards, n, t, m, seed, round, normalize, chunk_rows)
         while 0.0 < tau < 4.0 + 1e-9:  # unit vectors: every squared distance is <= 4
-            parts = []
-            for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
-                res = shards.call(_OP + "pcg_other_label_within", x, lab, tau)
-                parts.append(np.min(np.stack(res), axis=0))
-            r_sq = np.concatenate(parts)
+            r_sq = _other_label_sq(shards, chunks, "pcg_other_label_within", tau)
             if np.count_nonzero(r_sq < tau) >= t:
                 return float(math.sqrt(np.partition(r_sq, t - 1)[t - 1]))
             tau *= 4.0
         # Not normalised, or one label: every row's distance, brute force.
-        r_sq = np.concatenate([np.min(np.stack(shards.call(_OP + "pcg_other_label", x, lab, normalize)), axis=0)
-                               for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize)])
-        q = _quantile_sq(r_sq, purity)
+        q = _quantile_sq(_other_label_sq(shards, chunks, "pcg_other_label", normalize), purity)
         return float(math.sqrt(q)) if np.isfinite(q) else float("inf")
     finally:
         shards.call(_OP + "pcg_drop_purity")
@@ -172,7 +206,8 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
 
 @shard_op
 def pcg_drop_purity(state: ShardState) -> None:
-    _sc(state).pop("label_order", None)
+    if "probcover" in state.strategy_state:
+        _pc(state).by_label = None
 
 
 # -- the graph ----------------------------------------------------------------------------------
@@ -184,88 +219,83 @@ def pcg_index(state: ShardState, mode: str, params: dict[str, Any], normalize: b
     the same mode built before (the purity rule's)."""
     from alscale.index.neighbours import make_index
 
-    x = _normed(state, normalize)
-    sc = _sc(state)
-    if not (reuse and "index" in sc and sc["index"].mode == mode):
-        sc["index"] = make_index(mode, x, np.arange(x.shape[0]), params=params, seed=seed)
-    sc["src"], sc["dst"] = [], []
-    return int(x.shape[0])
+    pc = _pc(state, normalize)
+    if not (reuse and pc.index is not None and pc.index.mode == mode):
+        pc.index = None
+        pc.index = make_index(mode, pc.x_N_D, np.arange(pc.x_N_D.shape[0]), params=params, seed=seed)
+    pc.src, pc.dst = [], []
+    return int(pc.x_N_D.shape[0])
 
 
 @shard_op
 def pcg_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq: float) -> int:
     """Edges from this shard's rows to the chunk's rows within δ (strict); returns their number."""
-    sc = _sc(state)
-    lims, _, pos = sc["index"].range_search(x_M_D, delta_sq, strict=True)
+    pc = _pc(state)
+    lims, _, pos = pc.index.range_search(x_M_D, delta_sq, strict=True)
     q = np.repeat(np.arange(x_M_D.shape[0]), np.diff(lims))
-    sc["src"].append(pos.astype(np.int64))
-    sc["dst"].append(np.asarray(ids_M, np.int64)[q])
+    pc.src.append(pos.astype(np.int64))
+    pc.dst.append(np.asarray(ids_M, np.int64)[q])
     return int(pos.shape[0])
 
 
 @shard_op
 def pcg_finish(state: ShardState) -> int:
     """Freeze the edges: CSR by source row, and (target id -> source rows) for the updates."""
-    sc = _sc(state)
-    sc.pop("index", None)
-    src = np.concatenate(sc.pop("src") or [np.empty(0, np.int64)])
-    dst = np.concatenate(sc.pop("dst") or [np.empty(0, np.int64)])
-    o = np.lexsort((dst, src))
-    sc["csr_dst"] = dst[o]
-    sc["csr_ptr"] = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=state.row_ids_N.shape[0]))])
-    o2 = np.argsort(dst, kind="stable")
-    sc["rev_ids"], sc["rev_src"] = dst[o2], src[o2]
-    sc["degree"] = np.diff(sc["csr_ptr"]).astype(np.int64)
-    sc["picked"] = np.zeros(state.row_ids_N.shape[0], dtype=bool)
-    return int(dst.shape[0])
+    pc = _pc(state)
+    pc.index = None
+    return pc.finish(state.row_ids_N.shape[0])
 
 
-@shard_op
+@shard_op(mutates=False)
 def pcg_graph(state: ShardState) -> tuple[np.ndarray, np.ndarray]:
     """The edges as (source row ids, target row ids), sorted (for tests and benchmarks)."""
-    sc = _sc(state)
-    src = np.repeat(state.row_ids_N, np.diff(sc["csr_ptr"]))
-    return src, sc["csr_dst"]
+    g = _pc(state).graph
+    return np.repeat(state.row_ids_N, np.diff(g.csr_ptr_N1)), g.csr_dst_E
 
 
-@shard_op
+@shard_op(mutates=False)
 def pcg_labeled_balls(state: ShardState) -> np.ndarray:
-    sc = _sc(state)
-    pos = np.flatnonzero(state.labeled_N)
-    parts = [sc["csr_dst"][sc["csr_ptr"][p]:sc["csr_ptr"][p + 1]] for p in pos]
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+    return _pc(state).graph.balls(np.flatnonzero(state.labeled_N))
+
+
+class Offer(NamedTuple):
+    """A row a shard offers to the greedy: its degree, id and ball (target ids)."""
+
+    degree: int
+    row_id: int
+    ball_ids: np.ndarray
+
+
+class Offers(NamedTuple):
+    """A shard's ``offers`` (best first) and the ``(degree, row_id)`` of its next row, a bound
+    on every row it did not offer (``(-1, -1)``: none)."""
+
+    offers: list[Offer]
+    bound: tuple[int, int]
 
 
 @shard_op
-def pcg_offer(state: ShardState, new_ids: np.ndarray, picked_ids: np.ndarray, m: int
-              ) -> tuple[list[tuple[int, int, np.ndarray]], tuple[int, int]]:
+def pcg_offer(state: ShardState, new_ids: np.ndarray, picked_ids: np.ndarray, m: int) -> Offers:
     """Cover ``new_ids`` (each newly covered: lower the degree of every row with an edge to
     it), mark ``picked_ids`` picked; offer this shard's best ``m`` rows by (degree desc, id)
     with their balls, and the (degree, id) of the next one ((-1, -1) when none)."""
-    sc = _sc(state)
-    new_ids = np.asarray(new_ids, np.int64)
-    if new_ids.size:
-        lo = np.searchsorted(sc["rev_ids"], new_ids, side="left")
-        hi = np.searchsorted(sc["rev_ids"], new_ids, side="right")
-        if (hi > lo).any():
-            hit = np.concatenate([sc["rev_src"][a:b] for a, b in zip(lo, hi) if b > a])
-            np.subtract.at(sc["degree"], hit, 1)
+    pc = _pc(state)
+    pc.graph.cover(new_ids)
     if np.asarray(picked_ids).size:
-        sc["picked"] |= np.isin(state.row_ids_N, picked_ids)
-    cand = np.flatnonzero(state.candidates_N & ~sc["picked"])
-    deg = sc["degree"][cand]
+        pc.picked_N |= np.isin(state.row_ids_N, picked_ids)
+    cand = np.flatnonzero(state.candidates_N & ~pc.picked_N)
+    deg = pc.graph.degree_N[cand]
     take = min(m + 1, cand.shape[0])
     if take == 0:
-        return [], (-1, -1)
+        return Offers([], (-1, -1))
     if take < cand.shape[0]:
         kth = np.partition(-deg, take - 1)[take - 1]
         sel = np.flatnonzero(-deg <= kth)
         cand, deg = cand[sel], deg[sel]
     o = np.lexsort((state.row_ids_N[cand], -deg))[:take]
-    offers = [(int(deg[i]), int(state.row_ids_N[cand[i]]),
-               sc["csr_dst"][sc["csr_ptr"][cand[i]]:sc["csr_ptr"][cand[i] + 1]]) for i in o[:m]]
+    offers = [Offer(int(deg[i]), int(state.row_ids_N[cand[i]]), pc.graph.ball(int(cand[i]))) for i in o[:m]]
     bound = (int(deg[o[m]]), int(state.row_ids_N[cand[o[m]]])) if o.shape[0] > m else (-1, -1)
-    return offers, bound
+    return Offers(offers, bound)
 
 
 def greedy(shards: Shards, budget: int, offer: int) -> tuple[list[int], list[float]]:
@@ -277,8 +307,8 @@ def greedy(shards: Shards, budget: int, offer: int) -> tuple[list[int], list[flo
     scores_B: list[float] = []
     while len(ids_B) < budget:
         res = shards.call(_OP + "pcg_offer", new_ids, picked, int(offer))
-        offers = {row: ball for part, _ in res for _, row, ball in part}
-        bounds = [b for _, b in res]
+        offers = {o.row_id: o.ball_ids for r in res for o in r.offers}
+        bounds = [r.bound for r in res]
         if not offers:
             break
         bound = max(bounds, key=lambda b: (b[0], -b[1]))
@@ -315,7 +345,7 @@ def greedy(shards: Shards, budget: int, offer: int) -> tuple[list[int], list[flo
 @shard_op
 def pcg_mark(state: ShardState, picked_ids: np.ndarray) -> None:
     """Record the picks (for the random fill), as ``probcover.pc_random`` expects them."""
-    state.strategy_state.setdefault("probcover", {})["picked"] = np.isin(state.row_ids_N, picked_ids)
+    _pc(state).picked_N = np.isin(state.row_ids_N, picked_ids)
 
 
 # -- the strategy -------------------------------------------------------------------------------
@@ -352,12 +382,10 @@ def select(shards: Shards, budget: int, options: dict[str, Any], seed: int, roun
                         max_edges=options["max_edges"], seed=seed)
     ids_B, scores_B = greedy(shards, budget, int(options["offer"]))
     if len(ids_B) < budget:  # nothing left to cover: the reference fills the budget at random
-        parts = shards.call(_PC + "pc_random", seed, round, budget - len(ids_B))
-        u = np.concatenate([p[0] for p in parts])
-        r = np.concatenate([p[1] for p in parts])
-        o = np.lexsort((r, -u))[:budget - len(ids_B)]
-        ids_B += r[o].tolist()
-        scores_B += [0.0] * o.shape[0]
+        from alscale.strategies.probcover import random_fill
+
+        ids_B += random_fill(shards, seed, round, budget - len(ids_B))
+        scores_B += [0.0] * (len(ids_B) - len(scores_B))
     info = {"delta": float(delta), "edges": edges, "index": mode, "exact": is_exact(mode) and
             options["purity_sample"] is None}
     return np.asarray(ids_B, np.int64), np.asarray(scores_B, np.float64), info

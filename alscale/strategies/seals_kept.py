@@ -26,14 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from alscale.strategies import neighbour_ops
+from alscale.strategies.seals import labeled_rows, unlabeled_knn
 from alscale.strategies.shards import Shards
 
 logger = logging.getLogger(__name__)
-
-_OP = "alscale.strategies.seals."
-_QUERIES = 4096
-_KEY = "seals"
 
 
 @dataclass
@@ -57,27 +53,12 @@ def _sha(emb_L_D: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(emb_L_D, dtype=np.float32).tobytes()).hexdigest()
 
 
-def _search(shards: Shards, q_Q_D: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    d_parts, i_parts = [], []
-    for q0 in range(0, q_Q_D.shape[0], _QUERIES):
-        d, i = neighbour_ops.knn(shards, _KEY, q_Q_D[q0:q0 + _QUERIES], keep)
-        d_parts.append(d)
-        i_parts.append(i)
-    if not d_parts:
-        return np.empty((0, keep)), np.empty((0, keep), np.int64)
-    return np.concatenate(d_parts), np.concatenate(i_parts)
-
-
 def seals_with_kept(shards: Shards, k: int, kept: KeptNeighbours | None, *, mode: str = "exact",
                     keep_factor: int = 2) -> tuple[np.ndarray, KeptNeighbours, dict[str, Any]]:
     """SEALS candidates (sorted row ids) using and updating ``kept``; returns them, the new
     structure and a summary (searched rows, reused rows, why a structure was refused)."""
     keep = int(k) * int(keep_factor)
-    parts = shards.call(_OP + "seals_labeled")
-    ids = np.concatenate([p[0] for p in parts])
-    emb = np.concatenate([p[1] for p in parts])
-    o = np.argsort(ids, kind="stable")
-    ids, emb = ids[o], emb[o]
+    ids, emb = labeled_rows(shards)
     L = ids.shape[0]
     nbr_i = np.full((L, keep), -1, dtype=np.int64)
     nbr_d = np.full((L, keep), np.inf)
@@ -106,11 +87,7 @@ def seals_with_kept(shards: Shards, k: int, kept: KeptNeighbours | None, *, mode
         if refused:
             logger.info("SEALS: kept neighbours refused (%s); searching every labelled row", refused)
     q_pos = np.flatnonzero(search)
-    neighbour_ops.build(shards, _KEY, mode, rows="unlabeled")
-    try:
-        d, i = _search(shards, emb[q_pos], keep)
-    finally:
-        neighbour_ops.drop(shards, _KEY)
+    d, i = unlabeled_knn(shards, emb[q_pos], keep, mode)
     nbr_i[q_pos], nbr_d[q_pos] = i, d
     first = nbr_i[:, :k]
     cand = np.unique(first[first >= 0])

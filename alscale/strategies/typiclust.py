@@ -77,8 +77,8 @@ def typicality(x_N_D: np.ndarray, knn: int) -> np.ndarray:
 
     x = np.asarray(x_N_D, dtype=np.float64)
     x = x - x.mean(axis=0)
-    # float32 screen on the neighbour layer (FAISS kNN when installed; issue 16)
-    out = 1.0 / (np.sqrt(self_knn_sq(x, k).astype(np.float64)).mean(axis=1) + 1e-5)
+    # screen on the neighbour layer (exact k-NN of the float32 rows, cell-pruned; issue 16)
+    out = 1.0 / (np.sqrt(self_knn_sq(x, k)).mean(axis=1) + 1e-5)
     top = np.flatnonzero(out >= out.max() * (1.0 - SCREEN_MARGIN))
     out[top] = 1.0 / (knn_mean_distance(x, k, rows=top) + 1e-5)
     return out
@@ -101,7 +101,7 @@ def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], se
     k = int(min(n_labeled + budget, options["max_clusters"], n_cand))
     km = kmeans(shards, k, seed=seed, round=round, max_iters=options["kmeans_iters"])
     counts = km["counts"]
-    labeled = np.sum([c[1] for c in shards.call(_OP + "km_counts", k)], axis=0)
+    labeled = np.sum([c.labeled_K for c in shards.call(_OP + "km_counts", k)], axis=0)
     nonempty = np.flatnonzero(counts > 0)
     big = counts[nonempty] > options["min_cluster_size"]
 
@@ -124,9 +124,9 @@ def select_typiclust(shards: Shards, budget: int, *, options: dict[str, Any], se
                 continue
             if c not in members:
                 parts = shards.call(_OP + "km_members", c)
-                ids = np.concatenate([p[0] for p in parts])
-                emb = np.concatenate([p[1] for p in parts])
-                free = ~np.concatenate([p[2] for p in parts])
+                ids = np.concatenate([p.row_ids_R for p in parts])
+                emb = np.concatenate([p.embeddings_R_D for p in parts])
+                free = ~np.concatenate([p.taken_R for p in parts])
                 srt = np.argsort(ids[free], kind="stable")
                 members[c] = (ids[free][srt], emb[free][srt])
             ids, emb = members[c]

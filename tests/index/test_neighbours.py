@@ -36,11 +36,12 @@ def _brute_range(q, x, ids, r2):
     return [sorted(ids[np.flatnonzero(row < r2)].tolist()) for row in d]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+@pytest.mark.parametrize("backend", ["numpy", "faiss", "torch"])  # torch: the GPU path, run on the CPU
 def test_exact_knn_and_range_equal_brute_force(backend):
     x, ids = _data()
     q = x[:60]
-    ix = make_index("exact", x, ids, params={"backend": backend})
+    ix = make_index("exact", x, ids, params={"backend": backend, "cells": False})
+    assert repr(ix).endswith(f"candidates={backend}-cpu)" if backend != "numpy" else "candidates=numpy)")
     d, i = ix.search(q, 7, exclude_ids_Q=ids[:60])
     bd, bi = _brute_knn(q, x, ids, 7, ids[:60])
     np.testing.assert_array_equal(i, bi)
@@ -123,3 +124,59 @@ def test_gpu_candidate_pass_equals_cpu():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(cpu.range_search(q, 20.0), gpu.range_search(q, 20.0)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_cell_pruned_knn_equals_brute_force(k):
+    x, ids = _data(3000, 10, seed=3)
+    rng = np.random.default_rng(5)
+    q = np.concatenate([x[:150], (x[150:300] + rng.standard_normal((150, 10)) * 0.3).astype(np.float32),
+                        (rng.standard_normal((20, 10)) * 8).astype(np.float32)])  # rows, near rows, far away
+    excl = np.concatenate([ids[:150], np.full(170, -1)])
+    bd, bi = _brute_knn(q, x, ids, k, excl)
+    ix = make_index("exact", x, ids, params={"backend": "numpy", "cells": True})
+    for _ in range(2):  # the second call reuses the cells
+        d, i = ix.search(q, k, exclude_ids_Q=excl)
+        np.testing.assert_array_equal(i, bi)
+        np.testing.assert_allclose(d, bd, rtol=0, atol=1e-9)
+    assert ix.cells().scan_fraction() < 0.7  # clustered data: the cells prune
+    assert i[3][0] == ids[7] and (k == 1 or i[3][1] == ids[11])  # duplicates: ties to the lower id
+    d, i = ix.search(q, k)  # without exclusion each row finds itself first
+    np.testing.assert_array_equal(i[:150, 0], ids[np.where(np.isin(np.arange(150), (7, 11)), 3, np.arange(150))])
+
+
+def test_cell_pruned_knn_with_more_neighbours_than_a_cell_and_tiny_pools():
+    x, ids = _data(600, 6, seed=4)
+    for n in (1, 5, 600):
+        ix = make_index("exact", x[:n], ids[:n], params={"cells": True})
+        for k in (1, 3, 9, 700):
+            d, i = ix.search(x[:30], k)
+            bd, bi = _brute_knn(x[:30], x[:n], ids[:n], min(k, n))
+            np.testing.assert_array_equal(i[:, :min(k, n)], bi)
+            assert (i[:, n:] == -1).all() and np.isinf(d[:, n:]).all()
+
+
+@pytest.mark.gpu
+def test_gpu_paths_are_chosen_at_run_time_and_shards_agree_with_the_cpu():
+    """FAISS GPU where the wheel has the device's code, torch on CUDA otherwise; the sharded
+    exact search on the device equals the CPU's and brute force."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from alscale.index import cuda_device
+    from alscale.index.faiss_backend import faiss_gpu_usable
+
+    x, ids = _data(20000, 32)
+    ix = make_index("exact", x, ids, device=cuda_device())
+    want = "faiss-gpu" if faiss_gpu_usable(0) else "torch-cuda"
+    assert repr(ix).endswith(f"candidates={want})")
+    q = x[::97]
+    got = []
+    for device in (None, "auto"):
+        sh = _shards(x, ids, 3)
+        neighbour_ops.build(sh, "t", "exact", device=device)
+        got.append(neighbour_ops.knn(sh, "t", q, 12))
+    bd, bi = _brute_knn(q, x, ids, 12)
+    for d, i in got:
+        np.testing.assert_array_equal(i, bi)
+    np.testing.assert_array_equal(got[0][0], got[1][0])

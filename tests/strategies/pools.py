@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, clustering
 from tests.conftest import log_softmax
 
 
@@ -23,7 +23,7 @@ def make_shards(ids, emb, lp=None, n_shards=1, labeled=()):
 
 
 def labels_of(states) -> dict[int, int]:
-    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, s.strategy_state["kmeans"])}
+    return {int(r): int(c) for s in states for r, c in zip(s.row_ids_N, clustering.labels(s))}
 
 
 def coldstart_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,8 @@ import torch
 
 from alscale.errors import AlscaleError
 from alscale.strategies import run_strategy
-from tests.strategies.pools import make_shards
+from alscale.index.exact import sq_dist_rows
+from tests.strategies.pools import blobs, make_shards
 
 
 def test_alfamix_flags_follow_the_closed_form_with_autograd_gradients():
@@ -86,3 +87,24 @@ def test_alfamix_in_a_job_takes_the_model_head_and_the_ledger_labels(tmp_path):
     bad = dict(job, model={"factory": "linear", "kwargs": {"num_classes": 10}})
     with pytest.raises(AlscaleError, match="needs the model's last linear layer as an attribute 'head'"):
         run_job(validate_job(bad), out_dir=tmp_path / "o2", progress=False)
+
+
+def test_alfamix_nearest_candidate_per_centroid_equals_a_full_pass_per_centroid():
+    from alscale.strategies.alfamix import nearest_per_centroid
+
+    rng = np.random.default_rng(7)
+    x = blobs(3000, 5, 6, seed=8)
+    x[10] = x[20]  # a tie: the lower id first
+    ids = np.sort(rng.permutation(10 ** 6)[:3000]).astype(np.int64)
+    # centroids on rows, three on the tied pair, 30 on one point (their few neighbours get
+    # taken, so the later ones search again)
+    centers = np.concatenate([x[rng.choice(3000, 300)] + 0.01, x[[10, 10, 10]], np.repeat(x[[5]], 30, 0)]
+                             ).astype(np.float32)
+    got_i, got_d = nearest_per_centroid(x, ids, centers)
+    taken = np.zeros(3000, dtype=bool)
+    for j in range(centers.shape[0]):  # the reference: a full canonical pass per centroid
+        d = sq_dist_rows(x, centers[j])
+        d[taken] = np.inf
+        best = int(np.lexsort((ids, d))[0])
+        taken[best] = True
+        assert got_i[j] == ids[best] and got_d[j] == d[best]

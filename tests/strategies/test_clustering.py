@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from alscale.index.exact import sq_dist_rows
+from alscale.strategies import clustering
 from alscale.strategies.clustering import canonical_argmin, kmeans
 from tests.strategies.pools import labels_of, make_shards
 
@@ -42,3 +43,26 @@ def test_kmeans_is_the_same_for_every_sharding_and_matches_plain_lloyd(data):
     np.testing.assert_array_equal(lab, np.argmin(d, axis=1))
     means = np.stack([emb[lab == j].astype(np.float64).mean(0) for j in range(8)])
     np.testing.assert_allclose(means, centers, rtol=0, atol=1e-12)
+
+
+def test_kmeans_bounds_skip_rows_without_changing_any_assignment(data, monkeypatch):
+    """Hamerly's bounds (the rows whose cluster cannot change are skipped) and the per-cluster
+    sums updated by the rows that move give exactly the labels, centers and iteration count
+    of assigning every row and summing every cluster afresh at every iteration."""
+    ids, emb, _ = data
+    runs = []
+    for bounded in (True, False):
+        if not bounded:  # forget the last centers: every iteration is a first, full pass
+            first_use = clustering._km
+            monkeypatch.setattr(clustering, "_km", lambda st: _forget(first_use(st)))
+        shards, states = make_shards(ids, emb, n_shards=3)
+        km = kmeans(shards, 12, seed=5, round=0, tol=0.0)
+        runs.append((km, labels_of(states)))
+    (a, la), (b, lb) = runs
+    np.testing.assert_array_equal(a["centers"], b["centers"])
+    assert la == lb and a["iters"] == b["iters"] and a["iters"] > 2
+
+
+def _forget(km):
+    km.centers_K_D = None
+    return km

@@ -35,9 +35,9 @@ def _old_graph(sh, delta):
     sh.call(pc._OP + "pc_finish")
     src, dst = [], []
     for w in sh.fanout.workers:
-        s = w.strategy_state["probcover"]
-        src.append(np.repeat(w.row_ids_N, np.diff(s["csr_ptr"])))
-        dst.append(s["csr_dst"])
+        g = w.strategy_state["probcover"].graph
+        src.append(np.repeat(w.row_ids_N, np.diff(g.csr_ptr_N1)))
+        dst.append(g.csr_dst_E)
     return np.concatenate(src), np.concatenate(dst)
 
 
