@@ -52,6 +52,7 @@ if str(BENCH) not in sys.path:  # the sibling modules (peakmem, selection, ...) 
     sys.path.insert(0, str(BENCH))
 
 from peakmem import reset_peak, status_bytes  # noqa: E402
+
 DATA = ROOT / "data" / "bench"
 RESULTS = BENCH / "results" / "suite"  # the committed results, behind BENCHMARKS.md (--update-docs)
 SCRATCH = ROOT / "out" / "bench"  # the default results directory (git-ignored)
@@ -856,7 +857,7 @@ def main() -> int:
             label = run.get("peer", "alscale")
             print(f"[{i}/{len(runs)}] {label} {run['scenario']} rows={run['rows']:,} "
                   f"{run.get('executor', '')} w={run.get('workers', '')} {run.get('options') or ''}", flush=True)
-            rec = {**execute(run, timeout), **{"git": meta["git"], "machine": meta["machine"]}}
+            rec = {**execute(run, timeout), "git": meta["git"], "machine": meta["machine"]}
             t = seconds(rec)
             print(f"    {'%.3f s' % t if t is not None else rec.get('error')}", flush=True)
             recs.append(rec)

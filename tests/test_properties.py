@@ -52,7 +52,7 @@ def test_selection_never_holds_a_labelled_or_repeated_row(name, n, budget, seed,
     assert picked.size == min(budget, n - labeled.size)
     assert np.unique(picked).size == picked.size
     assert not np.isin(picked, labeled).any()
-    assert ((0 <= picked) & (picked < n)).all()
+    assert ((picked >= 0) & (picked < n)).all()
 
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),

@@ -26,8 +26,7 @@ import pyarrow.fs as pafs
 
 from alscale.errors import AlscaleError
 from alscale.fsio import LOCK_FILE, DirLock, atomic_write, cause, write_error  # noqa: F401 (re-exported)
-from alscale.pool import write_table
-from alscale.pool import location
+from alscale.pool import location, write_table
 from alscale.pool.location import Location, is_uri, one_line
 from alscale.types import Selection
 

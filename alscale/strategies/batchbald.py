@@ -72,6 +72,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
+from alscale.strategies import progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.joint_entropy import (
     MAX_CONFIGS_LIMIT,
     MAX_SAMPLES_LIMIT,
@@ -89,12 +91,10 @@ from alscale.strategies.joint_entropy import (
     row_conditional_entropy,
     row_expected_entropy,
 )
-from alscale.strategies import progress
 from alscale.strategies.scores import bald
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_budget
-from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 

@@ -18,18 +18,18 @@ The score of a pick is its margin score.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise
+from alscale.strategies import spec as _spec
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 from alscale.validation import check_int_options
-from dataclasses import dataclass
-from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.clustering."
 

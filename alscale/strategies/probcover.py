@@ -25,23 +25,21 @@ number of edges is capped by ``max_edges`` (a clear error names δ and the count
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
-import logging
-
 from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
-from alscale.strategies import noise, progress
-from alscale.strategies import clustering
+from alscale.strategies import clustering, noise, progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_int_options
-from dataclasses import dataclass, field
-from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class DeltaGraph:
     degree_N: np.ndarray
 
     @classmethod
-    def from_edges(cls, src_E: np.ndarray, dst_E: np.ndarray, n: int) -> "DeltaGraph":
+    def from_edges(cls, src_E: np.ndarray, dst_E: np.ndarray, n: int) -> DeltaGraph:
         """From edges (source row position, target row id)."""
         o = np.lexsort((dst_E, src_E))
         ptr = np.concatenate([[0], np.cumsum(np.bincount(src_E, minlength=n))])

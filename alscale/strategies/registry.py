@@ -125,7 +125,7 @@ def _ensure_builtins() -> None:
             return
         for module in (*BUILTIN_MODULES, *_other_spec_modules()):
             mod = importlib.import_module(module)
-            specs = getattr(mod, "SPECS", None) or (getattr(mod, "SPEC"),)
+            specs = getattr(mod, "SPECS", None) or (mod.SPEC,)
             for s in specs:
                 _add(s)
                 _BUILTIN.add(s.name)

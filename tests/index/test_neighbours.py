@@ -9,8 +9,7 @@ import pytest
 
 from alscale.errors import AlscaleError
 from alscale.index.neighbours import MODES, check_mode, is_exact, make_index, merge_knn
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState
-from alscale.strategies import neighbour_ops
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, neighbour_ops
 
 
 def _data(n=1500, d=12, seed=0):

@@ -10,9 +10,8 @@ import torch
 import alscale
 from alscale.errors import AlscaleError
 from alscale.jobspec import validate_job
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, registry, scores
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, batchbald, registry, scores
 from alscale.strategies import joint_entropy as je
-from alscale.strategies import batchbald
 from alscale.strategies.batchbald import batchbald_loop, check_options, prefilter_loop
 
 K_FIX = 20

@@ -3,7 +3,6 @@ disk, model updates every n labels, and clear errors."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
