@@ -63,7 +63,8 @@ def check_output_dir(out_dir: str | Path, *, force: bool, resume: bool = False) 
         if resume:
             raise AlscaleError(f"output {loc.display} already holds a finished selection ({done[0]}); pass --force "
                                "with --resume to select again from its cached scores, or choose another --out")
-        raise AlscaleError(f"output {loc.display} already holds a selection ({done[0]}); pass --force or choose another --out")
+        raise AlscaleError(f"output {loc.display} already holds a selection ({done[0]}); "
+                           "pass --force or choose another --out")
     if not done and not resume and not force and has_caches(loc):
         raise AlscaleError(f"output {loc.display} holds the cached scores of an interrupted run; pass --resume to "
                            "continue it (valid caches are reused), --force to start over, or choose another --out")

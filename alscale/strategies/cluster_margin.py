@@ -44,7 +44,7 @@ def round_robin(cluster_Q: np.ndarray, key_Q: np.ndarray, row_ids_Q: np.ndarray,
     within = np.lexsort((row_ids_Q, -key_Q, cluster_Q))  # grouped by cluster, best first
     pos_in = np.empty(cluster_Q.shape[0], dtype=np.int64)
     start = 0
-    for c, n in zip(clusters, sizes):
+    for n in sizes:
         pos_in[within[start:start + n]] = np.arange(n)
         start += n
     crank = rank_of[cluster_Q]

@@ -293,7 +293,7 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
     """The largest δ at which at least ``purity`` of the δ-balls are pure (module docstring)."""
     kmeans(shards, int(min(n_classes, shards.n_rows())), seed=seed, round=round, max_iters=kmeans_iters)
     sizes = [int(v) for v in shards.call(_OP + "pc_size")]
-    for ids, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
+    for _ids, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
         shards.call(_OP + "pc_other_label_dist", x, lab, normalize)
     r_sq = np.sort(np.concatenate(shards.call(_OP + "pc_other_label_values")))[::-1]
     m = max(1, math.ceil(purity * r_sq.shape[0]))
@@ -308,7 +308,8 @@ def pc_size(state: ShardState) -> int:
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     d = options["delta"]
     if d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0):
-        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {short_repr(d)}")
+        raise AlscaleError("option delta of strategy probcover must be a positive number or 'auto'; "
+                           f"got {short_repr(d)}")
     p = options["purity"]
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {short_repr(p)}")
@@ -323,7 +324,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         check_int_options(options, ("purity_sample",), strategy="probcover")
     check_int_options(options, ("offer",), strategy="probcover")
     if not isinstance(options["normalize"], bool):
-        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {short_repr(options['normalize'])}")
+        raise AlscaleError("option normalize of strategy probcover must be true or false; "
+                           f"got {short_repr(options['normalize'])}")
     return options
 
 
