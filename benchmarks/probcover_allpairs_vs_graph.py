@@ -27,8 +27,16 @@ def mk(s):
     return FanoutShards(InProcessFanout([ShardState(np.arange(b[i],b[i+1]),None,emb[b[i]:b[i+1]]) for i in range(s)]))
 opts=check_options("probcover",{})
 out={}
-t=time.perf_counter(); new=run_strategy(mk(2),"probcover",100,options={},seed=0,round=0); out["new_s"]=time.perf_counter()-t; out["load_new"]=os.getloadavg()
-t=time.perf_counter(); old=select_probcover_allpairs(mk(2),100,options=opts,seed=0,round=0); out["old_s"]=time.perf_counter()-t; out["load_old"]=os.getloadavg()
-out["same"]=bool((new.indices==old.indices).all() and (new.scores==old.scores).all())
-t=time.perf_counter(); new=run_strategy(mk(2),"probcover",100,options={},seed=0,round=0); out["new_s_again"]=time.perf_counter()-t
+t = time.perf_counter()
+new = run_strategy(mk(2), "probcover", 100, options={}, seed=0, round=0)
+out["new_s"] = time.perf_counter() - t
+out["load_new"] = os.getloadavg()
+t = time.perf_counter()
+old = select_probcover_allpairs(mk(2), 100, options=opts, seed=0, round=0)
+out["old_s"] = time.perf_counter() - t
+out["load_old"] = os.getloadavg()
+out["same"] = bool((new.indices == old.indices).all() and (new.scores == old.scores).all())
+t = time.perf_counter()
+new = run_strategy(mk(2), "probcover", 100, options={}, seed=0, round=0)
+out["new_s_again"] = time.perf_counter() - t
 print(json.dumps(out))

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from peakmem import reset_peak, status_bytes  # noqa: E402  (sibling module; see peakmem)
+from peakmem import reset_peak, status_bytes  # sibling module (see peakmem)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "badge"

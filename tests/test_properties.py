@@ -102,8 +102,8 @@ def test_pool_reader_raises_only_pool_errors(tmp_path_factory, pool_bytes, suffi
     path.write_bytes(bytes(data))
     try:
         info = open_pool(str(path))
-        read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["features", "log_probs"][: 1 + (info.n_classes is not None)]
-                   if info.feature_dim is not None else [])
+        columns = ["features", "log_probs"][: 1 + (info.n_classes is not None)] if info.feature_dim is not None else []
+        read_shard(ShardSpec(info.path, 0, 0, info.n_rows), columns)
     except (PoolError, AlscaleError) as exc:
         assert "\n" not in str(exc).strip()
 

@@ -32,7 +32,9 @@ FIXTURE_1 = np.stack(
         _mix([0.1, 0.1, 0.1, 0.7], [0.3, 0.2, 0.2, 0.3]),
     ]
 )
-FIXTURE_2 = np.stack([_mix([0.1, 0.2, 0.2, 0.5], [0.5, 0.2, 0.1, 0.2]), _mix([0.1, 0.6, 0.2, 0.1], [0, 0.5, 0.5, 0])] * 4)
+FIXTURE_2 = np.stack(
+    [_mix([0.1, 0.2, 0.2, 0.5], [0.5, 0.2, 0.1, 0.2]), _mix([0.1, 0.6, 0.2, 0.1], [0, 0.5, 0.5, 0])] * 4
+)
 EXACT = 10**6  # max_configs that keeps every fixture exact
 
 
@@ -173,7 +175,8 @@ def test_reference_kernel_ignores_grouping_and_layout():
     state.extend(lp[0])
     post_T = np.ascontiguousarray(state.post_M_K.T)
     one = [je.row_conditional_entropy(post_T, state.weights_M, lp[i]) for i in range(30)]
-    again = [je.row_conditional_entropy(post_T.copy(), state.weights_M.copy(), np.array(lp[i], order="F")) for i in range(30)]
+    again = [je.row_conditional_entropy(post_T.copy(), state.weights_M.copy(), np.array(lp[i], order="F"))
+             for i in range(30)]
     assert np.array(one).tobytes() == np.array(again).tobytes()
 
 
