@@ -73,6 +73,11 @@ class ShardWorker:
         self._loss: np.ndarray | None = None  # predicted loss per row (Learning Loss models)
         self._meta: dict[str, np.ndarray] = {}  # pool metadata columns (e.g. a quota group column)
         self._recovering = False  # a restarted process: cache hits are this run's own chunks
+        # Import every built-in strategy module now, while the worker starts (~50 ms, in parallel
+        # with the other workers and the driver), rather than in the first selection call.
+        from alscale.strategies import registry
+
+        registry.strategy_names()
 
     @classmethod
     def effect_of(cls, method: str) -> str:
