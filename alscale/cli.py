@@ -494,7 +494,8 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         targets = [float(t) for t in args.targets.split(",") if t.strip()]
     except ValueError:
-        raise AlscaleError(f"--targets must be comma-separated accuracies like 0.9,0.95; got {args.targets!r}")
+        raise AlscaleError(f"--targets must be comma-separated accuracies like 0.9,0.95; "
+                           f"got {args.targets!r}") from None
     if not targets or not all(0 < t <= 1 for t in targets):
         raise AlscaleError(f"--targets must be accuracies in (0, 1]; got {args.targets!r}")
     job = load_job(args.job, args.overrides)

@@ -187,7 +187,7 @@ class AtomicFile:
         except Exception as exc:  # a partial object an object store may keep
             log.warning("could not remove the partial file %s: %s", self.tmp, " ".join(str(exc).split()))
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -266,7 +266,7 @@ class DirLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "DirLock":
+    def acquire(self) -> DirLock:
         if self.path is None or self._fd is not None:
             return self
         directory = self.path.parent
@@ -379,7 +379,7 @@ class DirLock:
                 pass
             self._made_dir = False
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

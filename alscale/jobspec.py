@@ -29,8 +29,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from alscale.config import MAX_ERRORS_SHOWN, Missing, also, Section, check_section, fact, field_problem, from_file, problem, \
-    setting
+from alscale.config import (
+    MAX_ERRORS_SHOWN,
+    Missing,
+    Section,
+    also,
+    check_section,
+    fact,
+    field_problem,
+    from_file,
+    problem,
+    setting,
+)
 from alscale.errors import AlscaleError, JobError, short_repr
 from alscale.index.neighbours import MODES
 from alscale.units import parse_bytes

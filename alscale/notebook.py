@@ -85,7 +85,8 @@ def as_rows(data: Any) -> np.ndarray:
         if isinstance(data, (pa.Table, pa.RecordBatch)):
             if "features" not in data.column_names:
                 raise AlscaleError(f"data is an Arrow table without a 'features' column (it has "
-                                   f"{', '.join(data.column_names)}); put each row's inputs in a list column 'features'")
+                                   f"{', '.join(data.column_names)}); "
+                                   "put each row's inputs in a list column 'features'")
             col = data.column("features")
             arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
             if not pa.types.is_list(arr.type) and not pa.types.is_fixed_size_list(arr.type) \
@@ -198,7 +199,7 @@ def model_outputs(model: nn.Module, data: Any, *, mc_samples: int = 1, seed: int
         emb_N_E = None
     elif callable(embeddings):
         emb_N_E = _call_embeddings(embeddings, rows, batch_size)
-    elif isinstance(embeddings, np.ndarray) or isinstance(embeddings, torch.Tensor):
+    elif isinstance(embeddings, (np.ndarray, torch.Tensor)):
         emb_N_E = as_rows(embeddings)
     elif emb_N_E is None:
         raise AlscaleError(f"the strategy needs embeddings but model {type(model).__name__} gave none; return "

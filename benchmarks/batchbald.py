@@ -29,7 +29,8 @@ Results: one JSON line per run in ``benchmarks/results/batchbald.jsonl`` and a p
 This machine (2 cores) is shared with other benchmarks; medians of repeats, and the load
 average is recorded with each run.
 
-    python benchmarks/batchbald.py [--scenarios small mnist mnist_m10k] [--repeats 3] [--rounds 3] [--mnist-peers batchbald_redux]
+    python benchmarks/batchbald.py [--scenarios small mnist mnist_m10k] [--repeats 3] [--rounds 3] \\
+        [--mnist-peers batchbald_redux]
 """
 
 from __future__ import annotations
@@ -351,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                         timeout=timeout, extra=extra, cap=worker != "alscale_job",
                         env=ONE_THREAD if label.endswith("1 thread") else None)
             rec: dict[str, Any] = {"benchmark": "batchbald", "scenario": name, **s, "method": label, "round": rnd,
-                                   "load_avg_1m_before": round(load0, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+                                   "load_avg_1m_before": round(load0, 2),
+                                   "load_avg_1m_after": round(os.getloadavg()[0], 2)}
             if "error" in res:
                 rec["error"] = res["error"]
             else:

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"greedy b={args.budget} over {args.rows:,} rows (K={k}, C={lp.shape[2]}, M={options['num_samples']}), "
           f"load {load_avg[0]:.1f}: {run['seconds']:.1f} s with the float64 stage; about {estimate:.0f} s without "
           f"(from {ref_s * 1e6:.0f} us per reference row)")
-    print("step | joint MI (log K = %.3f) | with s | without s | rows scored | reference with | without" % math.log(k))
+    print(f"step | joint MI (log K = {math.log(k):.3f}) | with s | without s | rows scored | reference with | without")
     for a in ab:
         print(f"{a['picks']} | {a['joint_mi']:.4f} | {a['with_s']:.2f} | {a['without_s']:.2f} | {a['scored']} | "
               f"{a['reference_with']} | {a['reference_without']}")

@@ -103,7 +103,7 @@ def shards_of(x: np.ndarray, n_shards: int = 2, labeled: np.ndarray | None = Non
 class Timed:
     """``with Timed() as t: ...`` then ``t.wall``, ``t.cpu`` (process CPU seconds, all threads)."""
 
-    def __enter__(self) -> "Timed":
+    def __enter__(self) -> Timed:
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 

@@ -42,9 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peakmem import reset_peak, status_bytes  # noqa: E402  (sibling module; see peakmem)
-
 import numpy as np
+from peakmem import reset_peak, status_bytes  # sibling module (see peakmem)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "kcenter"

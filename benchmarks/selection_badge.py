@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peakmem import reset_peak, status_bytes  # noqa: E402  (sibling module; see peakmem)
-
 import numpy as np
+from peakmem import reset_peak, status_bytes  # sibling module (see peakmem)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "badge"
@@ -158,8 +157,7 @@ def _import(impl: str) -> None:
 
 def _run_alscale(impl, lp, emb, budget, seed, shards, options):
     sys.path.insert(0, str(ROOT))
-    from alscale.strategies import FanoutShards, InProcessFanout, ShardState
-    from alscale.strategies import kmeanspp
+    from alscale.strategies import FanoutShards, InProcessFanout, ShardState, kmeanspp
     from alscale.validation import check_embeddings, check_log_probs
 
     # the same boundary checks as alscale.select, then the loop directly (to read its stats)

@@ -52,6 +52,7 @@ if str(BENCH) not in sys.path:  # the sibling modules (peakmem, selection, ...) 
     sys.path.insert(0, str(BENCH))
 
 from peakmem import reset_peak, status_bytes  # noqa: E402
+
 DATA = ROOT / "data" / "bench"
 RESULTS = BENCH / "results" / "suite"  # the committed results, behind BENCHMARKS.md (--update-docs)
 SCRATCH = ROOT / "out" / "bench"  # the default results directory (git-ignored)
@@ -319,7 +320,8 @@ def spawn(args: list[str], python: Path | str, timeout: float, cap: bool = True)
 def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -856,9 +858,9 @@ def main() -> int:
             label = run.get("peer", "alscale")
             print(f"[{i}/{len(runs)}] {label} {run['scenario']} rows={run['rows']:,} "
                   f"{run.get('executor', '')} w={run.get('workers', '')} {run.get('options') or ''}", flush=True)
-            rec = {**execute(run, timeout), **{"git": meta["git"], "machine": meta["machine"]}}
+            rec = {**execute(run, timeout), "git": meta["git"], "machine": meta["machine"]}
             t = seconds(rec)
-            print(f"    {'%.3f s' % t if t is not None else rec.get('error')}", flush=True)
+            print(f"    {f'{t:.3f} s' if t is not None else rec.get('error')}", flush=True)
             recs.append(rec)
             log.write(json.dumps(rec) + "\n")
             log.flush()  # a killed suite keeps every finished run

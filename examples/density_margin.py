@@ -32,7 +32,7 @@ import numpy as np
 from alscale import Needs, StrategyOptions, StrategySpec, Supports
 from alscale.errors import AlscaleError
 from alscale.index.exact import combine_exact_sums, exact_column_sums
-from alscale.strategies import ShardState, Shards, shard_op
+from alscale.strategies import Shards, ShardState, shard_op
 from alscale.strategies.scores import margin
 from alscale.types import Selection
 

@@ -69,7 +69,7 @@ def test_run_json_summary_for_scripts(tmp_path, good_pool):
 
 def _assert_clean_failure(proc, tmp_path, *needles):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("alscale: error: ")
     for needle in needles:

@@ -79,8 +79,8 @@ JOB_CASES = [
       'loop': [], 'stream': 'x', 7: 'int key'},
      "job j.yaml: 5 errors: unknown field '7' (valid: labeled, loop, model, output, pool, runtime, seed, "
      'selection, strategy, stream); seed must be a non-negative integer; got 1.0; output must be a directory '
-     "path or null; got ''; loop must be a mapping (see alscale simulate) or null; got []; stream must be a mapping (see "
-     "alscale stream) or null; got 'x'"),
+     "path or null; got ''; loop must be a mapping (see alscale simulate) or null; got []; "
+     "stream must be a mapping (see alscale stream) or null; got 'x'"),
     ({'pool': {'path': 'p', 'y': 1}, 'z': 1, 'strategy': {'q': 1, 'name': 'entropy', 'budget': 1}, 'a': 2},
      "job j.yaml: 4 errors: unknown field 'pool.y' (valid under pool: path); unknown field 'z' (valid: labeled, "
      "loop, model, output, pool, runtime, seed, selection, strategy, stream); unknown field 'strategy.q' (valid under "

@@ -51,7 +51,8 @@ def test_all_errors_reported_at_once_on_one_line():
     msg = str(info.value)
     assert "\n" not in msg
     assert msg.startswith("job j.yaml: 6 errors:")
-    for part in ("unknown field 'extra'", "unknown strategy 'nope'", "strategy.budget must be a positive integer; got 0",
+    for part in ("unknown field 'extra'", "unknown strategy 'nope'",
+                 "strategy.budget must be a positive integer; got 0",
                  "runtime.executor must be one of local, ray; got 'spark'", "runtime.shards must be an integer >= 1",
                  "seed must be a non-negative integer; got -1"):
         assert part in msg

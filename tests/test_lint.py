@@ -1,4 +1,5 @@
-"""The code passes ``ruff check`` with the configuration in pyproject.toml (``[tool.ruff]``)."""
+"""The code (alscale, examples, tests, benchmarks) passes ``ruff check`` with the configuration in pyproject.toml
+(``[tool.ruff]``)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def test_ruff_check_passes():
     ruff = _ruff()
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[dev]' installs it)")
-    proc = subprocess.run([*ruff, "check", "--output-format", "concise", "alscale", "examples", "tests"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*ruff, "check", "--output-format", "concise", "alscale", "examples", "tests", "benchmarks"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

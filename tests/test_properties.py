@@ -52,7 +52,7 @@ def test_selection_never_holds_a_labelled_or_repeated_row(name, n, budget, seed,
     assert picked.size == min(budget, n - labeled.size)
     assert np.unique(picked).size == picked.size
     assert not np.isin(picked, labeled).any()
-    assert ((0 <= picked) & (picked < n)).all()
+    assert ((picked >= 0) & (picked < n)).all()
 
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),
@@ -102,8 +102,8 @@ def test_pool_reader_raises_only_pool_errors(tmp_path_factory, pool_bytes, suffi
     path.write_bytes(bytes(data))
     try:
         info = open_pool(str(path))
-        read_shard(ShardSpec(info.path, 0, 0, info.n_rows), ["features", "log_probs"][: 1 + (info.n_classes is not None)]
-                   if info.feature_dim is not None else [])
+        columns = ["features", "log_probs"][: 1 + (info.n_classes is not None)] if info.feature_dim is not None else []
+        read_shard(ShardSpec(info.path, 0, 0, info.n_rows), columns)
     except (PoolError, AlscaleError) as exc:
         assert "\n" not in str(exc).strip()
 

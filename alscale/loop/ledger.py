@@ -59,9 +59,8 @@ class Ledger:
             self._seen.add(file.name)
 
     def _files(self) -> list[tuple[int, Path]]:
-        found = sorted((int(m.group(1)), self.path / name) for name in os.listdir(self.path)
-                       if (m := _NAME.match(name)))
-        return found
+        return sorted((int(m.group(1)), self.path / name) for name in os.listdir(self.path)
+                      if (m := _NAME.match(name)))
 
     def _add(self, row_ids: np.ndarray, labels: np.ndarray, round_: int, where: str) -> None:
         if self._rounds and round_ <= self._rounds[-1]:

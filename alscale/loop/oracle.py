@@ -151,8 +151,8 @@ class HumanOracle:
         import json
         import time
 
-        from alscale.loop.ledger import Ledger
         from alscale.fsio import atomic_write
+        from alscale.loop.ledger import Ledger
 
         row_ids_B = np.asarray(row_ids_B, dtype=np.int64)
         self.inbox.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,8 @@ class LoopSpec(Section):
     subsample: int | None = setting(None, "a positive integer or null", ge=1)
     trials: int = setting(1, "an integer >= 1", ge=1)
     #: default: the job's strategy
-    entries: list[Annotated[StrategyEntry, BeforeValidator(_named, json_schema_input_type=str | StrategyEntry)]] | None \
+    entries: list[Annotated[StrategyEntry,
+                            BeforeValidator(_named, json_schema_input_type=str | StrategyEntry)]] | None \
         = setting(None, "a non-empty list of strategy names or mappings", min_length=1, alias="strategies")
     train: Annotated[TrainConfig, null_is({})] = setting(default_factory=TrainConfig, must="a mapping")
     stop: Annotated[StopConfig, null_is({})] = setting(default_factory=StopConfig, must="a mapping",
@@ -184,7 +185,8 @@ class LoopSpec(Section):
 
     @field_validator("entries", mode="wrap")
     @classmethod
-    def _each_once(cls, entries: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> list[StrategyEntry] | None:
+    def _each_once(cls, entries: Any, handler: Callable[[Any], Any],
+                   info: ValidationInfo) -> list[StrategyEntry] | None:
         def dupes(_: Any) -> list[Any]:
             names = [s.name for s in _valid_entries(info)]
             twice = sorted({n for n in names if names.count(n) > 1})

@@ -10,8 +10,8 @@ Parquet, and IPC for local (per-node) copies.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.ipc as ipc

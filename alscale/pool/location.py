@@ -38,7 +38,7 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
-    def child(self, name: str) -> "Location":
+    def child(self, name: str) -> Location:
         """The entry ``name`` inside this directory."""
         join = os.path.join if self.is_local else posixpath.join
         canonical = (os.path.join(self.canonical, name) if not is_uri(self.canonical)

@@ -8,7 +8,7 @@ one fresh array per column. Parquet reads fetch only the row groups that overlap
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa

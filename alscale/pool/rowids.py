@@ -6,7 +6,7 @@ are certified in O(N); otherwise one sort of the N int64 ids finds duplicates.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

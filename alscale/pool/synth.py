@@ -185,10 +185,11 @@ def synth_pool(out: str, *, rows: int, dim: int, classes: int, seed: int = 0,
     ``separation`` is the typical distance between two blob
     centres in noise SDs (default 4.5: overlapping blobs; ~12: nearly separable classes).
     ``split="test"`` draws a held-out set from the same planted model (same centres, other
-    rows; its ``row_id`` also starts at 0), e.g. the test set of a simulated loop. ``format`` defaults to the suffix of ``out`` (.arrow -> IPC,
-    .parquet -> Parquet). Peak memory is about ``chunk_rows`` rows plus two blocks; the
-    content does not depend on ``chunk_rows``. Blocks are generated on two threads (numpy's
-    generators release the GIL), which cannot change the result.
+    rows; its ``row_id`` also starts at 0), e.g. the test set of a simulated loop. ``format``
+    defaults to the suffix of ``out`` (.arrow -> IPC, .parquet -> Parquet). Peak memory is
+    about ``chunk_rows`` rows plus two blocks; the content does not depend on ``chunk_rows``.
+    Blocks are generated on two threads (numpy's generators release the GIL), which cannot
+    change the result.
     """
     _check_args(rows, dim, classes, clusters_per_class, label_noise, log_probs_samples,
                 chunk_rows, embedding_dim, separation, split)

@@ -30,13 +30,12 @@ memory-mapping) in record batches of ``rows_per_batch``; Parquet uses zstd, row 
 from __future__ import annotations
 
 import logging
+import os
 from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
-
-import os
 
 from alscale.errors import PoolError
 from alscale.fsio import AtomicFile, DirLock, write_error
@@ -144,7 +143,7 @@ class PoolWriter:
         self._file.abort()
         self._lock.release()
 
-    def __enter__(self) -> "PoolWriter":
+    def __enter__(self) -> PoolWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

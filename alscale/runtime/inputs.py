@@ -90,7 +90,7 @@ class PoolHasher:
     def cancel(self) -> None:
         self._stop.set()
 
-    def __enter__(self) -> "PoolHasher":
+    def __enter__(self) -> PoolHasher:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -24,8 +24,9 @@ hundred MB per process), and not the model's activations (bounded by ``batch_siz
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from alscale.errors import AlscaleError
 from alscale.units import human, parse_bytes

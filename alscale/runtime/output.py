@@ -26,8 +26,7 @@ import pyarrow.fs as pafs
 
 from alscale.errors import AlscaleError
 from alscale.fsio import LOCK_FILE, DirLock, atomic_write, cause, write_error  # noqa: F401 (re-exported)
-from alscale.pool import write_table
-from alscale.pool import location
+from alscale.pool import location, write_table
 from alscale.pool.location import Location, is_uri, one_line
 from alscale.types import Selection
 
@@ -64,7 +63,8 @@ def check_output_dir(out_dir: str | Path, *, force: bool, resume: bool = False) 
         if resume:
             raise AlscaleError(f"output {loc.display} already holds a finished selection ({done[0]}); pass --force "
                                "with --resume to select again from its cached scores, or choose another --out")
-        raise AlscaleError(f"output {loc.display} already holds a selection ({done[0]}); pass --force or choose another --out")
+        raise AlscaleError(f"output {loc.display} already holds a selection ({done[0]}); "
+                           "pass --force or choose another --out")
     if not done and not resume and not force and has_caches(loc):
         raise AlscaleError(f"output {loc.display} holds the cached scores of an interrupted run; pass --resume to "
                            "continue it (valid caches are reused), --force to start over, or choose another --out")

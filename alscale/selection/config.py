@@ -35,8 +35,16 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, \
-    model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from alscale.errors import AlscaleError, short_repr
 
@@ -145,7 +153,7 @@ class Predicate(_Model):
         return raw
 
     @model_validator(mode="after")
-    def _value_fits_op(self) -> "Predicate":
+    def _value_fits_op(self) -> Predicate:
         v = self.value
         scalar = (str, int, float, bool)
         if self.op in ("in", "not in"):
@@ -206,7 +214,7 @@ class ScoreTerm(_Model):
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ScoreTerm":
+    def _one_source(self) -> ScoreTerm:
         if (self.name is None) == (self.column is None):
             raise ValueError("a score names a score strategy (name: entropy) or a pool column (column: sharpness), "
                              "exactly one of them")
@@ -255,7 +263,7 @@ class Constraints(_Model):
     max_groups: Annotated[StrictInt, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
-    def _some_bound(self) -> "Constraints":
+    def _some_bound(self) -> Constraints:
         if self.min is None and self.max is None:
             raise ValueError("constraints need 'min' and/or 'max' (a count for every group, or {group: count})")
         if not self.by or not (_LABEL.match(self.by)):
@@ -284,7 +292,7 @@ class Diversity(_Model):
     backend: str = "auto"
 
     @model_validator(mode="after")
-    def _fits_kind(self) -> "Diversity":
+    def _fits_kind(self) -> Diversity:
         if self.kind == "threshold" and self.radius is None:
             raise ValueError("kind threshold needs 'radius': no two picks closer than radius (embedding distance)")
         if self.kind != "threshold" and self.radius is not None:
@@ -322,7 +330,7 @@ class Objective(_Model):
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> "Objective":
+    def _cross(self) -> Objective:
         labels = [s.canonical()["label"] for s in self.scores]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:

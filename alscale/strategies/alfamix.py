@@ -25,16 +25,16 @@ process on the rows in ``row_id`` order, so the picks are the same for any shard
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise, progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
-from dataclasses import dataclass
-from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 

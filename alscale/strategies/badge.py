@@ -72,7 +72,8 @@ _SUPPORTS = _spec.Supports(keeps=("log_probs", "embeddings"))
 SPECS = (
     _spec.StrategySpec(
         "badge", "loop",
-        "k-means++ seeding on gradient embeddings (p - onehot(argmax p)) x h, exact D² sampling (Ash et al., ICLR 2020)",
+        "k-means++ seeding on gradient embeddings (p - onehot(argmax p)) x h, "
+        "exact D² sampling (Ash et al., ICLR 2020)",
         needs=_NEEDS, supports=_spec.Supports(quotas=True, keeps=("log_probs", "embeddings")), select=select_badge,
         quota_select=select_with_quotas),
     _spec.StrategySpec(

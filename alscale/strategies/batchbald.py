@@ -44,12 +44,12 @@ the shard. Fast gains are within ε of G and bounds within ε of true upper boun
 is either scored (its fast gain is within 2ε of the best fast gain, so it is re-scored) or
 one of its bounds was below ``best - 2ε``, which would make its G smaller than the fast-best
 row's — impossible; the float64 stage keeps it by the same argument with ``ε64``. So every
-shard returns its exact reference argmax, and the coordinator the global one: the same picks and the same score bits for any shard count, chunk size,
-pruning on or off, grouping, thread count, executor (local or Ray) or device, given the
-same seed. Pruning changes only the work (measured in ``benchmarks/batchbald.py``; on data
-whose gains are all close to their BALD, the bounds prune little and the work is that of
-``prune: false``). Labelled rows never enter; a pick is removed from its shard, so there are
-no duplicates.
+shard returns its exact reference argmax, and the coordinator the global one: the same picks
+and the same score bits for any shard count, chunk size, pruning on or off, grouping, thread
+count, executor (local or Ray) or device, given the same seed. Pruning changes only the work
+(measured in ``benchmarks/batchbald.py``; on data whose gains are all close to their BALD, the
+bounds prune little and the work is that of ``prune: false``). Labelled rows never enter; a
+pick is removed from its shard, so there are no duplicates.
 
 ``batchbald_prefilter`` (for very large pools) is an approximation by name: the exact global
 top-``prefilter`` rows by BALD (sharded top-k), gathered to the coordinator, then BatchBALD
@@ -72,6 +72,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
+from alscale.strategies import progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.joint_entropy import (
     MAX_CONFIGS_LIMIT,
     MAX_SAMPLES_LIMIT,
@@ -89,12 +91,10 @@ from alscale.strategies.joint_entropy import (
     row_conditional_entropy,
     row_expected_entropy,
 )
-from alscale.strategies import progress
 from alscale.strategies.scores import bald
 from alscale.strategies.shards import FanoutShards, InProcessFanout, Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_budget
-from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def _opt_int(opts: dict[str, Any], key: str, lo: int, hi: int, *, allow_none: bo
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
         none = " or null" if allow_none else ""
-        raise AlscaleError(f"option {key} of strategy batchbald must be an integer in [{lo}, {hi}]{none}; got {short_repr(value)}")
+        raise AlscaleError(f"option {key} of strategy batchbald must be an integer in [{lo}, {hi}]{none}; "
+                           f"got {short_repr(value)}")
     opts[key] = int(value)
 
 
@@ -175,7 +176,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         _opt_int(opts, "prefilter", 1, 1 << 40, allow_none=True)
     device = opts["device"]
     if not isinstance(device, str) or not _DEVICE.match(device):
-        raise AlscaleError(f"option device of strategy batchbald must be auto, cpu, cuda or cuda:N; got {short_repr(device)}")
+        raise AlscaleError("option device of strategy batchbald must be auto, cpu, cuda or cuda:N; "
+                           f"got {short_repr(device)}")
     if not isinstance(opts["prune"], (bool, np.bool_)):
         raise AlscaleError(f"option prune of strategy batchbald must be true or false; got {short_repr(opts['prune'])}")
     opts["prune"] = bool(opts["prune"])
@@ -216,7 +218,8 @@ def _resolve_device(name: str) -> Any:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AlscaleError(f"option device {short_repr(name)} of strategy batchbald: CUDA is not available here; use auto or cpu")
+        raise AlscaleError(f"option device {short_repr(name)} of strategy batchbald: CUDA is not available here; "
+                           "use auto or cpu")
     return torch.device(name)
 
 

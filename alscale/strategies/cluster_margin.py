@@ -18,18 +18,18 @@ The score of a pick is its margin score.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
 from alscale.strategies import noise
+from alscale.strategies import spec as _spec
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 from alscale.validation import check_int_options
-from dataclasses import dataclass
-from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.clustering."
 
@@ -44,7 +44,7 @@ def round_robin(cluster_Q: np.ndarray, key_Q: np.ndarray, row_ids_Q: np.ndarray,
     within = np.lexsort((row_ids_Q, -key_Q, cluster_Q))  # grouped by cluster, best first
     pos_in = np.empty(cluster_Q.shape[0], dtype=np.int64)
     start = 0
-    for c, n in zip(clusters, sizes):
+    for n in sizes:
         pos_in[within[start:start + n]] = np.arange(n)
         start += n
     crank = rank_of[cluster_Q]

@@ -14,15 +14,15 @@ top-k (ties to the lower ``row_id``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from alscale.errors import AlscaleError, short_repr
+from alscale.strategies import spec as _spec
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
-from dataclasses import dataclass
-from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.egl."
 _ROWS = 65536

@@ -461,9 +461,9 @@ def group_configs(post_M_K: np.ndarray, weights_M: np.ndarray, n_groups: int, it
     cross-entropy, centre = weighted mean. Initialised by weighted farthest-point in KL from
     the heaviest configuration — sequential, so for at most ``_FP_INIT_MACS / (M K)`` centres;
     the rest are the configurations then farthest from their centre, taken at once — and
-    refined by ``iters`` Lloyd steps (fewer if they would exceed ``_LLOYD_MACS``). float64 torch on CPU, single-threaded ops (small
-    matrices; BLAS threads only stall on a shared machine). The grouping changes how tight
-    the bound is, never a result.
+    refined by ``iters`` Lloyd steps (fewer if they would exceed ``_LLOYD_MACS``). float64 torch
+    on CPU, single-threaded ops (small matrices; BLAS threads only stall on a shared machine).
+    The grouping changes how tight the bound is, never a result.
     """
     m = post_M_K.shape[0]
     if n_groups >= m:

@@ -24,9 +24,9 @@ from alscale.strategies.kmeanspp_centers import (
     FIRST_BOUND,
     Centers,
     SeedingStats,
+    Start,
     check_space,
     rest,
-    Start,
     selection,
     start,
     sync,
@@ -157,7 +157,8 @@ def check_parallel_options(options: dict[str, Any]) -> dict[str, Any]:
     if isinstance(over, bool) or not isinstance(over, (int, float, np.integer, np.floating)) or not (
         math.isfinite(over) and over > 0
     ):
-        raise AlscaleError(f"option oversampling must be a positive number (ℓ = oversampling * budget); got {short_repr(over)}")
+        raise AlscaleError("option oversampling must be a positive number (ℓ = oversampling * budget); "
+                           f"got {short_repr(over)}")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
         raise AlscaleError(f"option rounds must be an integer >= 1; got {short_repr(rounds)}")
     return {**options, "oversampling": float(over), "rounds": int(rounds)}

@@ -61,13 +61,13 @@ Unexamined proposals are dropped at a sync and their trial numbers reused: no de
 looked at them, so the reused keys are still fresh. If every remaining candidate sits at
 distance 0 from a center (D² mass 0), the rest are taken in keyed-uniform order.
 
-**k-means‖** (:func:`~alscale.strategies.kmeans_parallel.seed_parallel`; Bahmani et al., "Scalable K-Means++", VLDB 2012):
-start from the same first center, then ``rounds`` times add every candidate independently
-with probability ``min(1, ℓ·u/φ)`` (``ℓ = oversampling · B``; ``u`` the weight above, φ
-their sum), weight each candidate by the number of rows nearest to it (up to the weight
-grid), and run weighted k-means++ on the candidates at the coordinator (no Lloyd steps: the
-picks must be rows). Approximate by name (DESIGN §1.5); ``benchmarks/selection_badge.py``
-measures its cost against exact.
+**k-means‖** (:func:`~alscale.strategies.kmeans_parallel.seed_parallel`; Bahmani et al.,
+"Scalable K-Means++", VLDB 2012): start from the same first center, then ``rounds`` times add
+every candidate independently with probability ``min(1, ℓ·u/φ)`` (``ℓ = oversampling · B``;
+``u`` the weight above, φ their sum), weight each candidate by the number of rows nearest to
+it (up to the weight grid), and run weighted k-means++ on the candidates at the coordinator
+(no Lloyd steps: the picks must be rows). Approximate by name (DESIGN §1.5);
+``benchmarks/selection_badge.py`` measures its cost against exact.
 
 Modules: this one holds the exact seeding and the specs; the shard state and ops (the mass
 family) are in :mod:`~alscale.strategies.kmeanspp_shard`, what both seedings share at the

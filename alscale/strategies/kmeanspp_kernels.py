@@ -201,7 +201,7 @@ def trial_bits(seed: int, round: int, trials_R: np.ndarray) -> list[int]:
     """104 keyed random bits per trial number (two 52-bit keyed uniforms), as Python ints."""
     hi = _bits52(seed, round, _S_HI, trials_R)
     lo = _bits52(seed, round, _S_LO, trials_R)
-    return [(int(h) << 52) | int(l) for h, l in zip(hi, lo)]
+    return [(int(h) << 52) | int(low) for h, low in zip(hi, lo)]
 
 
 def trial_uniforms(seed: int, round: int, trials_R: np.ndarray) -> np.ndarray:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from alscale.errors import AlscaleError
+from alscale.strategies import spec as _spec
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
-from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.learning_loss."
 

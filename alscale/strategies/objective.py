@@ -49,10 +49,20 @@ import numpy as np
 
 from alscale.errors import AlscaleError
 from alscale.strategies import spec as _spec
-from alscale.strategies.objective_ops import (OP_COMBINED, OP_FILTERS, OP_KEEP, OP_RANK, OP_SCORES, Admitted, MinMax,
-                                              NormParams, ScoreStats)
+from alscale.strategies.objective_ops import (
+    OP_COMBINED,
+    OP_FILTERS,
+    OP_KEEP,
+    OP_RANK,
+    OP_SCORES,
+    Admitted,
+    MinMax,
+    NormParams,
+    ScoreStats,
+)
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
+
 
 class _Stages:
     """Wall seconds per stage (the manifest's ``selection.seconds``)."""

@@ -25,23 +25,21 @@ number of edges is capped by ``max_edges`` (a clear error names δ and the count
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
-import logging
-
 from alscale.errors import AlscaleError, short_repr
 from alscale.index.exact import sq_dist_rows
-from alscale.strategies import noise, progress
-from alscale.strategies import clustering
+from alscale.strategies import clustering, noise, progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 from alscale.types import Selection
 from alscale.validation import check_int_options
-from dataclasses import dataclass, field
-from alscale.strategies import spec as _spec
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class DeltaGraph:
     degree_N: np.ndarray
 
     @classmethod
-    def from_edges(cls, src_E: np.ndarray, dst_E: np.ndarray, n: int) -> "DeltaGraph":
+    def from_edges(cls, src_E: np.ndarray, dst_E: np.ndarray, n: int) -> DeltaGraph:
         """From edges (source row position, target row id)."""
         o = np.lexsort((dst_E, src_E))
         ptr = np.concatenate([[0], np.cumsum(np.bincount(src_E, minlength=n))])
@@ -297,7 +295,7 @@ def purity_delta(shards: Shards, *, n_classes: int, purity: float, normalize: bo
     """The largest δ at which at least ``purity`` of the δ-balls are pure (module docstring)."""
     kmeans(shards, int(min(n_classes, shards.n_rows())), seed=seed, round=round, max_iters=kmeans_iters)
     sizes = [int(v) for v in shards.call(_OP + "pc_size")]
-    for ids, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
+    for _ids, x, lab in _chunks(shards, sizes, chunk_rows, normalize):
         shards.call(_OP + "pc_other_label_dist", x, lab, normalize)
     r_sq = np.sort(np.concatenate(shards.call(_OP + "pc_other_label_values")))[::-1]
     m = max(1, math.ceil(purity * r_sq.shape[0]))
@@ -312,7 +310,8 @@ def pc_size(state: ShardState) -> int:
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     d = options["delta"]
     if d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0):
-        raise AlscaleError(f"option delta of strategy probcover must be a positive number or 'auto'; got {short_repr(d)}")
+        raise AlscaleError("option delta of strategy probcover must be a positive number or 'auto'; "
+                           f"got {short_repr(d)}")
     p = options["purity"]
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise AlscaleError(f"option purity of strategy probcover must be in (0, 1]; got {short_repr(p)}")
@@ -327,7 +326,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         check_int_options(options, ("purity_sample",), strategy="probcover")
     check_int_options(options, ("offer",), strategy="probcover")
     if not isinstance(options["normalize"], bool):
-        raise AlscaleError(f"option normalize of strategy probcover must be true or false; got {short_repr(options['normalize'])}")
+        raise AlscaleError("option normalize of strategy probcover must be true or false; "
+                           f"got {short_repr(options['normalize'])}")
     return options
 
 

@@ -35,8 +35,7 @@ import numpy as np
 
 from alscale.errors import AlscaleError
 from alscale.index.neighbours import Candidates, exact_knn, is_exact
-from alscale.strategies import noise, progress
-from alscale.strategies import clustering
+from alscale.strategies import clustering, noise, progress
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards, ShardState, shard_op
 

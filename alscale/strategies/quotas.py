@@ -364,8 +364,8 @@ def _group_bounds(spec: Any, values: list[Any], name: str, by: str) -> np.ndarra
                 pass
         if key not in index:
             shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-            raise AlscaleError(f"strategy.quotas.{name}: {short_repr(k)} is not a value of column '{by}' (values: {shown}); "
-                               "use the column's values as keys")
+            raise AlscaleError(f"strategy.quotas.{name}: {short_repr(k)} is not a value of column '{by}' "
+                               f"(values: {shown}); use the column's values as keys")
         by_index[index[key]] = v
     return _bounds(by_index, len(values), name)
 

@@ -73,7 +73,8 @@ BUILTIN_MODULES = (
     "alscale.strategies.egl",
 )
 
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"  # a dotted Python name
+_PATH = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
 _FORM = "expected 'package.module:Attribute' naming a StrategySpec"
 
 _lock = threading.RLock()
@@ -125,7 +126,7 @@ def _ensure_builtins() -> None:
             return
         for module in (*BUILTIN_MODULES, *_other_spec_modules()):
             mod = importlib.import_module(module)
-            specs = getattr(mod, "SPECS", None) or (getattr(mod, "SPEC"),)
+            specs = getattr(mod, "SPECS", None) or (mod.SPEC,)
             for s in specs:
                 _add(s)
                 _BUILTIN.add(s.name)
@@ -184,14 +185,15 @@ def _load_path(path: str) -> StrategySpec:
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise AlscaleError(f"cannot import module {short_repr(module_name)} of strategy {short_repr(path)} ({exc}); the module must "
-                           "be importable (installed, or its directory on PYTHONPATH)") from exc
+        raise AlscaleError(f"cannot import module {short_repr(module_name)} of strategy {short_repr(path)} ({exc}); "
+                           "the module must be importable (installed, or its directory on PYTHONPATH)") from exc
     except Exception as exc:
         raise AlscaleError(f"importing module {short_repr(module_name)} of strategy {short_repr(path)} raised "
                            f"{type(exc).__name__}: {str(exc)[:200]}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise AlscaleError(f"module {short_repr(module_name)} has no attribute {short_repr(attr)} (strategy {short_repr(path)}); {_FORM}")
+            raise AlscaleError(f"module {short_repr(module_name)} has no attribute {short_repr(attr)} "
+                               f"(strategy {short_repr(path)}); {_FORM}")
         obj = getattr(obj, part)
     spec = _as_spec(obj, f"strategy {short_repr(path)}")
     with _lock:

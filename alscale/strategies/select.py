@@ -2,7 +2,8 @@
 
 Score-based strategies go through the exact sharded top-k
 (:func:`~alscale.strategies.topk.select_by_score`); ``"loop"`` strategies through their own
-loop (the spec's ``select``). ``strategy`` is a name, an import path or a spec. Callers (the coordinator, the in-memory API) use only this.
+loop (the spec's ``select``). ``strategy`` is a name, an import path or a spec. Callers (the
+coordinator, the in-memory API) use only this.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ shard lives; ``ShardState.call`` imports it from the op name
 
 from __future__ import annotations
 
-import logging
 import importlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 

@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from alscale.strategies import noise, scores
+from alscale.strategies import spec as _spec
 from alscale.strategies.shards import Shards, ShardState, order_desc, shard_op, topk_order
 from alscale.strategies.topk import StochasticOptions, stochastic_options
-from alscale.strategies import spec as _spec
 from alscale.types import Selection
 
 logger = logging.getLogger(__name__)

@@ -20,17 +20,17 @@ float64, so the picks are the same for any sharding. The score of a pick is its 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from alscale.strategies import progress
+from alscale.strategies import spec as _spec
 from alscale.strategies.clustering import kmeans
 from alscale.strategies.shards import Shards
 from alscale.types import Selection
 from alscale.validation import check_int_options
-from dataclasses import dataclass
-from alscale.strategies import spec as _spec
 
 _OP = "alscale.strategies.clustering."
 _BLOCK = 2048

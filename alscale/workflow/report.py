@@ -184,7 +184,7 @@ def _job_section(out: Path, m: dict[str, Any], sample: int, facts: list, figures
         mix_facts, mix_figures = _mix(sel, m.get("selection") or {})
         facts += mix_facts
         figures += mix_figures
-    ph = {k: v for k, v in m.get("phase_seconds", {}).items()}
+    ph = dict(m.get("phase_seconds", {}))
     if ph:
         import matplotlib.pyplot as plt
 

@@ -72,7 +72,8 @@ class StreamSpec(Section):
     @classmethod
     def _retraining_needs_a_model(cls, n: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> int | None:
         no_model = n is not None and fact(info, HAS_MODEL) is False
-        return also(n, handler, [problem("stream.update_every retrains the model, but the job has no model")] * no_model)
+        missing = problem("stream.update_every retrains the model, but the job has no model")
+        return also(n, handler, [missing] * no_model)
 
 
 def parse_stream(job: JobSpec, raw: dict[str, Any] | None) -> StreamSpec:

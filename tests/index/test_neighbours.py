@@ -9,8 +9,7 @@ import pytest
 
 from alscale.errors import AlscaleError
 from alscale.index.neighbours import MODES, check_mode, is_exact, make_index, merge_knn
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState
-from alscale.strategies import neighbour_ops
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, neighbour_ops
 
 
 def _data(n=1500, d=12, seed=0):
@@ -70,7 +69,7 @@ def test_sharded_exact_search_is_the_same_for_1_2_7_shards():
         neighbour_ops.build(sh, "t", "exact")
         results.append((neighbour_ops.knn(sh, "t", q, 9), neighbour_ops.range_search(sh, "t", q, 8.0)))
     bd, bi = _brute_knn(q, x, ids, 9)
-    for (d, i), (lims, d2, rid) in results:
+    for (d, i), (lims, _d2, rid) in results:
         np.testing.assert_array_equal(i, bi)
         np.testing.assert_array_equal(d, results[0][0][0])
         np.testing.assert_array_equal(rid, results[0][1][2])
@@ -216,6 +215,6 @@ def test_gpu_paths_are_chosen_at_run_time_and_shards_agree_with_the_cpu():
         neighbour_ops.build(sh, "t", "exact", device=device)
         got.append(neighbour_ops.knn(sh, "t", q, 12))
     bd, bi = _brute_knn(q, x, ids, 12)
-    for d, i in got:
+    for _d, i in got:
         np.testing.assert_array_equal(i, bi)
     np.testing.assert_array_equal(got[0][0], got[1][0])

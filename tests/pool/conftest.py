@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pytest
+from pool_fixtures import SUFFIX
 
 from alscale.pool import write_table
-from pool_fixtures import SUFFIX
 
 
 @pytest.fixture

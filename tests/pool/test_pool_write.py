@@ -27,13 +27,12 @@ def test_no_temporary_file_is_left(tmp_path, fmt):
 
 def test_exception_mid_write_leaves_no_final_file(tmp_path, fmt):
     path = tmp_path / ("p.arrow" if fmt == "ipc" else "p.parquet")
-    with pytest.raises(RuntimeError, match="boom"):
-        with PoolWriter(str(path)) as writer:
-            writer.write(known_table(10))
-            names = sorted(os.listdir(tmp_path))  # the hidden temporary file and the writer's lock
-            assert len(names) == 2 and names[0] == f".{path.name}.lock" and names[1].startswith(f".{path.name}.tmp-")
-            assert not path.exists()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), PoolWriter(str(path)) as writer:
+        writer.write(known_table(10))
+        names = sorted(os.listdir(tmp_path))  # the hidden temporary file and the writer's lock
+        assert len(names) == 2 and names[0] == f".{path.name}.lock" and names[1].startswith(f".{path.name}.tmp-")
+        assert not path.exists()
+        raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
 
 
@@ -41,10 +40,9 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "p.arrow"
     write_table(known_table(5), str(path))
     other = known_table(5).drop_columns(["label"])
-    with pytest.raises(PoolError, match="does not match the file's schema"):
-        with PoolWriter(str(path)) as writer:
-            writer.write(known_table(3))
-            writer.write(other)
+    with pytest.raises(PoolError, match="does not match the file's schema"), PoolWriter(str(path)) as writer:
+        writer.write(known_table(3))
+        writer.write(other)
     assert os.listdir(tmp_path) == ["p.arrow"]
     assert open_pool(str(path)).n_rows == 5
 

@@ -61,7 +61,8 @@ def test_grown_pool_scores_only_the_new_file(setup):
     files = first["inputs"]["pool"]["files"]
     assert [f["rows"] for f in files] == [ROWS, ROWS] and [f["first_row"] for f in files] == [0, ROWS]
     for f in files:
-        assert f["sha256"] == hashlib.sha256(open(f["path"], "rb").read()).hexdigest()
+        with open(f["path"], "rb") as fh:
+            assert f["sha256"] == hashlib.sha256(fh.read()).hexdigest()
     ckpt = first["inputs"]["model"]["checkpoint"]
     assert ckpt["sha256"] == hashlib.sha256((tmp_path / "mlp.pt").read_bytes()).hexdigest()
     assert first["inputs"]["embeddings"]["source"] == "model" and first["inputs"]["model"]["factory_source_sha256"]

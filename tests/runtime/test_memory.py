@@ -67,7 +67,8 @@ def test_a_pool_several_times_the_budget_streams_within_it(tmp_path):
     # freed pages; the budget counts arrays).
     assert whole - base > pool_bytes / MIB, (base, streamed, whole)
     assert streamed - base < 2 * 2 * budget / MIB, (base, streamed, whole)
-    assert pq.read_table(tmp_path / "o1" / "selection.parquet").equals(pq.read_table(tmp_path / "o2" / "selection.parquet"))
+    assert pq.read_table(tmp_path / "o1" / "selection.parquet").equals(
+        pq.read_table(tmp_path / "o2" / "selection.parquet"))
     memory = json.loads((tmp_path / "o1" / "manifest.json").read_text())["memory"]
     assert memory["streamed"] and memory["kept"] == {"base_score": "bald", "log_probs": False, "embeddings": False}
     assert memory["chunk_rows"] < 100_000
@@ -79,8 +80,8 @@ def small(tmp_path_factory):
     lp = _lp_pool(d / "lp.parquet", 3_000, k=4, c=5, rows_per_batch=64, emb=8)
     rng = np.random.default_rng(2)
     feats = d / "feat.arrow"
-    write_table(pool_table(np.arange(2_000, dtype=np.int64), features_N_D=rng.normal(size=(2_000, 12)).astype(np.float32)),
-                str(feats), rows_per_batch=300)
+    features_N_D = rng.normal(size=(2_000, 12)).astype(np.float32)
+    write_table(pool_table(np.arange(2_000, dtype=np.int64), features_N_D=features_N_D), str(feats), rows_per_batch=300)
     return lp, feats
 
 

@@ -37,7 +37,8 @@ def pool(tmp_path_factory):
     ids = rng.permutation(3 * n)[:n].astype(np.int64)
     lp = log_softmax(rng.normal(size=(n, 2, 6)) * 2)
     emb = ((rng.normal(size=(8, 8)) * 3)[rng.integers(0, 8, n)] + rng.normal(size=(n, 8))).astype(np.float32)
-    source = np.array(["camera_a", "camera_b", "dashcam", "drone"], dtype=object)[rng.choice(4, n, p=[.5, .3, .17, .03])]
+    source = np.array(["camera_a", "camera_b", "dashcam", "drone"],
+                      dtype=object)[rng.choice(4, n, p=[.5, .3, .17, .03])]
     quality = np.round(rng.random(n), 3)
     root = tmp_path_factory.mktemp("objective-job")
     table = pool_table(ids, log_probs_N_K_C=lp, embeddings_N_D=emb)

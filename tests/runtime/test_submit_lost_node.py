@@ -174,7 +174,8 @@ def test_status_shows_a_failed_job_in_one_line():
     ray_message = ("Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n"
                    "WARNING alscale.runtime.ray_executor: shard worker 0 died\n"
                    "alscale: failed: shard worker 0 could not be restarted ...; add a node\n")
-    assert one_line(ray_message) == "exit code 1: alscale: failed: shard worker 0 could not be restarted ...; add a node"
+    assert one_line(ray_message) == ("exit code 1: alscale: failed: shard worker 0 could not be restarted ...; "
+                                     "add a node")
     assert one_line("Job finished successfully.") == "Job finished successfully."
     assert one_line("Job entrypoint command failed with exit code 137, last available logs:\nKilled\n") == (
         "Job entrypoint command failed with exit code 137, last available logs; `alscale logs` shows the rest")

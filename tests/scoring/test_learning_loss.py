@@ -3,7 +3,6 @@ and --resume; a model without one is a clear error."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.ipc as ipc
 import pytest

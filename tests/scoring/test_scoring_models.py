@@ -165,7 +165,8 @@ def test_checkpoint_for_user_factory(tmp_path: Path) -> None:
 
 def test_unknown_builtin_lists_the_valid_names() -> None:
     message = _one_line_error(ModelSpec("resnet"))
-    assert "'resnet'" in message and "gal_cnn, linear, mlp, mnist_cnn" in message and "package.module:callable" in message
+    assert "'resnet'" in message and "gal_cnn, linear, mlp, mnist_cnn" in message
+    assert "package.module:callable" in message
 
 
 @pytest.mark.parametrize(

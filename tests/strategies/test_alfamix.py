@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from alscale.errors import AlscaleError
-from alscale.strategies import run_strategy
 from alscale.index.exact import sq_dist_rows
+from alscale.strategies import run_strategy
 from tests.strategies.pools import blobs, make_shards
 
 

@@ -18,9 +18,16 @@ import pytest
 
 import alscale
 from alscale.errors import AlscaleError
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, get_strategy, run_strategy
+from alscale.strategies import (
+    FanoutShards,
+    InProcessFanout,
+    ShardState,
+    get_strategy,
+    kmeanspp_kernels,
+    kmeanspp_shard,
+    run_strategy,
+)
 from alscale.strategies import kmeanspp as kpp
-from alscale.strategies import kmeanspp_kernels, kmeanspp_shard
 from alscale.strategies.badge import gradient_factors
 from tests.strategies.pools import make_shards
 

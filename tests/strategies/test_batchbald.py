@@ -10,9 +10,8 @@ import torch
 import alscale
 from alscale.errors import AlscaleError
 from alscale.jobspec import validate_job
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, registry, scores
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, batchbald, registry, scores
 from alscale.strategies import joint_entropy as je
-from alscale.strategies import batchbald
 from alscale.strategies.batchbald import batchbald_loop, check_options, prefilter_loop
 
 K_FIX = 20
@@ -33,7 +32,9 @@ FIXTURE_1 = np.stack(
         _mix([0.1, 0.1, 0.1, 0.7], [0.3, 0.2, 0.2, 0.3]),
     ]
 )
-FIXTURE_2 = np.stack([_mix([0.1, 0.2, 0.2, 0.5], [0.5, 0.2, 0.1, 0.2]), _mix([0.1, 0.6, 0.2, 0.1], [0, 0.5, 0.5, 0])] * 4)
+FIXTURE_2 = np.stack(
+    [_mix([0.1, 0.2, 0.2, 0.5], [0.5, 0.2, 0.1, 0.2]), _mix([0.1, 0.6, 0.2, 0.1], [0, 0.5, 0.5, 0])] * 4
+)
 EXACT = 10**6  # max_configs that keeps every fixture exact
 
 
@@ -174,7 +175,8 @@ def test_reference_kernel_ignores_grouping_and_layout():
     state.extend(lp[0])
     post_T = np.ascontiguousarray(state.post_M_K.T)
     one = [je.row_conditional_entropy(post_T, state.weights_M, lp[i]) for i in range(30)]
-    again = [je.row_conditional_entropy(post_T.copy(), state.weights_M.copy(), np.array(lp[i], order="F")) for i in range(30)]
+    again = [je.row_conditional_entropy(post_T.copy(), state.weights_M.copy(), np.array(lp[i], order="F"))
+             for i in range(30)]
     assert np.array(one).tobytes() == np.array(again).tobytes()
 
 

@@ -54,7 +54,7 @@ def test_kmeans_bounds_skip_rows_without_changing_any_assignment(data, monkeypat
     for bounded in (True, False):
         if not bounded:  # forget the last centers: every iteration is a first, full pass
             first_use = clustering._km
-            monkeypatch.setattr(clustering, "_km", lambda st: _forget(first_use(st)))
+            monkeypatch.setattr(clustering, "_km", lambda st, first_use=first_use: _forget(first_use(st)))
         shards, states = make_shards(ids, emb, n_shards=3)
         km = kmeans(shards, 12, seed=5, round=0, tol=0.0)
         runs.append((km, labels_of(states)))

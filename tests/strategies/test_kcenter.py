@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import alscale
 from alscale.errors import AlscaleError
+from alscale.index.exact import sq_dist_rows
 from alscale.strategies import FanoutShards, InProcessFanout, ShardState, check_options, run_strategy
 from alscale.strategies.kcenter import kcenter_approx, kcenter_greedy
-from alscale.index.exact import sq_dist_rows
 from tests.strategies.pools import make_shards
 
 

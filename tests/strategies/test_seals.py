@@ -1,4 +1,5 @@
-"""SEALS (seals.py): the candidates are the labelled rows' nearest neighbours, for any strategy, in a job and the API."""
+"""SEALS (seals.py): the candidates are the labelled rows' nearest neighbours, for any strategy,
+in a job and the API."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 import alscale
 from alscale.errors import AlscaleError
-from alscale.strategies import FanoutShards, InProcessFanout, ShardState, select_by_score
-from alscale.strategies import noise, scores
+from alscale.strategies import FanoutShards, InProcessFanout, ShardState, noise, scores, select_by_score
 from alscale.strategies.shards import merge_topk, topk_order
 
 

@@ -19,7 +19,7 @@ from alscale.errors import AlscaleError, JobError
 from alscale.jobspec import validate_job
 from alscale.pool import pool_table, write_table
 from alscale.runtime.coordinator import run_job
-from alscale.strategies import ShardState, Shards, get_strategy, shard_op
+from alscale.strategies import Shards, ShardState, get_strategy, shard_op
 from alscale.strategies.shards import op_mutates
 from alscale.testing import StrategyCheckError, check_strategy, synthetic_pool
 from alscale.types import Selection

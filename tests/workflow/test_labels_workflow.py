@@ -35,13 +35,15 @@ def test_export_formats_carry_the_rows_and_their_images(selected, tmp_path, caps
     root, pool = selected
     sel = pq.read_table(root / "out" / "selection.parquet").to_pylist()
     assert main(["labels", "export", str(root / "out"), str(tmp_path / "b.csv")]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "b.csv")))
+    with open(tmp_path / "b.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["row_id"]) for r in rows] == [r["row_id"] for r in sel]
     assert [int(r["rank"]) for r in rows] == list(range(1, 13))
     png = base64.b64decode(rows[0]["image"].split(",", 1)[1])
     assert rows[0]["image"].startswith("data:image/png;base64,") and png[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["labels", "export", str(root / "out"), str(tmp_path / "b.jsonl")]) == 0
-    lines = [json.loads(x) for x in open(tmp_path / "b.jsonl")]
+    with open(tmp_path / "b.jsonl") as f:
+        lines = [json.loads(x) for x in f]
     assert [x["row_id"] for x in lines] == [r["row_id"] for r in sel] and lines[0]["strategy"] == "entropy"
     assert main(["labels", "export", str(root / "out"), str(tmp_path / "ls.json")]) == 0
     tasks = json.loads((tmp_path / "ls.json").read_text())

@@ -48,9 +48,9 @@ def runs(tmp_path_factory):
     write_table(pool_table(np.arange(n, dtype=np.int64), features_N_D=rng.normal(size=(n, 8)).astype(np.float32)),
                 str(feats))
     model_out = root / "model"
-    run_job(validate_job({"pool": {"path": str(feats)}, "model": {"factory": "mlp", "kwargs": {"num_classes": 3},
-                                                                  "mc_samples": 2},
-                          "strategy": {"name": "kcenter", "budget": 30}, "runtime": {"executor": "local", "shards": 2}}),
+    model = {"factory": "mlp", "kwargs": {"num_classes": 3}, "mc_samples": 2}
+    run_job(validate_job({"pool": {"path": str(feats)}, "model": model, "strategy": {"name": "kcenter", "budget": 30},
+                          "runtime": {"executor": "local", "shards": 2}}),
             out_dir=model_out, progress=False)
     return out, model_out
 

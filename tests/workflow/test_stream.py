@@ -3,7 +3,6 @@ disk, model updates every n labels, and clear errors."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -35,7 +34,8 @@ def lp_pool(tmp_path_factory):
     rng = np.random.default_rng(0)
     n = 5000
     path = tmp_path_factory.mktemp("stream") / "lp.arrow"
-    write_table(pool_table(np.arange(n, dtype=np.int64) + 100, log_probs_N_K_C=log_softmax(rng.normal(size=(n, 1, 4)) * 3),
+    log_probs_N_K_C = log_softmax(rng.normal(size=(n, 1, 4)) * 3)
+    write_table(pool_table(np.arange(n, dtype=np.int64) + 100, log_probs_N_K_C=log_probs_N_K_C,
                            labels_N=rng.integers(0, 4, n)), str(path), rows_per_batch=700)
     return path
 
