@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -97,13 +98,31 @@ def _ivf_hnsw(f: Any, x_N_D: np.ndarray, list_rows: int, iters: int, seed: int) 
     (module doc): centroids from ``iters`` Lloyd iterations on a seeded sample of
     ``8·nlist`` rows, each iteration assigning through an HNSW graph of the centroids (so
     training costs ``O(N log N)``, not the flat ``N·nlist``)."""
-    n, d = x_N_D.shape
+    n = x_N_D.shape[0]
     if list_rows < 1:
         raise AlscaleError(f"neighbour mode approx_ivf_flat: list_rows must be >= 1; got {list_rows}")
     nlist = max(1, -(-n // list_rows))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
     sample = x_N_D[np.sort(rng.choice(n, size=min(n, 8 * nlist), replace=False))]
     cent = np.ascontiguousarray(sample[np.sort(rng.choice(sample.shape[0], size=nlist, replace=False))])
+    with _one_thread(f):  # FAISS inserts HNSW nodes in parallel, in no fixed order: one thread
+        return _ivf_over_hnsw(f, sample, cent, iters, seed)
+
+
+@contextmanager
+def _one_thread(f: Any):
+    threads = f.omp_get_max_threads()
+    f.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        f.omp_set_num_threads(threads)
+
+
+def _ivf_over_hnsw(f: Any, sample: np.ndarray, cent: np.ndarray, iters: int, seed: int) -> Any:
+    """The IVF index of :func:`_ivf_hnsw` from its sample and first centroids (the same
+    graph, centroids and lists on every run: call it on one thread)."""
+    nlist, d = cent.shape
     if iters > 0 and nlist > 1:
         cl = f.Clustering(d, nlist)
         cl.niter, cl.seed, cl.verbose = iters, int(seed), False
