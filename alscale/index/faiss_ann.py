@@ -5,7 +5,13 @@ One of the two modules that import ``faiss`` (lazily). Approximate modes:
 
 - ``approx_ivf_flat``: ``IndexIVFFlat`` (Jégou, Douze & Schmid, TPAMI 2011; inverted lists
   over a k-means coarse quantizer), ``nlist`` lists (default ``4·√N`` capped to keep
-  training cheap), ``nprobe`` probed (default 8);
+  training cheap), ``nprobe`` probed (default 8). With ``list_rows`` instead, about that
+  many rows per list (``nlist = ⌈N / list_rows⌉``) over an HNSW coarse quantizer
+  (``IndexIVFFlat(IndexHNSWFlat(d, 16), d, nlist)``, the IVF-HNSW of Baranchuk, Babenko &
+  Malkov, ECCV 2018): a query's work (the quantizer's ``O(log nlist)`` graph search plus
+  ``nprobe · list_rows`` rows) no longer grows with N, where the flat quantizer's
+  ``nlist + nprobe · N / nlist`` is at best ``√N``. The centroids: ``train_iters`` (default
+  4) Lloyd iterations, assigned by HNSW, from a seeded sample of ``8·nlist`` rows;
 - ``approx_ivf_pq``: ``IndexIVFPQ``, product-quantised residuals (``pq_m`` sub-vectors of
   ``pq_bits`` bits) — a quarter or less of the memory, candidates re-ranked exactly;
 - ``approx_hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin, TPAMI 2018), ``hnsw_m`` links,
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -86,6 +93,53 @@ def _default_nlist(n: int) -> int:
     return int(max(1, min(4096, round(4 * math.sqrt(max(n, 1))), n // 39 if n >= 39 else 1)))
 
 
+def _ivf_hnsw(f: Any, x_N_D: np.ndarray, list_rows: int, iters: int, seed: int) -> Any:
+    """An empty trained ``IndexIVFFlat`` of ``⌈N / list_rows⌉`` lists over an HNSW quantizer
+    (module doc): centroids from ``iters`` Lloyd iterations on a seeded sample of
+    ``8·nlist`` rows, each iteration assigning through an HNSW graph of the centroids (so
+    training costs ``O(N log N)``, not the flat ``N·nlist``)."""
+    n = x_N_D.shape[0]
+    if list_rows < 1:
+        raise AlscaleError(f"neighbour mode approx_ivf_flat: list_rows must be >= 1; got {list_rows}")
+    nlist = max(1, -(-n // list_rows))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
+    sample = x_N_D[np.sort(rng.choice(n, size=min(n, 8 * nlist), replace=False))]
+    cent = np.ascontiguousarray(sample[np.sort(rng.choice(sample.shape[0], size=nlist, replace=False))])
+    with _one_thread(f):  # FAISS inserts HNSW nodes in parallel, in no fixed order: one thread
+        return _ivf_over_hnsw(f, sample, cent, iters, seed)
+
+
+@contextmanager
+def _one_thread(f: Any):
+    threads = f.omp_get_max_threads()
+    f.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        f.omp_set_num_threads(threads)
+
+
+def _ivf_over_hnsw(f: Any, sample: np.ndarray, cent: np.ndarray, iters: int, seed: int) -> Any:
+    """The IVF index of :func:`_ivf_hnsw` from its sample and first centroids (the same
+    graph, centroids and lists on every run: call it on one thread)."""
+    nlist, d = cent.shape
+    if iters > 0 and nlist > 1:
+        cl = f.Clustering(d, nlist)
+        cl.niter, cl.seed, cl.verbose = iters, int(seed), False
+        cl.min_points_per_centroid, cl.max_points_per_centroid = 1, 8
+        f.copy_array_to_vector(cent.ravel(), cl.centroids)  # start from the sampled rows
+        assign = f.IndexHNSWFlat(d, 16)
+        assign.hnsw.efSearch = 16
+        cl.train(sample, assign)
+        cent = f.vector_to_array(cl.centroids).reshape(nlist, d).astype(np.float32)
+    quant = f.IndexHNSWFlat(d, 16)
+    quant.hnsw.efConstruction = 40
+    quant.add(cent)
+    ix = f.IndexIVFFlat(quant, d, nlist)
+    ix.is_trained = True  # the python wrapper keeps ``quant`` alive with the index
+    return ix
+
+
 class FaissAnnIndex:
     """An approximate FAISS index over rows ``x`` with ids (module doc)."""
 
@@ -101,14 +155,19 @@ class FaissAnnIndex:
         self.ids = np.asarray(ids_N, dtype=np.int64)
         n, d = self.x.shape
         known = {"nlist", "nprobe", "pq_m", "pq_bits", "hnsw_m", "ef_construction", "ef_search", "train_rows",
-                 "rerank"}
+                 "rerank", "list_rows", "train_iters"}
         unknown = sorted(set(params) - known)
         if unknown:
             raise AlscaleError(f"unknown option(s) {', '.join(unknown)} for neighbour mode {mode}; "
                                f"valid: {', '.join(sorted(known))}")
         self.params = dict(params)
         self.rerank = int(params.get("rerank", 2))  # candidates per wanted neighbour (IVF-PQ)
-        self._gpu = device is not None and device.startswith("cuda") and mode != "approx_hnsw" and gpu_ok(device)
+        if "list_rows" in params and mode != "approx_ivf_flat":
+            raise AlscaleError(f"option list_rows is for neighbour mode approx_ivf_flat, not {mode}")
+        # FAISS has no GPU HNSW: the IVF-HNSW variant (list_rows) stays on the CPU
+        self._gpu = device is not None and device.startswith("cuda") and mode != "approx_hnsw" and \
+            "list_rows" not in params and gpu_ok(device)
+        self._hnsw_quantizer: Any = None  # the IVF-HNSW variant's coarse quantizer (list_rows)
         if n == 0:
             self._index = None
             return
@@ -117,6 +176,12 @@ class FaissAnnIndex:
             ix.hnsw.efConstruction = int(params.get("ef_construction", 40))
             ix.add(self.x)
             ix.hnsw.efSearch = int(params.get("ef_search", 64))
+        elif "list_rows" in params:
+            ix = _ivf_hnsw(f, self.x, int(params["list_rows"]), int(params.get("train_iters", 4)), seed)
+            ix.add(self.x)
+            ix.nprobe = int(params.get("nprobe", 8))
+            self._hnsw_quantizer = f.downcast_index(ix.quantizer)
+            self._hnsw_quantizer.hnsw.efSearch = max(16, ix.nprobe)
         else:
             nlist = int(params.get("nlist", _default_nlist(n)))
             nlist = max(1, min(nlist, n))
@@ -139,6 +204,27 @@ class FaissAnnIndex:
         self._cpu_index = ix
         self._index = f.index_cpu_to_gpu(_gpu_res(device), int(device.partition(":")[2] or 0), ix) \
             if self._gpu else ix
+
+    def _range_by_list(self, q: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Range search on the IVF-HNSW index with the queries taken in the order of their
+        nearest list (the same pairs as ``range_search``; consecutive queries scan the same
+        lists, so the lists are read from cache instead of memory): (query, position) pairs."""
+        ix = self._cpu_index
+        dq, iq = self._hnsw_quantizer.search(q, ix.nprobe)
+        o = np.argsort(iq[:, 0], kind="stable")
+        lims, _, pos = ix.range_search_preassigned(q[o], radius, iq[o], dq[o])
+        qi = o[np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims.astype(np.int64)))]
+        return qi.astype(np.int64), pos
+
+    def row_order(self) -> np.ndarray:
+        """Row positions grouped by inverted list (IVF; identity for HNSW): queries sent in
+        this order scan the same lists one after another."""
+        if self._index is None or self.mode == "approx_hnsw":
+            return np.arange(len(self))
+        f = import_faiss()
+        inv = self._cpu_index.invlists
+        parts = [f.rev_swig_ptr(inv.get_ids(j), inv.list_size(j)).copy() for j in range(self._cpu_index.nlist)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.arange(len(self))
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -179,8 +265,11 @@ class FaissAnnIndex:
             return np.zeros(m + 1, np.int64), np.empty(0), np.empty(0, np.int64)
         # Approximate distances may be a little off (PQ: much more): a wider radius, then exact.
         widen = 1.5 if self.mode == "approx_ivf_pq" else 1.0 + 1e-4
-        lims, _, pos = self._cpu_index.range_search(q, float(r2) * widen + 1e-12)
-        qi = np.repeat(np.arange(m, dtype=np.int64), np.diff(lims.astype(np.int64)))
+        if self._hnsw_quantizer is not None:
+            qi, pos = self._range_by_list(q, float(r2) * widen + 1e-12)
+        else:
+            lims, _, pos = self._cpu_index.range_search(q, float(r2) * widen + 1e-12)
+            qi = np.repeat(np.arange(m, dtype=np.int64), np.diff(lims.astype(np.int64)))
         p = pos.astype(np.int64)
         d2 = self._rerank(q, qi, p)
         keep = d2 < r2 if strict else d2 <= r2

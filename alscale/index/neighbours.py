@@ -352,6 +352,11 @@ class ExactIndex:
             return None  # the cells do not prune this data
         return self._cells
 
+    def row_order(self) -> np.ndarray:
+        """Row positions grouped by Voronoi cell (the cells range search uses; identity
+        without cells): queries sent in this order visit few cells per batch."""
+        return self.cells().order if self._use_cells else np.arange(len(self))
+
     def search(self, q_Q_D: np.ndarray, k: int, *, exclude_ids_Q: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         cells = self._knn_cells(int(np.shape(q_Q_D)[0]))
@@ -373,7 +378,8 @@ def make_index(mode: str, x_N_D: np.ndarray, ids_N: np.ndarray, *, params: dict[
 
     ``params`` (approximate modes): ``nlist``, ``nprobe`` (IVF), ``pq_m``, ``pq_bits``
     (IVF-PQ), ``hnsw_m``, ``ef_construction``, ``ef_search`` (HNSW), ``train_rows``;
-    defaults in :mod:`alscale.index.faiss_ann`. ``exact`` takes ``backend``
+    ``list_rows`` (IVF-Flat over an HNSW quantizer, lists of about that many rows) and
+    ``train_iters``; defaults in :mod:`alscale.index.faiss_ann`. ``exact`` takes ``backend``
     (``auto``/``numpy``/``faiss``/``torch``) for its candidate pass, ``cells``
     (``True``/``False``; default: on the CPU from 4,096 rows) for Voronoi-cell pruning and
     ``queries`` (the k-NN queries a caller will send, to size the cells); see

@@ -94,7 +94,8 @@ class ProbCoverShard:
     strategy sees them (``x_N_D``, L2-normalised when asked, float32); the all-pairs
     construction's purity distances ``r_sq_N`` and edge lists; the frozen ``graph``; the
     rows already picked ``picked_N``; and, for :mod:`alscale.strategies.probcover_graph`, the
-    neighbour ``index`` over ``x_N_D`` and the rows ordered by pseudo-label ``by_label``."""
+    neighbour ``index`` over ``x_N_D``, the rows ordered by pseudo-label ``by_label`` and the
+    row positions grouped by the index's cells or lists ``order`` (the graph's query order)."""
 
     x_N_D: np.ndarray
     r_sq_N: np.ndarray | None = None
@@ -104,6 +105,7 @@ class ProbCoverShard:
     picked_N: np.ndarray | None = None
     index: Any = None
     by_label: Any = None
+    order: Any = None
 
     def finish(self, n: int) -> int:
         """Freeze the edge lists into :attr:`graph`; returns the number of edges."""

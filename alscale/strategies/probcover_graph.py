@@ -144,13 +144,12 @@ def _other_label_sq(shards: Shards, chunks: Any, op: str, *args: Any) -> np.ndar
 
 def _rule_rows(shards: Shards, n: int, sample: int | None, seed: int, round: int, normalize: bool,
                chunk_rows: int) -> tuple[Any, int]:
-    """The rows the purity rule is applied to — every row, or the keyed sample — as a
-    function giving their (x, labels) chunks, and their number."""
-    from alscale.strategies.probcover import _chunks
-
+    """The rows the purity rule is applied to — every row (in :func:`near_chunks` order:
+    the rule takes a quantile, which no order changes; needs the shards' indexes), or the
+    keyed sample — as a function giving their (x, labels) chunks, and their number."""
     if sample is None or sample >= n:
         sizes = [int(v) for v in shards.call(_PC + "pc_size")]
-        return (lambda: ((x, lab) for _, x, lab in _chunks(shards, sizes, chunk_rows, normalize))), n
+        return (lambda: ((x, lab) for _, x, lab in near_chunks(shards, sizes, chunk_rows))), n
     x, lab = _sample(shards, n, sample, seed, round, normalize)
     return (lambda: ((x[s:s + chunk_rows], lab[s:s + chunk_rows]) for s in range(0, x.shape[0], chunk_rows))), \
         int(x.shape[0])
@@ -222,8 +221,34 @@ def pcg_index(state: ShardState, mode: str, params: dict[str, Any], normalize: b
     if not (reuse and pc.index is not None and pc.index.mode == mode):
         pc.index = None
         pc.index = make_index(mode, pc.x_N_D, np.arange(pc.x_N_D.shape[0]), params=params, seed=seed)
-    pc.src, pc.dst = [], []
+    pc.src, pc.dst, pc.order = [], [], None
     return int(pc.x_N_D.shape[0])
+
+
+@shard_op
+def pcg_chunk(state: ShardState, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of this shard in the order of its index's cells or lists
+    (:func:`near_chunks`), as a ``probcover.Chunk`` (labels empty before the k-means)."""
+    from alscale.strategies.probcover import Chunk
+
+    pc = _pc(state)
+    if pc.order is None:
+        order = getattr(pc.index, "row_order", None)
+        pc.order = order() if order is not None else np.arange(pc.x_N_D.shape[0])
+    pos = pc.order[start:stop]
+    labels = clustering.labels(state, required=False)
+    return Chunk(state.row_ids_N[pos], pc.x_N_D[pos], labels[pos] if labels is not None else np.empty(0, np.int64))
+
+
+def near_chunks(shards: Shards, sizes: list[int], chunk_rows: int):
+    """Every row of the pool (built indexes needed), shard by shard, in chunks of rows near
+    each other (each shard's rows grouped by its index's cells or lists): a chunk's queries
+    then visit few cells, or scan the same lists one after another — the same answers per
+    row as any order, read from cache instead of memory, with fewer per-cell passes."""
+    for s, n in enumerate(sizes):
+        for start in range(0, n, chunk_rows):
+            args = [(start, min(n, start + chunk_rows)) if t == s else (0, 0) for t in range(len(sizes))]
+            yield shards.call_each(_OP + "pcg_chunk", args)[s]
 
 
 @shard_op
@@ -241,7 +266,7 @@ def pcg_edges(state: ShardState, ids_M: np.ndarray, x_M_D: np.ndarray, delta_sq:
 def pcg_finish(state: ShardState) -> int:
     """Freeze the edges: CSR by source row, and (target id -> source rows) for the updates."""
     pc = _pc(state)
-    pc.index = None
+    pc.index, pc.order = None, None
     return pc.finish(state.row_ids_N.shape[0])
 
 
@@ -352,12 +377,10 @@ def pcg_mark(state: ShardState, picked_ids: np.ndarray) -> None:
 def build_graph(shards: Shards, delta: float, *, mode: str, params: dict[str, Any], normalize: bool,
                 chunk_rows: int, max_edges: int, seed: int) -> int:
     """The δ-ball graph on every shard; returns the number of edges."""
-    from alscale.strategies.probcover import _chunks
-
     shards.call(_OP + "pcg_index", mode, dict(params), normalize, int(seed), True)
     sizes = [int(v) for v in shards.call(_PC + "pc_size")]
     edges = 0
-    for ids, x, _ in _chunks(shards, sizes, chunk_rows, normalize):
+    for ids, x, _ in near_chunks(shards, sizes, chunk_rows):
         edges += sum(shards.call(_OP + "pcg_edges", ids, x, float(delta) ** 2))
         if edges > max_edges:
             shards.call(_OP + "pcg_finish")
@@ -366,13 +389,28 @@ def build_graph(shards: Shards, delta: float, *, mode: str, params: dict[str, An
     return int(sum(shards.call(_OP + "pcg_finish")))
 
 
+#: The δ-graph's IVF-Flat index unless ``index_params`` names ``nlist`` or ``list_rows``:
+#: about 128 rows per list over an HNSW coarse quantizer, 8 lists probed
+#: (:mod:`alscale.index.faiss_ann`) — a query's work independent of N, where ``4·√N`` flat
+#: lists cost ``√N`` per query (N^1.6 for the graph at 100k -> 1M rows; BENCHMARKS.md).
+GRAPH_IVF = {"list_rows": 128, "nprobe": 8}
+
+
+def graph_params(mode: str, index_params: dict[str, Any] | None) -> dict[str, Any]:
+    """The neighbour-index parameters of the δ-graph: ``index_params`` over the defaults."""
+    params = dict(index_params or {})
+    if mode == "approx_ivf_flat" and "nlist" not in params and "list_rows" not in params:
+        params = {**GRAPH_IVF, **params}
+    return params
+
+
 def select(shards: Shards, budget: int, options: dict[str, Any], seed: int, round: int
            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """ProbCover's picks and scores (budget already capped), and what was done (for logs)."""
     normalize, chunk = bool(options["normalize"]), int(options["chunk_rows"])
     mode = options["index"]
     delta = options["delta"]
-    params = options["index_params"] or {}
+    params = graph_params(mode, options["index_params"])
     if delta == "auto":
         delta = purity_delta(shards, n_classes=options["n_classes"], purity=options["purity"], normalize=normalize,
                              chunk_rows=chunk, seed=seed, round=round, kmeans_iters=options["kmeans_iters"],

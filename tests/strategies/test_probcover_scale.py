@@ -88,14 +88,38 @@ def test_approximate_probcover_is_named_and_covers_nearly_as_much():
                           options={"delta": 0.4, "index_params": {"nlist": 16, "nprobe": 4}}, seed=0)
     assert approx.strategy == "probcover_approx" and exact.strategy == "probcover"
     assert len(set(approx.indices.tolist())) == 30
+    assert _coverage(x, approx) >= 0.9 * _coverage(x, exact)
+
+
+def _coverage(x, sel):
+    """The fraction of the pool within δ = 0.4 of a pick (normalised rows; ids 3·pos + 1)."""
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pos = (sel.indices - 1) // 3
+    d = ((xn[:, None, :] - xn[None, pos, :]) ** 2).sum(-1)
+    return np.mean((d < 0.16).any(axis=1))
 
-    def coverage(sel):
-        pos = (sel.indices - 1) // 3
-        d = ((xn[:, None, :] - xn[None, pos, :]) ** 2).sum(-1)
-        return np.mean((d < 0.16).any(axis=1))
 
-    assert coverage(approx) >= 0.9 * coverage(exact)
+def test_approximate_probcover_on_ivf_hnsw_lists_covers_nearly_as_much():
+    """probcover_approx's default δ-graph index: IVF with about 128 rows per list over an
+    HNSW quantizer (``GRAPH_IVF``); given ``nlist`` the flat quantizer stays. On a small
+    pool 32 rows per list make many lists; the default runs too."""
+    pytest.importorskip("faiss")
+    from alscale.strategies.probcover_graph import GRAPH_IVF, graph_params
+
+    assert graph_params("approx_ivf_flat", None) == GRAPH_IVF
+    assert graph_params("approx_ivf_flat", {"nprobe": 16}) == {**GRAPH_IVF, "nprobe": 16}
+    assert graph_params("approx_ivf_flat", {"nlist": 16}) == {"nlist": 16}
+    assert graph_params("exact", None) == {}
+    ids, x = _pool(3000, seed=4)
+    exact = run_strategy(_shards(ids, x, 2), "probcover", 30, options={"delta": 0.4}, seed=0)
+    lists = {"delta": 0.4, "index_params": {"list_rows": 32}}
+    approx = run_strategy(_shards(ids, x, 2), "probcover_approx", 30, options=lists, seed=0)
+    again = run_strategy(_shards(ids, x, 2), "probcover_approx", 30, options=lists, seed=0)
+    np.testing.assert_array_equal(approx.indices, again.indices)
+    assert _coverage(x, approx) >= 0.95 * _coverage(x, exact)
+    default = run_strategy(_shards(ids, x, 2), "probcover_approx", 30, options={"delta": 0.4}, seed=0)
+    assert len(set(default.indices.tolist())) == 30
+    assert _coverage(x, default) >= 0.95 * _coverage(x, exact)
 
 
 def test_sampled_purity_rule_is_named_approximate():
