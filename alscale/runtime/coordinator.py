@@ -336,12 +336,10 @@ def _load_and_score(plan: RunPlan, executor: Any, shard_plan: list, timings: Pha
 def _select(plan: RunPlan, shards: FanoutShards, timings: PhaseTimings, progress: bool) -> _Selected:
     """The selection over all shards: the labelled rows out, the SEALS filter, then the
     strategy (through the class-quota greedy when the job sets quotas)."""
-    from tqdm import tqdm
-
     from alscale.strategies.progress import reporting
 
     job, strategy = plan.job, plan.job.strategy
-    bar = tqdm(total=strategy.budget, unit="picks", desc="selecting", disable=not progress, file=sys.stderr)
+    bar = _progress_bar(progress, total=strategy.budget, unit="picks", desc="selecting")
     with _phase(timings, "select"), bar, reporting(bar.update):
         n_labeled_in_pool = shards.exclude(plan.labeled)
         candidates = _apply_seals(shards, strategy) if strategy.seals else None
@@ -665,13 +663,35 @@ def _stream_plan(job: JobSpec, info: PoolInfo, in_features: int, dims: tuple) ->
                        job_chunk_rows=job.runtime.chunk_rows, largest_piece=largest, pool=info.path)
 
 
-def _score_all(executor: Any, plan: list, chunk_rows: int, progress: bool, desc: str = "scoring") -> None:
-    """Drive every worker through its shard chunk by chunk, with a progress bar."""
+class _NoBar:
+    """What :func:`_progress_bar` gives when progress is off: a context manager whose
+    ``update`` does nothing."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
+def _progress_bar(progress: bool, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr, or a :class:`_NoBar` when progress is off (even a disabled tqdm
+    builds tqdm's multiprocessing lock: ~8 ms of imports in a job's first selection)."""
+    if not progress:
+        return _NoBar()
     from tqdm import tqdm
 
+    return tqdm(file=sys.stderr, **kwargs)
+
+
+def _score_all(executor: Any, plan: list, chunk_rows: int, progress: bool, desc: str = "scoring") -> None:
+    """Drive every worker through its shard chunk by chunk, with a progress bar."""
     n_chunks = max(math.ceil(s.n_rows / chunk_rows) for s in plan)
     total = sum(s.n_rows for s in plan)
-    with tqdm(total=total, unit="rows", desc=desc, disable=not progress, file=sys.stderr) as bar:
+    with _progress_bar(progress, total=total, unit="rows", desc=desc) as bar:
         for chunk in range(n_chunks):
             done = executor.map("score_chunk", [(chunk, chunk_rows)] * len(plan))
             bar.update(int(sum(done)))

@@ -120,7 +120,8 @@ def _check_log_probs(log_probs_N_K_C: object, name: str = "log_probs") -> bool:
             "pass log_softmax(logits), not logits or probabilities"
         )
     has_neg_inf = bool(np.isneginf(x.min()))
-    rows = np.unique(np.linspace(0, n - 1, min(n, _NORM_CHECK_ROWS)).astype(np.int64))
+    rows = np.linspace(0, n - 1, min(n, _NORM_CHECK_ROWS)).astype(np.int64)  # nondecreasing
+    rows = rows[np.diff(rows, prepend=-1) > 0]  # distinct (np.unique would import numpy.ma: ~5 ms once)
     sample = x[rows].astype(np.float64)
     top = sample.max(axis=2, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
