@@ -10,7 +10,7 @@ import json
 from typing import Literal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alscale.config import Section, check_section, setting
@@ -259,6 +259,7 @@ _SECTION = st.one_of(_VALUES, st.dictionaries(_FIELDS, _VALUES, max_size=4),
 
 
 @settings(max_examples=150, deadline=None)
+@example(loop={"stop": {"plateau": {0: None}}}, stream={})  # a non-string key: was a TypeError from Plateau.__init__
 @given(st.dictionaries(st.sampled_from(["test", "validation", "initial", "subsample", "trials", "strategies", "train",
                                         "stop", "junk"]), _SECTION, max_size=6),
        st.dictionaries(st.sampled_from(["budget", "pacing", "threshold", "step", "update_every", "train", "oracle",

@@ -58,9 +58,6 @@ class Plateau(Section):
     epsilon: float = setting(0.001, "a number >= 0", ge=0)
     rounds: int = setting(5, "an integer >= 1", ge=1)
 
-    def __init__(self, epsilon: float = 0.001, rounds: int = 5, **data: Any) -> None:
-        super().__init__(epsilon=epsilon, rounds=rounds, **data)
-
 
 class StopConfig(Section):
     """Stopping criteria; any that fires ends the loop and is recorded as the reason."""

@@ -33,7 +33,8 @@ def test_plateau():
     assert not plateaued([0.5, 0.6], 0.01, 2)  # needs rounds + 1 values
     assert plateaued([0.5, 0.6, 0.605, 0.601], 0.01, 2)  # best recent 0.605 vs 0.6 before
     assert not plateaued([0.5, 0.6, 0.605, 0.62], 0.01, 2)
-    assert stop_after_eval(StopConfig(plateau=Plateau(0.0, 1)), [0.7, 0.7], 10, 5, 1).startswith("plateau")
+    stop = StopConfig(plateau=Plateau(epsilon=0.0, rounds=1))
+    assert stop_after_eval(stop, [0.7, 0.7], 10, 5, 1).startswith("plateau")
 
 
 def _records(strategy, trial, accs, b=10, start=20):
