@@ -15,6 +15,8 @@ still belong to the pool (a grown pool reuses them).
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +33,13 @@ class _Cancelled(Exception):
 
 def sha256_of(path: str, stop: threading.Event | None = None) -> tuple[str, int]:
     """(sha256 hex, bytes) of the file at ``path`` (local path or URI), streamed; gives up
-    (``_Cancelled``) when ``stop`` is set."""
+    (``_Cancelled``) when ``stop`` is set. A local file is hashed from a memory map (no copy
+    of its bytes: half the CPU time of reading it through a stream, and its pages are
+    usually in the page cache already, the pool reader maps them too)."""
     loc = resolve(path)
     h = hashlib.sha256()
+    if loc.is_local:
+        return _sha256_mapped(loc.path, h, stop), os.path.getsize(loc.path)
     n = 0
     with loc.fs.open_input_stream(loc.path) as fh:
         while True:
@@ -45,6 +51,23 @@ def sha256_of(path: str, stop: threading.Event | None = None) -> tuple[str, int]
             h.update(buf)
             n += len(buf)
     return h.hexdigest(), n
+
+
+def _sha256_mapped(path: str, h: Any, stop: threading.Event | None) -> str:
+    """``h`` (a fresh sha256) over the local file at ``path``, read through ``mmap`` in blocks."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:  # mmap refuses an empty file
+            return h.hexdigest()
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                for start in range(0, len(view), BLOCK):
+                    if stop is not None and stop.is_set():
+                        raise _Cancelled
+                    h.update(view[start : start + BLOCK])
+            finally:
+                view.release()
+    return h.hexdigest()
 
 
 def pool_files(info: Any, stop: threading.Event | None = None) -> list[dict[str, Any]]:
