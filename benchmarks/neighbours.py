@@ -55,6 +55,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from doc_sections import save_section, splice_into_benchmarks_md  # noqa: E402
+
 RESULTS = Path(os.environ.get("NEIGHBOURS_RESULTS", ROOT / "benchmarks" / "results" / "neighbours.json"))
 GOALS = "knn,probcover,seals,typiclust,growth"
 
@@ -394,7 +396,6 @@ def part_before_after(base: str | None) -> None:
 
 
 BEGIN, END = "<!-- neighbours.py: begin -->", "<!-- neighbours.py: end -->"
-SECTION = ROOT / "benchmarks" / "results" / "sections" / "neighbours.md"
 COMMAND = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/neighbours.py --parts goals"
 
 
@@ -452,15 +453,9 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
 def update_benchmarks_md(path: Path = ROOT / "BENCHMARKS.md") -> None:
     """Write the section to ``benchmarks/results/sections/neighbours.md`` (which the suite keeps
     when it regenerates BENCHMARKS.md) and into BENCHMARKS.md between its markers."""
-    section = "\n".join(benchmarks_section()).rstrip("\n")
-    SECTION.parent.mkdir(parents=True, exist_ok=True)
-    SECTION.write_text(section + "\n")
-    text = path.read_text()
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    section = "\n".join(benchmarks_section())
+    save_section("neighbours", section)
+    splice_into_benchmarks_md(section, BEGIN, END, path)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

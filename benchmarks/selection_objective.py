@@ -32,11 +32,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from doc_sections import save_section, splice_into_benchmarks_md  # noqa: E402
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 RESULTS = ROOT / "benchmarks" / "results"
-SECTION = RESULTS / "sections" / "selection_objective.md"
 STAGES = ("scores", "filters", "normalize", "shortlist", "constraints", "diversity", "provenance")
 START, END = "<!-- selection_objective:start -->", "<!-- selection_objective:end -->"
 
@@ -141,16 +143,6 @@ def markdown(recs: list[dict], cmd: str) -> str:
         "", END])
 
 
-def update_docs(md: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    if START in text:
-        text = text[:text.index(START)] + md + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + md + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -176,11 +168,10 @@ def main() -> int:
             fh.write(json.dumps({k: v for k, v in r.items() if k != "picks"}) + "\n")
     cmd = "python benchmarks/selection_objective.py" + (" --quick" if args.quick else "")
     md = markdown(recs, cmd)
-    SECTION.parent.mkdir(parents=True, exist_ok=True)
-    SECTION.write_text(md + "\n")
+    save_section("selection_objective", md)
     print(md)
     if args.update_docs:
-        update_docs(md)
+        splice_into_benchmarks_md(md, START, END)
     return 0
 
 
