@@ -68,13 +68,6 @@ def check_group_column(pool: str, column: str, what: str) -> str:
     return kind
 
 
-def read_group_values(spec: ShardSpec, column: str) -> np.ndarray:
-    """The values of group column ``column`` (integer or string) for rows ``[spec.start, spec.stop)``
-    (see :func:`read_column_values`)."""
-    check_group_column(spec.pool, column, f"group column '{column}'")
-    return read_column_values(spec, column)
-
-
 def read_column_values(spec: ShardSpec, column: str) -> np.ndarray:
     """The values of ``column`` for rows ``[spec.start, spec.stop)``: int64 ``[N]`` for an integer
     column, float64 for a float one, bool for a boolean one, an object array of ``str`` for a
