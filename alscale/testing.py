@@ -183,6 +183,28 @@ def _check_jobs(spec: StrategySpec, pool: Mapping[str, Any], options: Mapping[st
                           f"from the in-memory run, {_first_difference(ref, got)}")
 
 
-if __name__ == "__main__":  # python -m alscale.testing pkg.mod:MyStrategy [--ray]
-    check_strategy(sys.argv[1], ray="--ray" in sys.argv[2:])
-    print(f"{sys.argv[1]}: all checks passed")
+def main(argv: list[str] | None = None) -> int:
+    """``python -m alscale.testing pkg.mod:MyStrategy [--ray]``: 0 when every check passes, 1 with
+    the failed check's one line, 2 when the strategy cannot be loaded."""
+    import argparse
+
+    from alscale.errors import AlscaleError
+
+    ap = argparse.ArgumentParser(prog="python -m alscale.testing", description="Run check_strategy on a strategy.")
+    ap.add_argument("strategy", help="a registered name or an import path, package.module:Name")
+    ap.add_argument("--ray", action="store_true", help="also alscale run on a local Ray with 1 and 3 shards")
+    args = ap.parse_args(argv)
+    try:
+        check_strategy(args.strategy, ray=args.ray)
+    except StrategyCheckError as exc:
+        print(f"alscale.testing: {exc}", file=sys.stderr)
+        return 1
+    except AlscaleError as exc:
+        print(f"alscale.testing: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.strategy}: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
