@@ -22,7 +22,7 @@ from alscale.runtime.coordinator import run_job
 from alscale.strategies import Shards, ShardState, get_strategy, shard_op
 from alscale.strategies.shards import op_mutates
 from alscale.testing import StrategyCheckError, check_strategy, synthetic_pool
-from alscale.testing import main as testing_main
+from alscale.testing import main as alscale_testing_main
 from alscale.types import Selection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,12 +100,12 @@ def test_check_fails_a_shard_dependent_strategy_clearly():
 
 
 def test_the_module_command_exits_0_1_or_2(capsys):
-    assert testing_main([__name__ + ":PER_SHARD"]) == 1
+    assert alscale_testing_main([__name__ + ":PER_SHARD"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("alscale.testing: strategy per_shard_margin: shard invariance: ") and err.count("\n") == 1
-    assert testing_main(["nosuch_module_xyz:Spec"]) == 2
+    assert alscale_testing_main(["nosuch_module_xyz:Spec"]) == 2
     assert "cannot import module 'nosuch_module_xyz'" in capsys.readouterr().err
-    assert testing_main(["entropy"]) == 0
+    assert alscale_testing_main(["entropy"]) == 0
     assert capsys.readouterr().out == "entropy: all checks passed\n"
 
 
